@@ -1,0 +1,179 @@
+"""The ``carnival`` command: one entry point, subcommands as in SPEC.
+
+Imports of heavy modules happen inside the commands so ``carnival --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from carnival.settings import Settings, get_settings
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="carnival")
+def main() -> None:
+    """Carnival: the event-streaming pipeline of the car compute cloud.
+
+    Configuration comes from CARNIVAL_* environment variables (CARNIVAL_KAFKA_BOOTSTRAP,
+    CARNIVAL_CLICKHOUSE_URL, CARNIVAL_DATA_DIR, CARNIVAL_SCHEMA_REGISTRY_URL, ...).
+    """
+    from carnival.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    # Treat SIGTERM like Ctrl-C so producers flush and summaries print.
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------------------------- stack
+@main.group()
+def stack() -> None:
+    """Start, stop and inspect the local Kafka broker and embedded ClickHouse server."""
+
+
+@stack.command("up")
+def stack_up() -> None:
+    """Start Kafka and ClickHouse, create topics and apply the ClickHouse schema."""
+    from carnival.stack.errors import StackError
+    from carnival.stack.lifecycle import stack_up as up
+
+    try:
+        lines = up(_settings())
+    except StackError as exc:
+        _fail(str(exc))
+    for line in lines:
+        click.echo(line)
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop the local ClickHouse server and Kafka broker cleanly."""
+    from carnival.stack.errors import StackError
+    from carnival.stack.lifecycle import stack_down as down
+
+    try:
+        lines = down(_settings())
+    except StackError as exc:
+        _fail(str(exc))
+    for line in lines:
+        click.echo(line)
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Show what runs: pids, addresses, whether each component answers. Exit 1 if something is down."""
+    from carnival.stack.lifecycle import stack_status as status
+
+    healthy, lines = status(_settings())
+    for line in lines:
+        click.echo(line)
+    sys.exit(0 if healthy else 1)
+
+
+# -------------------------------------------------------------------------------------------- topics
+@main.group()
+def topics() -> None:
+    """Manage topics from the declarative topic spec."""
+
+
+@topics.command("apply")
+def topics_apply() -> None:
+    """Create missing topics and update configs that differ (idempotent)."""
+    from streams.topics import apply_topics
+
+    try:
+        report = apply_topics(_settings())
+    except Exception as exc:  # noqa: BLE001 - one clear line for the operator
+        _fail(f"could not apply topics: {exc}")
+    click.echo(f"topics: {report.summary()}")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Print the topic spec: name, key, partitions, retention, compaction."""
+    from streams.topics import TOPICS
+
+    settings = _settings()
+    for spec in TOPICS.values():
+        retention = "compacted" if spec.compacted else f"{spec.retention_ms // 86_400_000}d"
+        click.echo(f"{spec.name:24} key={spec.key_field:14} partitions={spec.partitions or settings.topic_partitions}"
+                   f"  {retention:10} {spec.doc}")
+
+
+# ------------------------------------------------------------------------------------ produce/consume
+@main.command()
+@click.argument("topic")
+@click.argument("file", default="-", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Do not print each rejected line.")
+def produce(topic: str, file: str, quiet: bool) -> None:
+    """Publish JSON lines from FILE (or - for stdin) to TOPIC.
+
+    Each line is validated against the topic's schema and sent as Avro. Bad lines are reported with
+    their line number and reason and go to deadletter.v1. Exits 1 if any line was rejected.
+    """
+    from carnival.produce_cmd import run_produce
+
+    sys.exit(run_produce(_settings(), topic, file, quiet))
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of new ones.")
+@click.option("--max", "max_records", type=click.IntRange(min=1), help="Stop after N records.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), help="Stop after S seconds without new data.")
+def consume(topic: str, from_beginning: bool, max_records: int | None, timeout_s: float | None) -> None:
+    """Decode TOPIC to JSON lines on stdout (timestamps as ISO-8601 UTC)."""
+    from carnival.produce_cmd import run_consume
+
+    sys.exit(run_consume(_settings(), topic, from_beginning, max_records, timeout_s))
+
+
+# --------------------------------------------------------------------------------------------- query
+@main.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table",
+              show_default=True, help="Output format.")
+def query(sql: str, fmt: str) -> None:
+    """Run SQL on the analytics store (works while workers write)."""
+    from sinks.clickhouse import get_client
+    from sinks.query import QueryError, run_query
+
+    try:
+        client = get_client(_settings())
+        run_query(client, sql, fmt, sys.stdout)
+    except QueryError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - connection problems: one clear line
+        _fail(f"ClickHouse at {_settings().clickhouse_url} is not reachable: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--records", default=2000, show_default=True, help="Telemetry records to generate.")
+@click.option("--seed", default=7, show_default=True)
+def demo(records: int, seed: int) -> None:
+    """Small end-to-end run: sample data -> Kafka -> ClickHouse -> a query back."""
+    from carnival.demo import run_demo
+
+    sys.exit(run_demo(_settings(), records, seed))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

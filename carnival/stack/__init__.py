@@ -1,0 +1,1 @@
+"""Start, stop and inspect the local Kafka broker and the embedded ClickHouse server."""

@@ -1,0 +1,156 @@
+"""The declarative topic spec: every Carnival topic, its key, partitions, retention and compaction.
+
+``carnival topics apply`` makes the cluster match this table: it creates missing topics, raises
+partition counts that are too low (never lowers them: that would reshuffle keys), and rewrites configs
+that differ. Running it twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+from carnival.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key_field: str
+    doc: str
+    retention_ms: int = 7 * DAY_MS
+    compacted: bool = False
+    partitions: int | None = None  # None: the settings default
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        conf = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(-1 if self.compacted else self.retention_ms),
+            "compression.type": "producer",
+        }
+        if self.compacted:
+            # Keep tombstones a day so consumers that rebuild state see deletions.
+            conf["delete.retention.ms"] = str(DAY_MS)
+            conf["min.compaction.lag.ms"] = "0"
+            conf["segment.ms"] = str(HOUR_MS)
+        conf.update(self.extra_config)
+        return conf
+
+
+TOPICS: dict[str, TopicSpec] = {
+    t.name: t
+    for t in (
+        # Inputs: what producers publish.
+        TopicSpec("fleet.telemetry.v1", "vin", "vehicle snapshots", retention_ms=3 * DAY_MS),
+        TopicSpec("tasks.requests.v1", "task_id", "emulator task requests", retention_ms=14 * DAY_MS),
+        TopicSpec("tasks.status.v1", "task_id", "node reports about tasks", retention_ms=14 * DAY_MS),
+        TopicSpec("emulator.actions.v1", "session_id", "emulator action traces", retention_ms=3 * DAY_MS),
+        TopicSpec("power.events.v1", "site_id", "site power sequence-of-events", retention_ms=30 * DAY_MS),
+        # Derived: what Carnival publishes.
+        TopicSpec("fleet.nodes.v1", "vin", "current node state per vin", compacted=True),
+        TopicSpec("tasks.assignments.v1", "vin", "ASSIGN/REVOKE commands to nodes", retention_ms=14 * DAY_MS),
+        TopicSpec("tasks.lifecycle.v1", "task_id", "every task state change", retention_ms=30 * DAY_MS),
+        TopicSpec("power.incidents.v1", "site_id", "failover incidents", retention_ms=90 * DAY_MS),
+        TopicSpec("alerts.v1", "fingerprint", "alerts for on-call tooling", retention_ms=30 * DAY_MS),
+        TopicSpec("deadletter.v1", "source_topic", "records that could not be processed",
+                  retention_ms=30 * DAY_MS),
+    )
+}
+
+DEADLETTER_TOPIC = "deadletter.v1"
+
+
+def key_field(topic: str) -> str:
+    try:
+        return TOPICS[topic].key_field
+    except KeyError:
+        raise KeyError(f"unknown topic {topic!r}; known topics: {', '.join(TOPICS)}") from None
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    repartitioned: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.created)} created", f"{len(self.repartitioned)} repartitioned",
+                 f"{len(self.reconfigured)} reconfigured", f"{len(self.unchanged)} unchanged"]
+        return ", ".join(parts)
+
+
+def apply_topics(settings: Settings, admin: AdminClient | None = None, timeout_s: float = 30.0) -> ApplyReport:
+    """Make the cluster's topics match ``TOPICS``. Idempotent."""
+    admin = admin or AdminClient(settings.kafka_client_config())
+    report = ApplyReport()
+    existing = admin.list_topics(timeout=timeout_s).topics
+    wanted = {name: spec.partitions or settings.topic_partitions for name, spec in TOPICS.items()}
+
+    missing = [
+        NewTopic(name, num_partitions=wanted[name], replication_factor=settings.topic_replication,
+                 config=TOPICS[name].config())
+        for name in TOPICS if name not in existing
+    ]
+    if missing:
+        for name, fut in admin.create_topics(missing, request_timeout=timeout_s).items():
+            _result(fut, f"create topic {name}")
+            report.created.append(name)
+
+    grow = [NewPartitions(name, wanted[name]) for name in TOPICS
+            if name in existing and len(existing[name].partitions) < wanted[name]]
+    if grow:
+        for name, fut in admin.create_partitions(grow, request_timeout=timeout_s).items():
+            _result(fut, f"add partitions to {name}")
+            report.repartitioned.append(name)
+
+    for name in TOPICS:
+        if name in report.created:
+            continue
+        if _reconcile_config(admin, name, TOPICS[name].config(), timeout_s):
+            report.reconfigured.append(name)
+        elif name not in report.repartitioned:
+            report.unchanged.append(name)
+    log.info("topics_applied", created=report.created, repartitioned=report.repartitioned,
+             reconfigured=report.reconfigured)
+    return report
+
+
+def _reconcile_config(admin: AdminClient, topic: str, wanted: dict[str, str], timeout_s: float) -> bool:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    current = _result(admin.describe_configs([resource], request_timeout=timeout_s)[resource],
+                      f"describe configs of {topic}")
+    differing = {k: v for k, v in wanted.items() if k not in current or current[k].value != v}
+    if not differing:
+        return False
+    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in differing.items()]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
+    _result(admin.incremental_alter_configs([resource], request_timeout=timeout_s)[resource],
+            f"alter configs of {topic}")
+    return True
+
+
+def _result(fut, what: str):  # type: ignore[no-untyped-def]
+    try:
+        return fut.result()
+    except KafkaException as exc:
+        err = exc.args[0]
+        if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+            return None
+        raise RuntimeError(f"could not {what}: {err}") from exc
