@@ -63,7 +63,7 @@ def fingerprint_of(schema: dict[str, Any] | str) -> int:
 def _load(topic: str, version: int, path: Path) -> SchemaVersion:
     raw = json.loads(path.read_text(encoding="utf-8"))
     # A fresh named_schemas per file: the same enum (e.g. carnival.fleet.Hardware) is defined in many files.
-    parsed = parse_schema(raw, named_schemas={})
+    parsed: dict[str, Any] = parse_schema(raw, named_schemas={})  # type: ignore[assignment]
     canonical = to_parsing_canonical_form(raw)
     return SchemaVersion(topic, version, raw, parsed, canonical, fingerprint_of(raw), path)
 

@@ -59,7 +59,9 @@ class _Walker:
             return schema, inner_ns
         return schema, ns
 
-    def check(self, writer: Any, reader: Any, path: str, wns: str | None = None, rns: str | None = None) -> None:
+    def check(
+        self, writer: Any, reader: Any, path: str, wns: str | None = None, rns: str | None = None
+    ) -> None:
         w, wns = self._norm(writer, wns, self.writer_names)
         r, rns = self._norm(reader, rns, self.reader_names)
         if isinstance(r, list):
@@ -84,13 +86,17 @@ class _Walker:
                 self.problems.append(f"{path}: type changed from {wt} to {rt}")
             return
         if w.get("logicalType") != r.get("logicalType"):
-            self.problems.append(f"{path}: logicalType changed {w.get('logicalType')} -> {r.get('logicalType')}")
+            self.problems.append(
+                f"{path}: logicalType changed {w.get('logicalType')} -> {r.get('logicalType')}"
+            )
         if wt in _NAMED:
             key = (_full_name(w, wns), _full_name(r, rns))
             if key in self._seen:
                 return
             self._seen.add(key)
-            if key[0] != key[1] and key[0] not in {_full_name({"name": a}, rns) for a in r.get("aliases", [])}:
+            if key[0] != key[1] and key[0] not in {
+                _full_name({"name": a}, rns) for a in r.get("aliases", [])
+            }:
                 self.problems.append(f"{path}: named type renamed {key[0]} -> {key[1]} without alias")
         if wt == "record":
             self._record(w, r, path, wns, rns)
@@ -105,7 +111,9 @@ class _Walker:
         elif wt == "map":
             self.check(w["values"], r["values"], f"{path}{{}}", wns, rns)
 
-    def _record(self, w: dict[str, Any], r: dict[str, Any], path: str, wns: str | None, rns: str | None) -> None:
+    def _record(
+        self, w: dict[str, Any], r: dict[str, Any], path: str, wns: str | None, rns: str | None
+    ) -> None:
         wfields = {f["name"]: f for f in w["fields"]}
         rnames: set[str] = set()
         for rf in r["fields"]:

@@ -9,8 +9,7 @@ from carnival.stack.errors import StackError
 
 def stack_up(settings: Settings) -> list[str]:
     """Start what is not running yet, then apply topics and migrations (both idempotent)."""
-    from sinks.clickhouse import get_client
-    from sinks.migrate import apply_migrations
+    from sinks.migrate import migrate
     from streams.topics import apply_topics
 
     lines: list[str] = []
@@ -36,7 +35,7 @@ def stack_up(settings: Settings) -> list[str]:
     else:
         lines.append(f"clickhouse: using the server at {settings.clickhouse_url}")
     try:
-        applied = apply_migrations(get_client(settings), settings)
+        applied = migrate(settings)
     except StackError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -1,0 +1,27 @@
+# The two commands of the README: `make run` (the main job) and `make test`. Both set up everything.
+PYTHON ?= python3
+PIP_FLAGS ?= -q
+
+.PHONY: install run test unit lint bench stop
+
+install:
+	@command -v java >/dev/null || { echo "installing Java 17 (needed by the Kafka broker)"; apt-get update -q && apt-get install -y -q openjdk-17-jre-headless; }
+	@command -v mvn >/dev/null || { echo "installing Maven (fetches Kafka's jars)"; apt-get update -q && apt-get install -y -q maven; }
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
+
+run: install
+	carnival stack up
+	carnival demo
+
+test: install
+	$(PYTHON) -m pytest -ra
+
+unit: install
+	$(PYTHON) -m pytest -ra tests/unit
+
+lint:
+	ruff check .
+	mypy carnival streams sinks processors schemas
+
+stop:
+	carnival stack down

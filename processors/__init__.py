@@ -1,0 +1,1 @@
+"""Stream processors (faust agents) and the pure decision logic they call."""

@@ -1,0 +1,33 @@
+"""Datacenter power failover detection: pure decision logic, no Kafka or Faust imports.
+
+Public API::
+
+    from processors.power import Detector, PowerConfig, Incident, LateEvent, alert_for_incident
+
+    det = Detector("dc-ams-1", PowerConfig())          # one per site (table key: site_id)
+    outputs = det.on_event(decoded_power_event)         # -> [Incident | LateEvent]
+    outputs += det.on_tick(now_us)                      # timers, silence; call every ~1 s
+    state = det.to_dict(); det = Detector.from_dict(state, config)
+    alert = alert_for_incident(incident)                # -> alerts.v1 record or None (UPDATE)
+
+See docs/power.md for the rules and their thresholds.
+"""
+
+from processors.power.alerts import alert_for_incident, fingerprint, severity_for
+from processors.power.config import PowerConfig
+from processors.power.detector import STATE_VERSION, Detector
+from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output, normalize_event
+
+__all__ = [
+    "STATE_VERSION",
+    "Detector",
+    "Incident",
+    "InvalidPowerEvent",
+    "LateEvent",
+    "Output",
+    "PowerConfig",
+    "alert_for_incident",
+    "fingerprint",
+    "normalize_event",
+    "severity_for",
+]

@@ -1,0 +1,113 @@
+"""Thresholds of the failover detector: one frozen dataclass, every value configurable.
+
+Defaults follow the "Datacenter power failover" section of DOMAIN.md; where the domain gives a
+nominal value and a detector needs a margin, the choice is written next to the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["PowerConfig"]
+
+_S = 1_000_000  # microseconds per second
+_MS = 1_000  # microseconds per millisecond
+
+
+@dataclass(frozen=True, slots=True)
+class PowerConfig:
+    """Detector thresholds. Durations are seconds or milliseconds as the name says."""
+
+    # -- ordering ---------------------------------------------------------------------------------
+    lateness_ms: float = 1_000.0
+    """Reorder allowance: an event may arrive this much event time after a later one and still be
+    processed in event-time order. Decisions wait for it unless ``fast_release`` proves no earlier
+    event can still come."""
+    fast_release: bool = True
+    """Release an event before the allowance elapsed when every known device has already delivered,
+    without sequence holes, an event later than it (per-device sequence numbers prove nothing earlier
+    is in flight). Only a device never seen before can then still deliver something earlier."""
+    device_forget_s: float = 3_600.0
+    """A device silent this long (event time) is forgotten: it no longer holds back fast release."""
+
+    # -- transfers -------------------------------------------------------------------------------
+    blip_ignore_s: float = 3.0
+    """An off-grid episode shorter than this (source lost and back, or alternate on load and back) is
+    a blip, not a failover. Island entry is deliberate and never a blip."""
+    sts_transfer_limit_ms: float = 8.0
+    """Static transfer switch limit. Nominal is a quarter cycle (4.2 ms at 60 Hz); the default alarms
+    past half a cycle (8.3 ms) so that skew between the detecting meter and the switch does not page
+    anyone. Set 4.2 for the strict reading."""
+    ats_transfer_limit_ms: float = 10_000.0
+    """Automatic transfer switch (and any other device) limit: NFPA 110 Type 10."""
+    failed_transfer_s: float = 30.0
+    """No alternate source on load this long after the normal source was lost: failed transfer.
+    Batteries bridge 10-30 s of generator start, so past 30 s the load is at risk."""
+    gen_start_timeout_s: float = 30.0
+    """GEN_START without GEN_RUNNING from that generator within this time: start failure."""
+
+    # -- stability and flapping ------------------------------------------------------------------
+    retransfer_stable_s: float = 300.0
+    """After retransfer to grid, the site must stay on grid this long before the incident resolves;
+    losing grid again inside it is flapping (and the same incident continues)."""
+    flap_window_s: float = 1_800.0
+    flap_changes: int = 4
+    """Grid<->alternate source changes within ``flap_window_s`` that count as flapping."""
+
+    # -- while islanded --------------------------------------------------------------------------
+    battery_reserve_pct: float = 10.0
+    battery_hysteresis_pct: float = 2.0
+    """BATTERY_RESERVE resolves once state of charge is above reserve + hysteresis."""
+    freq_min_hz: float = 58.0
+    """Underfrequency trip setting (DOMAIN: 58 Hz)."""
+    freq_max_hz: float = 62.0
+    """Overfrequency, symmetric to the underfrequency setting around 60 Hz."""
+    voltage_sag_pu: float = 0.9
+    voltage_swell_pu: float = 1.1
+    voltage_interruption_pu: float = 0.1
+    """IEEE 1159 classes: sag below 0.9 pu, swell above 1.1 pu, interruption below 0.1 pu."""
+    pq_clear_s: float = 10.0
+    """A power-quality excursion resolves after this long without an out-of-bounds measurement."""
+
+    # -- other -----------------------------------------------------------------------------------
+    load_shed_hold_s: float = 300.0
+    """A LOAD_SHED incident outside a failover resolves after this long without further shedding."""
+    gap_hold_s: float = 300.0
+    """A SEQUENCE_GAP incident resolves after this long without a further gap from that device."""
+    silent_after_s: float = 60.0
+    """No event from a site for this long (processing time, see ``Detector.on_tick``): SITE_SILENT."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"PowerConfig.{f.name} must be a non-negative number, got {value!r}")
+        if self.flap_changes < 2:
+            raise ValueError("PowerConfig.flap_changes must be at least 2")
+        if not self.voltage_interruption_pu <= self.voltage_sag_pu <= 1.0 <= self.voltage_swell_pu:
+            raise ValueError("PowerConfig voltages must satisfy interruption <= sag <= 1.0 <= swell")
+        if self.freq_min_hz >= self.freq_max_hz:
+            raise ValueError("PowerConfig.freq_min_hz must be below freq_max_hz")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> PowerConfig:
+        """Build from a mapping (e.g. settings); unknown keys are an error so typos do not pass."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown PowerConfig keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # Microsecond views used by the detector (event time is integer microseconds).
+    @property
+    def lateness_us(self) -> int:
+        return int(self.lateness_ms * _MS)
+
+    def us(self, seconds: float) -> int:
+        return int(seconds * _S)

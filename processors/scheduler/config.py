@@ -1,0 +1,133 @@
+"""Every threshold of the scheduler, in one frozen dataclass (defaults from DOMAIN.md).
+
+Times are in seconds here (operators think in seconds); the scheduler works in epoch milliseconds
+internally. Build a variant with ``dataclasses.replace(DEFAULT_CONFIG, lease_s=60)`` or
+``SchedulerConfig.from_mapping({...})`` (unknown keys raise, so typos in settings fail loudly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["DEFAULT_CONFIG", "HW_RANK", "PLUGGED_STATES", "PREEMPT_REASONS", "SchedulerConfig"]
+
+# Hardware generations, oldest first. OTHER (unknown or foreign computer) ranks lowest.
+HW_RANK: dict[str, int] = {"OTHER": 0, "HW3": 1, "HW4": 2, "HW5": 3}
+
+# Charge states that mean "a cable is in and the charger powers the car" (DOMAIN: eligibility).
+# NO_POWER (cable in, charger gives nothing) would drain the battery, so it does not qualify.
+PLUGGED_STATES: frozenset[str] = frozenset({"STARTING", "CHARGING", "COMPLETE", "STOPPED"})
+
+# Ineligibility reasons that mean "the owner is back" (or the node is gone / unsafe): a node that
+# holds work and turns ineligible for one of these gets its tasks revoked and requeued.
+# UNKNOWN_STATE, THROTTLED, AT_CAPACITY and HW_TOO_OLD never preempt running work.
+PREEMPT_REASONS: frozenset[str] = frozenset(
+    {
+        "NOT_OPTED_IN",
+        "NOT_PARKED",
+        "NOT_PLUGGED_IN",
+        "SOC_TOO_LOW",
+        "TOO_HOT",
+        "DEPARTURE_SOON",
+        "LEASE_EXPIRED",
+    }
+)
+
+# Rough standard-time UTC offsets of the regions the simulator and tests use (hour-of-week is local).
+_REGION_OFFSETS: tuple[tuple[str, float], ...] = (
+    ("us-west", -8.0),
+    ("us-mountain", -7.0),
+    ("us-central", -6.0),
+    ("us-east", -5.0),
+    ("ca-east", -5.0),
+    ("ca-west", -8.0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Thresholds and knobs of eligibility, matching, preemption, reliability and prediction."""
+
+    # --- eligibility (HTCondor START expression for a car) --------------------------------------
+    min_hw: str = "HW4"  # oldest computer generation that may take work
+    min_soc_pct: float = 30.0  # battery floor
+    max_compute_temp_c: float = 85.0  # computer temperature ceiling
+    lease_s: float = 120.0  # data-timeout lease: no telemetry for this long -> LEASE_EXPIRED
+    # A gear / charge-state / SoC value must have been *reported* within confirm_s for a node to become
+    # eligible; an already-eligible node keeps trusting its last good values for field_ttl_s while
+    # the car reports those fields as missing/UNKNOWN (cars invalidate fields when they doze).
+    confirm_s: float = 120.0
+    field_ttl_s: float = 900.0  # HTCondor's stale-ad expiry is 15 minutes
+    departure_guard_s: float = 1200.0  # owner "returns" this long before the scheduled departure
+    plugged_states: frozenset[str] = PLUGGED_STATES
+    preempt_reasons: frozenset[str] = PREEMPT_REASONS
+    default_capacity: int = 1  # tasks a node runs at once
+    max_future_skew_s: float = 300.0  # telemetry this far ahead of the scheduler clock is rejected
+
+    # --- queue, claims, deadlines ----------------------------------------------------------------
+    aging_per_min: float = 0.1  # priority points a waiting task gains per minute (0 = strict priority)
+    claim_timeout_s: float = 60.0  # ASSIGNED but not STARTED within this -> REVOKE + REQUEUED
+    max_failures: int = 3  # FAILED reports before a task is given up (final FAILED)
+    max_task_duration_s: float = 24 * 3600.0  # longer est_duration_s is REJECTED
+    tombstone_ttl_s: float = 24 * 3600.0  # finished tasks are remembered this long (duplicate requests)
+    spill_after_s: float = 60.0  # an any-region task waiting this long moves to the next pool
+    pools: tuple[str, ...] = ()  # known pools, for routing any-region tasks (empty: pools seen so far)
+    local_pools: frozenset[str] | None = None  # pools this instance owns (None: all; else handoffs)
+    max_scan_tasks: int = 2000  # queue entries examined per matching pass
+    max_candidates: int = 256  # feasible nodes ranked per task (free set is scanned in hash shards)
+    node_republish_s: float = 600.0  # re-publish an unchanged node at least this often
+
+    # --- reliability (BOINC-like) -----------------------------------------------------------------
+    reliability_prior: float = 0.7  # score of a node with no history
+    reliability_alpha: float = 0.2  # EWMA weight of each new outcome
+    trust_after_successes: int = 5  # consecutive successes that make a node "trusted" (retries go there)
+    throttle_after_failures: int = 3  # consecutive failures that throttle a node
+    throttle_base_s: float = 600.0  # first backoff; doubles with each further failure
+    throttle_max_s: float = 24 * 3600.0
+
+    # --- ranking and prediction ---------------------------------------------------------------------
+    ranking: Literal["predictive", "random"] = "predictive"
+    seed: int = 0  # seeds the random ranking (stateless: hash of seed, task, attempt, vin)
+    min_stay_probability: float = 0.0  # predictive: leave a task queued rather than use a worse node
+    departure_sigma_s: float = 600.0  # noise of a scheduled departure (owners leave early or late)
+    history_decay: float = 0.9  # weight kept by older sessions at each new one in the same bucket
+    history_prior_weight: float = 2.0  # pseudo-sessions of the prior when blending with history
+    region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS
+    default_utc_offset_h: float = 0.0
+
+    offsets: dict[str, float] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.min_hw not in HW_RANK:
+            raise ValueError(f"min_hw must be one of {sorted(HW_RANK)}, got {self.min_hw!r}")
+        if self.ranking not in ("predictive", "random"):
+            raise ValueError(f"ranking must be 'predictive' or 'random', got {self.ranking!r}")
+        if self.default_capacity < 1:
+            raise ValueError("default_capacity must be >= 1")
+        if self.aging_per_min < 0:
+            raise ValueError("aging_per_min must be >= 0")
+        object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))
+
+    def utc_offset_h(self, region: str | None) -> float:
+        return self.offsets.get(region or "", self.default_utc_offset_h)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SchedulerConfig:
+        """Build from settings/env values; unknown keys raise ``TypeError``."""
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(values) - names
+        if unknown:
+            raise TypeError(f"unknown scheduler settings: {sorted(unknown)}")
+        conv: dict[str, Any] = dict(values)
+        for key in ("plugged_states", "preempt_reasons", "local_pools"):
+            if conv.get(key) is not None:
+                conv[key] = frozenset(conv[key])
+        if "pools" in conv:
+            conv["pools"] = tuple(conv["pools"])
+        return cls(**conv)
+
+
+DEFAULT_CONFIG = SchedulerConfig()

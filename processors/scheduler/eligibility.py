@@ -1,0 +1,319 @@
+"""Per-vin node state, updated from ``fleet.telemetry.v1``, and the eligibility decision.
+
+Not-reported values (the rule, precisely):
+
+* A field that is missing/null, or an enum reported as ``UNKNOWN`` (or any symbol we do not know), is
+  *not reported*: it never overwrites the last known value and does not refresh that field's
+  report time. It is never read as "unplugged" or "not parked".
+* Any accepted telemetry record refreshes the node's data-timeout lease (``ts``); liveness comes only
+  from the lease (``LEASE_EXPIRED`` when ``now - ts > lease_s``), never from connectivity hints.
+* Gear, charge state and SoC are the critical fields. A last known *bad* value always counts
+  (gear D reported 20 minutes ago still means NOT_PARKED). A last known *good* value counts only
+  while it is recent: to make a node **newly** eligible it must have been reported within
+  ``confirm_s``; a node that is already eligible (``ready_since`` set) keeps trusting it for
+  ``field_ttl_s``. Otherwise the node is ``UNKNOWN_STATE`` (ineligible, but never preempted for it).
+  So a not-reported value can keep a node eligible for a while but can never make it newly eligible.
+* Computer temperature is optional: unknown or older than ``field_ttl_s`` passes.
+* Telemetry older than the newest seen (``ts`` smaller) is ignored as out of order; the same ``ts``
+  again is a duplicate and a no-op. Both are counted by the caller.
+
+Reasons, checked in this order (the first that applies is reported): LEASE_EXPIRED, NOT_OPTED_IN,
+HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, UNKNOWN_STATE, SOC_TOO_LOW, TOO_HOT, DEPARTURE_SOON,
+THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the car itself ("ready").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from processors.scheduler._time import opt_ms, to_ms
+from processors.scheduler.config import HW_RANK, SchedulerConfig
+from processors.scheduler.prediction import IdleHistory
+
+__all__ = [
+    "LEASE_EXPIRED",
+    "NOT_OPTED_IN",
+    "HW_TOO_OLD",
+    "NOT_PARKED",
+    "NOT_PLUGGED_IN",
+    "UNKNOWN_STATE",
+    "SOC_TOO_LOW",
+    "TOO_HOT",
+    "DEPARTURE_SOON",
+    "THROTTLED",
+    "AT_CAPACITY",
+    "REASONS",
+    "NodeState",
+    "TelemetryResult",
+    "apply_telemetry",
+    "evaluate",
+    "is_ready",
+    "next_change_at",
+]
+
+LEASE_EXPIRED = "LEASE_EXPIRED"
+NOT_OPTED_IN = "NOT_OPTED_IN"
+HW_TOO_OLD = "HW_TOO_OLD"
+NOT_PARKED = "NOT_PARKED"
+NOT_PLUGGED_IN = "NOT_PLUGGED_IN"
+UNKNOWN_STATE = "UNKNOWN_STATE"
+SOC_TOO_LOW = "SOC_TOO_LOW"
+TOO_HOT = "TOO_HOT"
+DEPARTURE_SOON = "DEPARTURE_SOON"
+THROTTLED = "THROTTLED"
+AT_CAPACITY = "AT_CAPACITY"
+REASONS = (
+    LEASE_EXPIRED,
+    NOT_OPTED_IN,
+    HW_TOO_OLD,
+    NOT_PARKED,
+    NOT_PLUGGED_IN,
+    UNKNOWN_STATE,
+    SOC_TOO_LOW,
+    TOO_HOT,
+    DEPARTURE_SOON,
+    THROTTLED,
+    AT_CAPACITY,
+)
+_NOT_READY_OK = (None, THROTTLED, AT_CAPACITY)
+
+_GEARS = frozenset({"P", "R", "N", "D"})
+_CHARGE_STATES = frozenset({"DISCONNECTED", "NO_POWER", "STARTING", "CHARGING", "COMPLETE", "STOPPED"})
+_CABLE_IN = frozenset({"NO_POWER", "STARTING", "CHARGING", "COMPLETE", "STOPPED"})
+
+
+class TelemetryResult(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    OUT_OF_ORDER = "out_of_order"
+
+
+@dataclass(slots=True)
+class NodeState:
+    """Everything known about one car as a compute node. ``to_dict``/``from_dict`` are JSON-safe."""
+
+    vin: str
+    region: str = ""
+    pool: str = ""
+    hw: str = "OTHER"
+    ts: int = -1  # event time of the newest accepted telemetry (the lease); -1 = never
+    opted_in: bool = False
+    gear: str | None = None  # last *reported* value (never UNKNOWN), with its report time
+    gear_at: int = -1
+    charge_state: str | None = None
+    charge_at: int = -1
+    soc_pct: float | None = None
+    soc_at: int = -1
+    compute_temp_c: float | None = None
+    temp_at: int = -1
+    charge_limit_pct: float | None = None
+    minutes_to_full: float | None = None
+    scheduled_departure: int | None = None
+    at_home: bool | None = None
+    software_version: str | None = None
+    session_start: int | None = None  # start of the current parked + cable-in session
+    ready_since: int | None = None  # since when the car itself qualifies (sticky trust of old values)
+    eligible: bool = False  # last decision
+    reason: str | None = UNKNOWN_STATE
+    capacity: int = 1
+    running: list[str] = field(default_factory=list)  # task_ids held, len <= capacity
+    # reliability (BOINC-like)
+    reliability: float = 0.7
+    success_streak: int = 0
+    failure_streak: int = 0
+    throttled_until: int = -1
+    completed: int = 0
+    failed: int = 0
+    history: IdleHistory = field(default_factory=IdleHistory)
+    pub_sig: int = 0  # signature and time of the last published fleet.nodes.v1 record
+    pub_ts: int = -1
+    timer_at: int | None = None  # when the scheduler re-evaluates the node with no new input
+    pred_cache: tuple[Any, float, float] | None = None  # not persisted: cache of the habit model
+
+    _PERSISTED = (
+        "vin",
+        "region",
+        "pool",
+        "hw",
+        "ts",
+        "opted_in",
+        "gear",
+        "gear_at",
+        "charge_state",
+        "charge_at",
+        "soc_pct",
+        "soc_at",
+        "compute_temp_c",
+        "temp_at",
+        "charge_limit_pct",
+        "minutes_to_full",
+        "scheduled_departure",
+        "at_home",
+        "software_version",
+        "session_start",
+        "ready_since",
+        "eligible",
+        "reason",
+        "capacity",
+        "reliability",
+        "success_streak",
+        "failure_streak",
+        "throttled_until",
+        "completed",
+        "failed",
+        "pub_sig",
+        "pub_ts",
+        "timer_at",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in self._PERSISTED}
+        d["running"] = list(self.running)
+        d["history"] = self.history.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NodeState:
+        node = cls(vin=d["vin"])
+        for name in cls._PERSISTED:
+            if name in d:
+                setattr(node, name, d[name])
+        node.running = list(d.get("running", []))
+        node.history = IdleHistory.from_dict(d.get("history"))
+        return node
+
+
+def _known(value: Any, allowed: frozenset[str]) -> str | None:
+    return value if isinstance(value, str) and value in allowed else None
+
+
+def apply_telemetry(
+    node: NodeState, rec: dict[str, Any], cfg: SchedulerConfig
+) -> tuple[TelemetryResult, tuple[int, float] | None]:
+    """Fold one telemetry record into ``node``.
+
+    Returns the result and, when a plug-in session ended with an observed end, ``(start_ms, seconds)``
+    (already added to the node's history).
+    """
+    ts = to_ms(rec["ts"])
+    if ts < node.ts:
+        return TelemetryResult.OUT_OF_ORDER, None
+    if ts == node.ts:
+        return TelemetryResult.DUPLICATE, None
+    prev_ts = node.ts
+    node.ts = ts
+    node.region = rec.get("region") or node.region
+    hw = rec.get("hw")
+    if isinstance(hw, str) and hw in HW_RANK:
+        node.hw = hw
+    if rec.get("opted_in") is not None:
+        node.opted_in = bool(rec["opted_in"])
+    gear = _known(rec.get("gear"), _GEARS)
+    if gear is not None:
+        node.gear, node.gear_at = gear, ts
+    charge = _known(rec.get("charge_state"), _CHARGE_STATES)
+    if charge is not None:
+        node.charge_state, node.charge_at = charge, ts
+    if rec.get("soc_pct") is not None:
+        node.soc_pct, node.soc_at = float(rec["soc_pct"]), ts
+    if rec.get("compute_temp_c") is not None:
+        node.compute_temp_c, node.temp_at = float(rec["compute_temp_c"]), ts
+    for name in ("charge_limit_pct", "minutes_to_full"):
+        if rec.get(name) is not None:
+            setattr(node, name, float(rec[name]))
+    if rec.get("scheduled_departure") is not None:
+        node.scheduled_departure = opt_ms(rec["scheduled_departure"])
+    if rec.get("at_home") is not None:
+        node.at_home = bool(rec["at_home"])
+    if rec.get("software_version") is not None:
+        node.software_version = rec["software_version"]
+
+    # Plug-in session tracking, from known values only.
+    ended: tuple[int, float] | None = None
+    in_session = node.gear == "P" and node.charge_state in _CABLE_IN
+    left = (gear is not None and gear != "P") or charge == "DISCONNECTED"
+    if node.session_start is None:
+        if in_session and (gear is not None or charge is not None):
+            node.session_start = ts
+    elif left:
+        start = node.session_start
+        node.session_start = None
+        # Only record a session whose end we saw: no telemetry gap longer than the stale-field TTL.
+        if prev_ts >= 0 and ts - prev_ts <= cfg.field_ttl_s * 1000:
+            seconds = (ts - start) / 1000.0
+            node.history.add(start, seconds, cfg.utc_offset_h(node.region), cfg.history_decay)
+            ended = (start, seconds)
+    return TelemetryResult.APPLIED, ended
+
+
+def _fresh(at: int, now: int, ttl_ms: float) -> bool:
+    return at >= 0 and now - at <= ttl_ms
+
+
+def evaluate(node: NodeState, now: int, cfg: SchedulerConfig) -> tuple[bool, str | None]:
+    """``(eligible, reason)`` of ``node`` at event time ``now`` (ms); reason is None when eligible. Pure."""
+    if node.ts < 0 or now - node.ts > cfg.lease_s * 1000:
+        return False, LEASE_EXPIRED
+    if not node.opted_in:
+        return False, NOT_OPTED_IN
+    if HW_RANK.get(node.hw, 0) < HW_RANK[cfg.min_hw]:
+        return False, HW_TOO_OLD
+    if node.gear is not None and node.gear != "P":
+        return False, NOT_PARKED
+    if node.charge_state is not None and node.charge_state not in cfg.plugged_states:
+        return False, NOT_PLUGGED_IN
+    ttl = (cfg.field_ttl_s if node.ready_since is not None else cfg.confirm_s) * 1000
+    if not (
+        _fresh(node.gear_at, now, ttl) and _fresh(node.charge_at, now, ttl) and _fresh(node.soc_at, now, ttl)
+    ):
+        return False, UNKNOWN_STATE
+    if node.soc_pct is not None and node.soc_pct < cfg.min_soc_pct:
+        return False, SOC_TOO_LOW
+    if (
+        node.compute_temp_c is not None
+        and _fresh(node.temp_at, now, cfg.field_ttl_s * 1000)
+        and node.compute_temp_c > cfg.max_compute_temp_c
+    ):
+        return False, TOO_HOT
+    dep = node.scheduled_departure
+    if dep is not None and dep - cfg.departure_guard_s * 1000 <= now < dep + cfg.departure_guard_s * 1000:
+        return False, DEPARTURE_SOON
+    if node.throttled_until > now:
+        return False, THROTTLED
+    if len(node.running) >= node.capacity:
+        return False, AT_CAPACITY
+    return True, None
+
+
+def is_ready(reason: str | None) -> bool:
+    """Whether the car itself qualifies (eligible, or only throttled / full)."""
+    return reason in _NOT_READY_OK
+
+
+def next_change_at(node: NodeState, now: int, cfg: SchedulerConfig) -> int | None:
+    """Earliest time after ``now`` at which ``evaluate`` could change with no new input, or None."""
+    best: int | None = None
+
+    def consider(t: float) -> None:
+        nonlocal best
+        ti = int(t)
+        if ti > now and (best is None or ti < best):
+            best = ti
+
+    if node.ts >= 0:
+        consider(node.ts + cfg.lease_s * 1000 + 1)
+    ttl = (cfg.field_ttl_s if node.ready_since is not None else cfg.confirm_s) * 1000
+    for at in (node.gear_at, node.charge_at, node.soc_at):
+        if at >= 0:
+            consider(at + ttl + 1)
+    if node.temp_at >= 0:
+        consider(node.temp_at + cfg.field_ttl_s * 1000 + 1)
+    if node.scheduled_departure is not None:
+        guard = cfg.departure_guard_s * 1000
+        consider(node.scheduled_departure - guard)
+        consider(node.scheduled_departure + guard)
+    if node.throttled_until >= 0:
+        consider(node.throttled_until)
+    return best

@@ -1,0 +1,694 @@
+"""The matcher: per-pool task queues and idle-node sets, two-sided matching, preemption, requeue.
+
+``Scheduler`` holds everything for the pools it owns and is driven by four calls, each returning the
+output records to publish (``Out``: topic, key, value), in order:
+
+* ``on_telemetry(rec)``  fleet.telemetry.v1 -> node state, eligibility, preemption, matching
+* ``on_request(rec)``    tasks.requests.v1  -> REQUESTED + QUEUED (or REJECTED / EXPIRED), matching
+* ``on_status(rec)``     tasks.status.v1    -> STARTED / COMPLETED / FAILED (+ REQUEUED), reliability
+* ``on_tick(now)``       the clock          -> leases, claim timeouts, deadlines, throttle ends, hand-offs
+
+Pools are regions: a node belongs to the pool of the region it reports; a task to its ``region``. A
+task with no region ("any") starts in one pool (the one with most idle nodes when this instance owns
+all pools, else a hash of the task_id over ``config.pools``) and, if it waits ``spill_after_s``
+without a match, moves on to the next pool in a ring (a ``HANDOFF`` record when the next pool belongs
+to another instance). So every decision needs only one pool's state, and the state can be
+partitioned by pool: repartition telemetry, requests and status by pool, keep node dicts (key vin)
+and task dicts (key task_id) in changelogged tables co-partitioned with that stream.
+
+Decisions are deterministic functions of (state, input): ties are broken by hashes, never by dict
+or set order, and ``assignment_id = uuid5(task_id, attempt)``. A worker restored from its tables
+and fed the same input again publishes the very same records.
+
+Invariants (``check_invariants`` asserts them; tests call it after every step): a node holds at most
+``capacity`` tasks; an active task is held by at most one node and is in its pool's queue iff QUEUED;
+status reports for any assignment but the current one are ignored; a task_id is accepted once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from processors.scheduler._time import to_ms
+from processors.scheduler.config import DEFAULT_CONFIG, HW_RANK, SchedulerConfig
+from processors.scheduler.eligibility import (
+    NodeState,
+    TelemetryResult,
+    apply_telemetry,
+    evaluate,
+    is_ready,
+    next_change_at,
+)
+from processors.scheduler.exceptions import InvalidRecord
+from processors.scheduler.prediction import stay_probability
+from processors.scheduler.records import HANDOFF, Out, assignment_record, lifecycle_record, node_record
+from processors.scheduler.reliability import is_trusted, record_failure, record_success
+from processors.scheduler.tasks import (
+    ACTIVE,
+    ASSIGNED,
+    COMPLETED,
+    EXPIRED,
+    FAILED,
+    MOVED,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    TERMINAL,
+    Task,
+    assignment_id_for,
+    order_key,
+    validate_request,
+)
+
+__all__ = ["Scheduler", "pool_for_request", "pool_for_telemetry"]
+
+N_SHARDS = 64
+STATE_VERSION = 1
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def pool_for_telemetry(rec: dict[str, Any]) -> str:
+    """The pool (repartition key) of a telemetry record."""
+    return str(rec.get("region") or "")
+
+
+def pool_for_request(rec: dict[str, Any], cfg: SchedulerConfig) -> str:
+    """The pool (repartition key) of a request: its region, else a stable hash over ``cfg.pools``."""
+    if rec.get("region"):
+        return str(rec["region"])
+    if not cfg.pools:
+        return ""
+    return cfg.pools[_crc(str(rec.get("task_id"))) % len(cfg.pools)]
+
+
+class _Pool:
+    """Derived indexes of one pool (rebuilt from node and task state on restore, never persisted)."""
+
+    __slots__ = ("name", "queue", "free", "free_count")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: list[tuple[tuple[float, int, str], str]] = []  # sorted (order_key, task_id)
+        self.free: list[set[str]] = [set() for _ in range(N_SHARDS)]  # eligible nodes, sharded by vin hash
+        self.free_count = 0
+
+    def enqueue(self, key: tuple[float, int, str], task_id: str) -> None:
+        bisect.insort(self.queue, (key, task_id))
+
+    def dequeue(self, key: tuple[float, int, str], task_id: str) -> None:
+        i = bisect.bisect_left(self.queue, (key, task_id))
+        if i < len(self.queue) and self.queue[i] == (key, task_id):
+            del self.queue[i]
+
+
+class Scheduler:
+    """All matching state of the pools one worker owns. Not thread-safe; one event at a time."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.cfg = config or DEFAULT_CONFIG
+        self.clock = 0  # event-time clock (ms): max of event times and ticks seen
+        self.nodes: dict[str, NodeState] = {}
+        self.tasks: dict[str, Task] = {}
+        self.counters: Counter[str] = Counter()  # for metrics; not persisted
+        self._pools: dict[str, _Pool] = {}
+        self._timers: list[tuple[int, str, str]] = []  # heap of (at, kind, key), validated when popped
+        self._touched: set[str] = set()  # pools whose supply or demand changed: match them
+        self._dirty_nodes: set[str] = set()
+        self._dirty_tasks: set[str] = set()
+
+    # ------------------------------------------------------------------ public event handlers
+
+    def on_telemetry(self, rec: dict[str, Any], now: int | None = None) -> list[Out]:
+        vin = rec.get("vin")
+        if not vin or rec.get("ts") is None:
+            raise InvalidRecord("missing_field", "telemetry needs vin and ts")
+        ts = to_ms(rec["ts"])
+        if self.clock > 0 and ts > self.clock + self.cfg.max_future_skew_s * 1000:
+            self.counters["telemetry_future"] += 1
+            raise InvalidRecord("future_timestamp", f"ts {ts} is ahead of the scheduler clock {self.clock}")
+        now = self._advance(ts if now is None else to_ms(now))
+        out: list[Out] = []
+        node = self.nodes.get(vin)
+        if node is None:
+            node = NodeState(
+                vin=vin, capacity=self.cfg.default_capacity, reliability=self.cfg.reliability_prior
+            )
+        result, _ended = apply_telemetry(node, rec, self.cfg)
+        if result is not TelemetryResult.APPLIED:
+            self.counters[f"telemetry_{result.value}"] += 1
+            return out
+        self.counters["telemetry_applied"] += 1
+        self.nodes[vin] = node
+        new_pool = node.region
+        if node.pool != new_pool:
+            if node.pool:
+                self._set_free(node, False)
+                for task_id in list(node.running):
+                    self._preempt(self.tasks[task_id], "REGION_CHANGED", now, out)
+            node.pool = new_pool
+        self._pool(new_pool)
+        self._refresh_node(node, now, out)
+        self._match_touched(now, out)
+        return out
+
+    def on_request(self, rec: dict[str, Any], now: int | None = None, pool: str | None = None) -> list[Out]:
+        task_id = rec.get("task_id")
+        if not task_id or rec.get("ts") is None:
+            raise InvalidRecord("missing_field", "request needs task_id and ts")
+        ts = to_ms(rec["ts"])
+        now = self._advance(ts if now is None else to_ms(now))
+        out: list[Out] = []
+        old = self.tasks.get(task_id)
+        if old is not None and old.state != MOVED:
+            self.counters["request_duplicate"] += 1
+            return out
+        reason = validate_request(rec, self.cfg)
+        if pool is None:
+            pool = rec.get("region") or self._route_any(task_id)
+        if reason is not None:
+            prio = rec.get("priority")
+            task = Task(
+                task_id=task_id,
+                pool=pool or "",
+                requested_ts=ts,
+                priority=prio if isinstance(prio, int) and 0 <= prio <= 9 else 0,
+                est_duration_s=0,
+                tenant=rec.get("tenant"),
+                kind=rec.get("kind"),
+            )
+            out.append(lifecycle_record(task, "REQUESTED", ts))
+            self._finish(task, REJECTED, now, out, reason=reason)
+            self.counters["request_rejected"] += 1
+            return out
+        task = Task.from_request(rec, pool)
+        task.queued_ts = now
+        out.append(lifecycle_record(task, "REQUESTED", ts))
+        if task.deadline is not None and task.deadline <= now:
+            self._finish(task, EXPIRED, now, out, reason="DEADLINE_PASSED")
+            return out
+        self.counters["request_accepted"] += 1
+        self._queue(task, now)
+        out.append(lifecycle_record(task, "QUEUED", now))
+        if task.deadline is not None:
+            self._push(task.deadline, "deadline", task_id)
+        self._match_touched(now, out)
+        return out
+
+    def on_status(self, rec: dict[str, Any], now: int | None = None) -> list[Out]:
+        task_id, aid, vin, status = (
+            rec.get("task_id"),
+            rec.get("assignment_id"),
+            rec.get("vin"),
+            rec.get("status"),
+        )
+        if (
+            not task_id
+            or not aid
+            or rec.get("ts") is None
+            or status not in ("STARTED", "COMPLETED", "FAILED")
+        ):
+            raise InvalidRecord("missing_field", "status needs task_id, assignment_id, ts and a known status")
+        now = self._advance(to_ms(rec["ts"]) if now is None else to_ms(now))
+        out: list[Out] = []
+        task = self.tasks.get(task_id)
+        if task is None:
+            self.counters["status_unknown_task"] += 1
+            return out
+        if task.state not in (ASSIGNED, RUNNING) or aid != task.assignment_id or vin != task.vin:
+            self.counters["status_stale"] += 1
+            return out
+        node = self.nodes[vin]
+        if status == "STARTED":
+            if task.state == RUNNING:
+                self.counters["status_duplicate"] += 1
+                return out
+            task.state = RUNNING
+            self._dirty_tasks.add(task_id)
+            out.append(lifecycle_record(task, "STARTED", now, vin=vin, aid=aid))
+        elif status == "COMPLETED":
+            record_success(node, self.cfg)
+            self._release(task)
+            self._finish(task, COMPLETED, now, out, vin=vin, aid=aid)
+            self._refresh_node(node, now, out)
+        else:
+            record_failure(node, now, self.cfg)
+            self._release(task)
+            task.failures += 1
+            error = rec.get("error") or "FAILED"
+            if task.failures >= self.cfg.max_failures:
+                self._finish(task, FAILED, now, out, vin=vin, aid=aid, reason=f"MAX_FAILURES: {error}")
+            else:
+                out.append(lifecycle_record(task, "FAILED", now, vin=vin, aid=aid, reason=error))
+                self._requeue(task, now, "RETRY", out)
+            self._refresh_node(node, now, out)
+        self._match_touched(now, out)
+        return out
+
+    def on_tick(self, now: Any) -> list[Out]:
+        """Advance the clock to ``now`` (ms or datetime) and run everything that became due."""
+        now = self._advance(to_ms(now))
+        out: list[Out] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, kind, key = heapq.heappop(timers)
+            self._fire(at, kind, key, now, out)
+        self._match_touched(now, out)
+        return out
+
+    def on_handoff(self, task_dict: dict[str, Any], now: int | None = None) -> list[Out]:
+        """Receive an any-region task another instance handed to one of our pools."""
+        now = self._advance(self.clock if now is None else to_ms(now))
+        task = Task.from_dict(task_dict)
+        old = self.tasks.get(task.task_id)
+        if old is not None and old.state != MOVED:
+            self.counters["handoff_duplicate"] += 1
+            return []
+        task.state, task.vin, task.assignment_id, task.done_ts = QUEUED, None, None, None
+        out: list[Out] = []
+        self._queue(task, now)
+        if task.deadline is not None:
+            self._push(task.deadline, "deadline", task.task_id)
+        self._match_touched(now, out)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """Whole state, JSON-safe. Per-key persistence: ``drain_dirty`` + ``from_parts``."""
+        return {
+            "version": STATE_VERSION,
+            "clock": self.clock,
+            "nodes": [self.nodes[v].to_dict() for v in sorted(self.nodes)],
+            "tasks": [self.tasks[t].to_dict() for t in sorted(self.tasks)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], config: SchedulerConfig | None = None) -> Scheduler:
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported scheduler state version {d.get('version')!r}")
+        return cls.from_parts(d["nodes"], d["tasks"], d["clock"], config)
+
+    @classmethod
+    def from_parts(
+        cls,
+        nodes: Iterable[dict[str, Any]],
+        tasks: Iterable[dict[str, Any]],
+        clock: int,
+        config: SchedulerConfig | None = None,
+    ) -> Scheduler:
+        """Rebuild from per-key dicts (e.g. faust table values) in any order."""
+        s = cls(config)
+        s.clock = int(clock)
+        for nd in nodes:
+            node = NodeState.from_dict(nd)
+            s.nodes[node.vin] = node
+            pool = s._pool(node.pool)
+            if node.eligible:
+                pool.free[_crc(node.vin) % N_SHARDS].add(node.vin)
+                pool.free_count += 1
+            if node.timer_at is not None:
+                heapq.heappush(s._timers, (node.timer_at, "node", node.vin))
+        for td in tasks:
+            task = Task.from_dict(td)
+            s.tasks[task.task_id] = task
+            s._task_timers(task)
+            if task.state == QUEUED:
+                s._pool(task.pool).enqueue(order_key(task, s.cfg), task.task_id)
+        return s
+
+    def drain_dirty(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any] | None]]:
+        """Nodes and tasks changed since the last call, as ``{key: dict}``; a task value None = deleted."""
+        nodes = {v: self.nodes[v].to_dict() for v in sorted(self._dirty_nodes) if v in self.nodes}
+        tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in sorted(self._dirty_tasks)}
+        self._dirty_nodes.clear()
+        self._dirty_tasks.clear()
+        return nodes, tasks
+
+    # ------------------------------------------------------------------ queries
+
+    def queue(self, pool: str) -> list[str]:
+        """Task ids waiting in ``pool``, in service order."""
+        p = self._pools.get(pool)
+        return [t for _, t in p.queue] if p else []
+
+    def idle_nodes(self, pool: str) -> list[str]:
+        p = self._pools.get(pool)
+        return sorted(v for shard in p.free for v in shard) if p else []
+
+    def pools(self) -> list[str]:
+        return sorted(self._pools)
+
+    def check_invariants(self) -> None:
+        """Assert the structural invariants (used by tests and, cheaply sampled, by the wiring)."""
+        holder: dict[str, str] = {}
+        for vin, node in self.nodes.items():
+            assert len(node.running) <= node.capacity, (
+                f"{vin} holds {node.running} > capacity {node.capacity}"
+            )
+            assert len(set(node.running)) == len(node.running), f"{vin} holds a task twice"
+            for tid in node.running:
+                assert tid not in holder, f"task {tid} held by {holder.get(tid)} and {vin}"
+                holder[tid] = vin
+                task = self.tasks[tid]
+                assert task.state in (ASSIGNED, RUNNING) and task.vin == vin, (
+                    f"{tid} on {vin} but {task.state}"
+                )
+            in_free = vin in self._pools[node.pool].free[_crc(vin) % N_SHARDS]
+            assert in_free == node.eligible, (
+                f"{vin} free-set membership {in_free} != eligible {node.eligible}"
+            )
+        queued: set[str] = set()
+        for name, pool in self._pools.items():
+            assert pool.queue == sorted(pool.queue), f"queue of {name} out of order"
+            assert pool.free_count == sum(len(s) for s in pool.free)
+            for _, tid in pool.queue:
+                task = self.tasks[tid]
+                assert task.state == QUEUED and task.pool == name, f"{tid} in queue {name} but {task.state}"
+                assert tid not in queued, f"{tid} queued twice"
+                queued.add(tid)
+        for tid, task in self.tasks.items():
+            if task.state in (ASSIGNED, RUNNING):
+                assert holder.get(tid) == task.vin, f"{tid} {task.state} on {task.vin} but not held"
+            elif task.state == QUEUED:
+                assert tid in queued, f"{tid} QUEUED but not in a queue"
+            else:
+                assert task.state in TERMINAL and task.vin is None
+
+    # ------------------------------------------------------------------ internals: time
+
+    def _advance(self, t: int) -> int:
+        if t > self.clock:
+            self.clock = t
+        return self.clock
+
+    def _push(self, at: int | float, kind: str, key: str) -> None:
+        heapq.heappush(self._timers, (int(at), kind, key))
+
+    def _task_timers(self, task: Task) -> None:
+        """(Re)create the timers implied by a task's state (used on restore)."""
+        cfg = self.cfg
+        if task.state in ACTIVE and task.deadline is not None:
+            self._push(task.deadline, "deadline", task.task_id)
+        if task.state == ASSIGNED and task.assigned_ts is not None:
+            self._push(task.assigned_ts + cfg.claim_timeout_s * 1000, "claim", task.task_id)
+        if task.state == QUEUED and task.region is None and task.queued_ts is not None:
+            self._push(task.queued_ts + cfg.spill_after_s * 1000, "spill", task.task_id)
+        if task.state in TERMINAL and task.done_ts is not None:
+            self._push(task.done_ts + cfg.tombstone_ttl_s * 1000, "gc", task.task_id)
+
+    def _fire(self, at: int, kind: str, key: str, now: int, out: list[Out]) -> None:
+        cfg = self.cfg
+        if kind == "node":
+            node = self.nodes.get(key)
+            if node is not None and node.timer_at == at:
+                node.timer_at = None
+                self._refresh_node(node, now, out)
+            return
+        task = self.tasks.get(key)
+        if task is None:
+            return
+        if kind == "deadline":
+            if task.state in ACTIVE and task.deadline == at:
+                self._expire(task, now, out)
+        elif kind == "claim":
+            if (
+                task.state == ASSIGNED
+                and task.assigned_ts is not None
+                and int(task.assigned_ts + cfg.claim_timeout_s * 1000) == at
+            ):
+                self._claim_timeout(task, now, out)
+        elif kind == "spill":
+            if (
+                task.state == QUEUED
+                and task.queued_ts is not None
+                and int(task.queued_ts + cfg.spill_after_s * 1000) == at
+            ):
+                self._spill(task, now, out)
+        elif (
+            kind == "gc"
+            and task.state in TERMINAL
+            and task.done_ts is not None
+            and int(task.done_ts + cfg.tombstone_ttl_s * 1000) == at
+        ):
+            del self.tasks[key]
+            self._dirty_tasks.add(key)
+
+    # ------------------------------------------------------------------ internals: nodes
+
+    def _pool(self, name: str) -> _Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = _Pool(name)
+        return pool
+
+    def _set_free(self, node: NodeState, free: bool) -> None:
+        pool = self._pool(node.pool)
+        shard = pool.free[_crc(node.vin) % N_SHARDS]
+        if free and node.vin not in shard:
+            shard.add(node.vin)
+            pool.free_count += 1
+            self._touched.add(node.pool)
+        elif not free and node.vin in shard:
+            shard.discard(node.vin)
+            pool.free_count -= 1
+
+    def _refresh_node(self, node: NodeState, now: int, out: list[Out]) -> None:
+        """Re-evaluate ``node`` at ``now``; preempt, update the idle set, publish, schedule a re-check."""
+        cfg = self.cfg
+        eligible, reason = evaluate(node, now, cfg)
+        if reason in cfg.preempt_reasons and node.running:
+            for task_id in list(node.running):
+                self._preempt(self.tasks[task_id], reason, now, out)
+            eligible, reason = evaluate(node, now, cfg)
+        if is_ready(reason):
+            if node.ready_since is None:
+                node.ready_since = now
+        else:
+            node.ready_since = None
+        node.eligible, node.reason = eligible, reason
+        self._set_free(node, eligible)
+        self._dirty_nodes.add(node.vin)
+        soc_band = None if node.soc_pct is None else int(node.soc_pct // 5)
+        material = (
+            eligible,
+            reason,
+            node.region,
+            node.pool,
+            node.hw,
+            node.charge_state,
+            node.gear,
+            node.at_home,
+            node.scheduled_departure,
+            len(node.running),
+            node.capacity,
+            round(node.reliability, 2),
+            soc_band,
+        )
+        sig = _crc(repr(material))
+        if sig != node.pub_sig or node.pub_ts < 0 or now - node.pub_ts >= cfg.node_republish_s * 1000:
+            node.pub_sig, node.pub_ts = sig, now
+            out.append(node_record(node, now, cfg))
+        at = next_change_at(node, now, cfg)
+        if at is not None and (node.timer_at is None or node.timer_at <= now or at < node.timer_at):
+            node.timer_at = at
+            self._push(at, "node", node.vin)
+
+    # ------------------------------------------------------------------ internals: tasks
+
+    def _route_any(self, task_id: str) -> str:
+        if self.cfg.local_pools is not None or not self._pools:
+            return pool_for_request({"task_id": task_id}, self.cfg) or next(iter(sorted(self._pools)), "")
+        names = self.cfg.pools or tuple(sorted(p for p in self._pools if p))
+        if not names:
+            return ""
+        return max(names, key=lambda p: (self._pools[p].free_count if p in self._pools else 0, p))
+
+    def _queue(self, task: Task, now: int) -> None:
+        task.state = QUEUED
+        task.queued_ts = now
+        self.tasks[task.task_id] = task
+        self._dirty_tasks.add(task.task_id)
+        self._pool(task.pool).enqueue(order_key(task, self.cfg), task.task_id)
+        self._touched.add(task.pool)
+        if task.region is None:
+            self._push(now + self.cfg.spill_after_s * 1000, "spill", task.task_id)
+
+    def _finish(
+        self,
+        task: Task,
+        state: str,
+        now: int,
+        out: list[Out],
+        *,
+        vin: str | None = None,
+        aid: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        task.state, task.done_ts = state, now
+        task.vin = task.assignment_id = None
+        self.tasks[task.task_id] = task
+        self._dirty_tasks.add(task.task_id)
+        self._push(now + self.cfg.tombstone_ttl_s * 1000, "gc", task.task_id)
+        if state != MOVED:
+            self.counters[f"task_{state.lower()}"] += 1
+            out.append(lifecycle_record(task, state, now, vin=vin, aid=aid, reason=reason))
+
+    def _release(self, task: Task) -> None:
+        """Take ``task`` off its node (the caller re-evaluates the node)."""
+        if task.vin is None:
+            return
+        node = self.nodes[task.vin]
+        node.running.remove(task.task_id)
+        self._dirty_nodes.add(node.vin)
+
+    def _requeue(
+        self,
+        task: Task,
+        now: int,
+        reason: str,
+        out: list[Out],
+        *,
+        vin: str | None = None,
+        aid: str | None = None,
+    ) -> None:
+        task.vin = task.assignment_id = None
+        task.assigned_ts = None
+        self._queue(task, now)
+        out.append(lifecycle_record(task, "REQUEUED", now, vin=vin, aid=aid, reason=reason))
+        self.counters["task_requeued"] += 1
+
+    def _revoke(self, task: Task, reason: str, now: int, out: list[Out]) -> tuple[str, str]:
+        vin, aid = task.vin, task.assignment_id
+        assert vin is not None and aid is not None
+        out.append(assignment_record(task, "REVOKE", vin, aid, now, self.cfg, reason))
+        self._release(task)
+        return vin, aid
+
+    def _preempt(self, task: Task, reason: str, now: int, out: list[Out]) -> None:
+        vin, aid = self._revoke(task, reason, now, out)
+        task.preemptions += 1
+        self.counters["task_preempted"] += 1
+        out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=reason))
+        self._requeue(task, now, reason, out)
+
+    def _claim_timeout(self, task: Task, now: int, out: list[Out]) -> None:
+        vin, aid = self._revoke(task, "CLAIM_TIMEOUT", now, out)
+        self.counters["claim_timeout"] += 1
+        node = self.nodes[vin]
+        record_failure(node, now, self.cfg)
+        self._requeue(task, now, "CLAIM_TIMEOUT", out, vin=vin, aid=aid)
+        self._refresh_node(node, now, out)
+
+    def _expire(self, task: Task, now: int, out: list[Out]) -> None:
+        vin = aid = None
+        if task.state == QUEUED:
+            self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
+        else:
+            vin, aid = self._revoke(task, "DEADLINE", now, out)
+        self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason="DEADLINE_PASSED")
+        if vin is not None:
+            self._refresh_node(self.nodes[vin], now, out)
+
+    def _spill(self, task: Task, now: int, out: list[Out]) -> None:
+        names = list(self.cfg.pools) or sorted(p for p in self._pools if p)
+        if not names or names == [task.pool]:
+            self._push(now + self.cfg.spill_after_s * 1000, "spill", task.task_id)
+            return
+        nxt = names[(names.index(task.pool) + 1) % len(names)] if task.pool in names else names[0]
+        self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
+        task.hops += 1
+        self.counters["task_spilled"] += 1
+        if self.cfg.local_pools is None or nxt in self.cfg.local_pools:
+            task.pool = nxt
+            self._queue(task, now)
+            return
+        moved = Task.from_dict(task.to_dict())
+        moved.pool = nxt
+        out.append(Out(HANDOFF, nxt, moved.to_dict()))
+        self._finish(task, MOVED, now, out)
+
+    # ------------------------------------------------------------------ internals: matching
+
+    def _match_touched(self, now: int, out: list[Out]) -> None:
+        while self._touched:
+            names = sorted(self._touched)
+            self._touched.clear()
+            for name in names:
+                self._match_pool(self._pools[name], now, out)
+
+    def _match_pool(self, pool: _Pool, now: int, out: list[Out]) -> None:
+        i = scanned = 0
+        while i < len(pool.queue) and pool.free_count > 0 and scanned < self.cfg.max_scan_tasks:
+            task = self.tasks[pool.queue[i][1]]
+            scanned += 1
+            node = self._pick(pool, task, now)
+            if node is None:
+                i += 1
+                continue
+            del pool.queue[i]
+            self._assign(task, node, now, out)
+
+    def _pick(self, pool: _Pool, task: Task, now: int) -> NodeState | None:
+        """The best eligible node of ``pool`` for ``task``, or None (the task keeps waiting)."""
+        cfg = self.cfg
+        need_hw = HW_RANK.get(task.min_hw, 0)
+        need_soc = task.min_soc_pct
+        start = _crc(f"{task.task_id}/{task.attempt}") % N_SHARDS
+        cands: list[NodeState] = []
+        for j in range(N_SHARDS):
+            for vin in pool.free[(start + j) % N_SHARDS]:
+                node = self.nodes[vin]
+                if HW_RANK.get(node.hw, 0) < need_hw:
+                    continue
+                if need_soc is not None and (node.soc_pct is None or node.soc_pct < need_soc):
+                    continue
+                if not evaluate(node, now, cfg)[0]:  # went stale since its last evaluation
+                    continue
+                cands.append(node)
+            if len(cands) >= cfg.max_candidates:
+                break
+        if not cands:
+            return None
+        if cfg.ranking == "random":
+            return min(cands, key=lambda n: _crc(f"{cfg.seed}/{task.task_id}/{task.attempt}/{n.vin}"))
+        retry = task.failures > 0
+        best: tuple[Any, ...] | None = None
+        best_node: NodeState | None = None
+        for node in cands:
+            p = stay_probability(node, task.est_duration_s, now, cfg)
+            key = (
+                retry and not is_trusted(node, cfg),
+                -round(p * 20),
+                -node.reliability,
+                -p,
+                _crc(node.vin),
+                node.vin,
+            )
+            if best is None or key < best:
+                best, best_node = key, node
+        assert best is not None
+        if -best[3] < cfg.min_stay_probability:  # best[3] is -p
+            return None
+        return best_node
+
+    def _assign(self, task: Task, node: NodeState, now: int, out: list[Out]) -> None:
+        assert len(node.running) < node.capacity, f"{node.vin} is full"
+        assert task.state == QUEUED and task.vin is None, f"{task.task_id} is {task.state} on {task.vin}"
+        task.attempt += 1
+        aid = assignment_id_for(task.task_id, task.attempt)
+        task.state, task.vin, task.assignment_id, task.assigned_ts = ASSIGNED, node.vin, aid, now
+        node.running.append(task.task_id)
+        self._dirty_tasks.add(task.task_id)
+        self.counters["task_assigned"] += 1
+        out.append(assignment_record(task, "ASSIGN", node.vin, aid, now, self.cfg))
+        out.append(lifecycle_record(task, "ASSIGNED", now, vin=node.vin, aid=aid))
+        self._push(now + self.cfg.claim_timeout_s * 1000, "claim", task.task_id)
+        self._refresh_node(node, now, out)

@@ -1,0 +1,127 @@
+"""Tasks as the matcher sees them: requirements, state, queue order, deterministic assignment ids.
+
+Queue order is *effective priority* with aging: ``priority + aging_per_min * minutes_waited``, where
+the wait counts from the original request. Because every waiting task ages at the same rate, the
+order between two tasks never changes over time, so it is a static sort key: the "virtual request
+time" ``requested_ts - priority * 60000 / aging_per_min`` (earlier = first), ties by request time and
+task_id. A priority-0 task therefore overtakes a newer priority-9 task once it has waited
+``9 / aging_per_min`` minutes longer: low priority work is never starved. A preempted or failed task
+keeps its original request time, so it goes back ahead of newer work of equal priority.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from processors.scheduler._time import opt_ms, to_ms
+from processors.scheduler.config import HW_RANK, SchedulerConfig
+
+__all__ = [
+    "ACTIVE",
+    "TERMINAL",
+    "Task",
+    "assignment_id_for",
+    "effective_priority",
+    "order_key",
+    "validate_request",
+]
+
+# Internal task states. QUEUED/ASSIGNED/RUNNING are active; MOVED = handed to another pool's instance.
+QUEUED, ASSIGNED, RUNNING = "QUEUED", "ASSIGNED", "RUNNING"
+COMPLETED, FAILED, EXPIRED, REJECTED, MOVED = "COMPLETED", "FAILED", "EXPIRED", "REJECTED", "MOVED"
+ACTIVE = frozenset({QUEUED, ASSIGNED, RUNNING})
+TERMINAL = frozenset({COMPLETED, FAILED, EXPIRED, REJECTED, MOVED})
+
+_NAMESPACE = uuid.UUID("6f1c2f8e-6a55-4d0b-9c7e-2b8f3c5a9d10")  # Carnival assignments
+
+
+def assignment_id_for(task_id: str, attempt: int) -> str:
+    """Deterministic, so a replayed decision produces the very same id (downstream dedups by it)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{task_id}/{attempt}"))
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: str
+    pool: str
+    requested_ts: int
+    priority: int
+    est_duration_s: int
+    min_hw: str = "OTHER"
+    region: str | None = None
+    min_soc_pct: float | None = None
+    deadline: int | None = None
+    tenant: str | None = None
+    kind: str | None = None
+    state: str = QUEUED
+    attempt: int = 0  # assignments made so far; the current one is number ``attempt``
+    failures: int = 0
+    preemptions: int = 0
+    vin: str | None = None
+    assignment_id: str | None = None
+    assigned_ts: int | None = None
+    queued_ts: int | None = None  # when it (re)entered the current pool's queue
+    done_ts: int | None = None
+    hops: int = 0  # any-region pool hand-offs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Task:
+        return cls(**{k: v for k, v in d.items() if k in cls.__slots__})  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_request(cls, rec: dict[str, Any], pool: str) -> Task:
+        return cls(
+            task_id=rec["task_id"],
+            pool=pool,
+            requested_ts=to_ms(rec["ts"]),
+            priority=int(rec["priority"]),
+            est_duration_s=int(rec["est_duration_s"]),
+            min_hw=rec.get("min_hw") or "OTHER",
+            region=rec.get("region"),
+            min_soc_pct=None if rec.get("min_soc_pct") is None else float(rec["min_soc_pct"]),
+            deadline=opt_ms(rec.get("deadline")),
+            tenant=rec.get("tenant"),
+            kind=rec.get("kind"),
+        )
+
+
+def validate_request(rec: dict[str, Any], cfg: SchedulerConfig) -> str | None:
+    """A REJECTED reason for an impossible request, or None. (A passed deadline is EXPIRED instead.)"""
+    if not rec.get("task_id"):
+        return "INVALID_TASK_ID"
+    prio = rec.get("priority")
+    if not isinstance(prio, int) or isinstance(prio, bool) or not 0 <= prio <= 9:
+        return "INVALID_PRIORITY"
+    dur = rec.get("est_duration_s")
+    if not isinstance(dur, int) or isinstance(dur, bool) or dur <= 0:
+        return "INVALID_DURATION"
+    if dur > cfg.max_task_duration_s:
+        return "DURATION_TOO_LONG"
+    if (rec.get("min_hw") or "OTHER") not in HW_RANK:
+        return "INVALID_MIN_HW"
+    soc = rec.get("min_soc_pct")
+    if soc is not None and (not isinstance(soc, int | float) or math.isnan(soc) or not 0 <= soc <= 100):
+        return "INVALID_MIN_SOC"
+    region = rec.get("region")
+    if region is not None and cfg.pools and region not in cfg.pools:
+        return "UNKNOWN_REGION"
+    return None
+
+
+def order_key(task: Task, cfg: SchedulerConfig) -> tuple[float, int, str]:
+    """Static queue key (smaller = served first); see the module docstring."""
+    if cfg.aging_per_min > 0:
+        virtual = task.requested_ts - task.priority * 60_000.0 / cfg.aging_per_min
+    else:
+        virtual = -task.priority * 1e15 + task.requested_ts
+    return (virtual, task.requested_ts, task.task_id)
+
+
+def effective_priority(task: Task, now: int, cfg: SchedulerConfig) -> float:
+    return task.priority + cfg.aging_per_min * max(0, now - task.requested_ts) / 60_000.0

@@ -1,0 +1,17 @@
+"""A seeded, deterministic simulator of the Carnival world: cars, tasks, emulator sessions and site power.
+
+Public entry points:
+
+- ``SimConfig``: every knob of a run (counts, mixes, rates, noise), plain data.
+- ``World``: the discrete-event world on simulated time; emits records to a ``Sink``.
+- ``run_simulation`` / ``run_rate``: the paced runners behind ``carnival simulate``.
+- ``simulate``: the click command (``simulator.cli``), registered by ``carnival.cli``.
+
+The pure generators (``habits``, ``charging``, ``tasks``, ``emulator``, ``power``) never do I/O and draw
+from ``random.Random`` instances derived from the seed, so the same seed gives the same events.
+"""
+
+from simulator.config import SimConfig
+from simulator.world import World
+
+__all__ = ["SimConfig", "World"]

@@ -1,0 +1,114 @@
+"""Every knob of a simulation run, as plain data with realistic defaults.
+
+Shares are fractions in [0, 1]; mixes are ``{name: weight}`` dicts (weights need not sum to 1).
+The ``expected_*`` ranges are what the statistical tests check a simulated week against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+# A fixed Monday 00:00 UTC, so runs without --start are reproducible.
+DEFAULT_START = datetime(2025, 1, 6, tzinfo=UTC)
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+# UTC offsets (hours, standard time; DST is ignored) of the regions cars and sites live in.
+REGION_UTC_OFFSET_H: dict[str, int] = {
+    "us-west": -8,
+    "us-central": -6,
+    "us-east": -5,
+    "ca-east": -5,
+}
+# Mean ambient temperature (deg C) per region: drives compute_temp_c.
+REGION_AMBIENT_C: dict[str, float] = {"us-west": 18.0, "us-central": 12.0, "us-east": 13.0, "ca-east": 5.0}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"HW3=35,HW4=55,HW5=10"`` -> ``{"HW3": 35.0, ...}``; raises ValueError on bad input."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, weight = part.strip().partition("=")
+        if not sep or not name:
+            raise ValueError(f"expected NAME=WEIGHT, got {part!r}")
+        value = float(weight)
+        if value < 0:
+            raise ValueError(f"negative weight for {name!r}")
+        mix[name.strip()] = value
+    if not mix or sum(mix.values()) <= 0:
+        raise ValueError("a mix needs at least one positive weight")
+    return mix
+
+
+@dataclass
+class CarNoise:
+    """How imperfect telemetry is (per emitted record unless said otherwise)."""
+
+    interval_s: tuple[float, float] = (10.0, 30.0)  # each car's reporting period lies in this range
+    skip: float = 0.02  # a report is lost
+    weak_wifi_gap: float = 0.002  # a parked car goes silent for 2-15 minutes
+    duplicate: float = 0.005  # a report is delivered twice
+    delayed: float = 0.01  # a report is delivered 5-120 s late (so out of order)
+    missing_field: float = 0.01  # one optional field is not reported
+    out_of_enum: float = 0.001  # charge_state outside the documented enum (raw JSON) / UNKNOWN (Avro)
+
+
+@dataclass
+class PowerNoise:
+    late: float = 0.01  # delivered 5-60 s late
+    duplicate: float = 0.005  # delivered twice
+    reorder: float = 0.02  # swapped with the next event of the same burst (a few ms late)
+
+
+@dataclass
+class SimConfig:
+    seed: int = 42
+    start_ms: int = int(DEFAULT_START.timestamp() * 1000)
+    duration_ms: int = DAY_MS
+
+    # Cars
+    cars: int = 100
+    hw_mix: dict[str, float] = field(default_factory=lambda: {"HW3": 35, "HW4": 55, "HW5": 10})
+    region_mix: dict[str, float] = field(
+        default_factory=lambda: {"us-west": 35, "us-east": 30, "us-central": 20, "ca-east": 15}
+    )
+    profile_mix: dict[str, float] = field(
+        default_factory=lambda: {"commuter": 55, "home_worker": 20, "night_shift": 8, "erratic": 17}
+    )
+    opt_in_share: float = 0.6
+    home_charger_share: float = 0.8
+    work_charger_share: float = 0.3
+    sets_departure_share: float = 0.35
+    off_peak_charging_share: float = 0.25
+    faulty_car_share: float = 0.02
+    car_noise: CarNoise = field(default_factory=CarNoise)
+    telemetry: bool = True  # False: simulate habits and charging without emitting telemetry (fast stats)
+
+    # Tasks
+    tasks_per_hour: float = 400.0  # mean arrival rate over a weekday
+    bursts_per_day: float = 1.5
+    tenants: int = 12
+    self_assign: bool = False  # run tasks on idle simulated cars without a matcher (load / demos)
+
+    # Emulator
+    faulty_fail_rate: float = 0.8
+    healthy_fail_rate: float = 0.06
+    action_interval_s: float = 1.2  # median time between actions
+
+    # Power
+    sites: int = 2
+    fault_share: float = 0.4  # share of failovers that carry an injected fault
+    power_noise: PowerNoise = field(default_factory=PowerNoise)
+    retransfer_delay_s: tuple[float, float] = (300.0, 900.0)
+    measurement_interval_s: float = 10.0
+
+    # Statistical expectations checked by the tests (share of all cars idle = parked, plugged, home/work).
+    expected_idle_night: tuple[float, float] = (0.45, 0.85)  # local 01:00-05:00
+    expected_idle_workday_midday: tuple[float, float] = (0.10, 0.45)  # local 10:00-15:00 Mon-Fri
+    expected_session_hours_median: tuple[float, float] = (3.0, 14.0)
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.duration_ms
