@@ -175,5 +175,11 @@ def demo(records: int, seed: int) -> None:
     sys.exit(run_demo(_settings(), records, seed))
 
 
+# -------------------------------------------------------------------------------------------- alerts
+from processors.alert_router.cli import alerts  # noqa: E402 - a light module: click only
+
+main.add_command(alerts)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

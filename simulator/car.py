@@ -266,15 +266,17 @@ class Car:
         self.awake = True
         self.epoch += 1
         now = self.w.q.now
-        self.w.q.schedule(now + self.rng.randint(500, 3000), self.tick, self.epoch)
+        first = now + self.rng.randint(500, 3000)  # drawn even without telemetry: same habits either way
+        if self.w.config.telemetry:
+            self.w.q.schedule(first, self.tick, self.epoch)
         self.w.q.schedule(now + int(self.rng.uniform(15, 30) * MIN_MS), self.maybe_sleep, self.epoch)
 
     def begin_reporting(self) -> None:
         """Called when the world starts emitting: awake cars start their telemetry chain."""
         if self.awake:
-            self.w.q.schedule(
-                self.w.q.now + self.rng.randint(0, int(self.spec.interval_s * 1000)), self.tick, self.epoch
-            )
+            first = self.w.q.now + self.rng.randint(0, int(self.spec.interval_s * 1000))
+            if self.w.config.telemetry:
+                self.w.q.schedule(first, self.tick, self.epoch)
 
     # -- telemetry ----------------------------------------------------------------------------
     def tick(self, epoch: int) -> None:

@@ -105,8 +105,8 @@ class SimConfig:
     measurement_interval_s: float = 10.0
 
     # Statistical expectations checked by the tests (share of all cars idle = parked, plugged, home/work).
-    expected_idle_night: tuple[float, float] = (0.45, 0.85)  # local 01:00-05:00
-    expected_idle_workday_midday: tuple[float, float] = (0.10, 0.45)  # local 10:00-15:00 Mon-Fri
+    expected_idle_night: tuple[float, float] = (0.35, 0.8)  # local 01:00-05:00
+    expected_idle_workday_midday: tuple[float, float] = (0.1, 0.42)  # local 10:00-15:00 Mon-Fri
     expected_session_hours_median: tuple[float, float] = (3.0, 14.0)
 
     @property

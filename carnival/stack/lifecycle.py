@@ -55,22 +55,21 @@ def stack_down(settings: Settings) -> list[str]:
     return lines
 
 
+def _describe(name: str, status: dict[str, object], address: str) -> str:
+    pid = f" (pid {status['pid']})" if status.get("pid") else ""
+    state = "running" if status.get("running") else "stopped"
+    answering = "answering" if status.get("answering") else "not answering"
+    return f"{name + ':':11} {state}{pid}, {address} {answering}; log {status.get('log', '-')}"
+
+
 def stack_status(settings: Settings) -> tuple[bool, list[str]]:
     kafka = kafka_broker.broker_status(settings)
     healthy = bool(kafka["answering"])
-    lines = [
-        f"kafka:      {'running' if kafka['running'] else 'stopped'}"
-        f"{f' (pid {kafka['pid']})' if kafka['pid'] else ''}, {settings.kafka_bootstrap} "
-        f"{'answering' if kafka['answering'] else 'not answering'}; log {kafka['log']}"
-    ]
+    lines = [_describe("kafka", kafka, settings.kafka_bootstrap)]
     if settings.hosts_embedded_clickhouse:
         ch = clickhouse_server.clickhouse_status(settings)
         healthy = healthy and bool(ch.get("answering"))
-        lines.append(
-            f"clickhouse: {'running' if ch.get('running') else 'stopped'}"
-            f"{f' (pid {ch.get('pid')})' if ch.get('pid') else ''}, {settings.clickhouse_url} "
-            f"{'answering' if ch.get('answering') else 'not answering'}; log {ch.get('log', '-')}"
-        )
+        lines.append(_describe("clickhouse", ch, settings.clickhouse_url))
     else:
         lines.append(f"clickhouse: external server at {settings.clickhouse_url}")
     lines.append(f"data dir:   {settings.data_dir.resolve()}")

@@ -94,7 +94,7 @@ class SchedulerConfig:
     min_stay_probability: float = 0.0  # predictive: leave a task queued rather than use a worse node
     departure_sigma_s: float = 600.0  # noise of a scheduled departure (owners leave early or late)
     history_decay: float = 0.9  # weight kept by older sessions at each new one in the same bucket
-    history_prior_weight: float = 2.0  # pseudo-sessions of the prior when blending with history
+    history_prior_weight: float = 1.0  # pseudo-sessions of the prior when blending with history
     region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS
     default_utc_offset_h: float = 0.0
 

@@ -5,8 +5,9 @@ functions multiply: ``P(stay >= d) = S_hist(d) * S_dep(d) * S_full(d)``.
 
 1. **Habit** ``S_hist``: the length of a plug-in session is log-normal. Its parameters come from the car's
    own history of finished sessions, kept per 4-hour block of the local week (42 buckets, each an
-   exponentially decayed mean and variance of ``ln(duration)``, so 3 floats per bucket seen, plus one
-   all-week aggregate). They are shrunk toward a prior by pseudo-counts: bucket -> car-wide -> prior.
+   exponentially decayed mean and variance of ``ln(duration)``, so 3 floats per bucket seen), per
+   4-hour block of the day (6) and for the whole week (1): at most 49 small entries per car. Each level
+   is shrunk toward the coarser one by pseudo-counts: prior -> car-wide -> time of day -> week block.
    The prior depends on ``at_home`` and the local start hour: home in the evening/night lasts until
    the next morning, home in the day about 2.5 h, work (away, weekday morning) about 7 h, any other
    away charge about 1 h, unknown 2 h. Given the session already lasted ``a`` seconds the estimate is
@@ -50,6 +51,8 @@ _SQRT2 = math.sqrt(2.0)
 _MIN_VAR = 0.05  # floor on ln-duration variance (sd ~0.22): no history is that certain
 _PRIOR_SIGMA = 0.8
 _ALL = -1  # key of the all-week aggregate
+_TOD = 100  # keys 100..105: the same 4-hour block of the day, any weekday
+_PER_DAY = 24 // BUCKET_HOURS
 
 
 def _norm_sf(z: float) -> float:
@@ -99,7 +102,8 @@ class IdleHistory:
         if duration_s <= 0:
             return
         x = math.log(max(duration_s, 60.0))
-        for key in (bucket_of(start_ms, offset_h), _ALL):
+        bucket = bucket_of(start_ms, offset_h)
+        for key in (bucket, _TOD + bucket % _PER_DAY, _ALL):
             w, mu, var = self.stats.get(key, (0.0, x, 0.0))
             w = w * decay + 1.0
             a = 1.0 / w
@@ -110,9 +114,10 @@ class IdleHistory:
         self.sessions += 1
 
     def params(self, bucket: int, prior: tuple[float, float], k: float) -> tuple[float, float]:
-        """(mu, sigma): bucket shrunk toward the car-wide fit, shrunk toward ``prior`` (k pseudo-counts)."""
+        """(mu, sigma): prior -> car-wide -> same time of day -> same block of the week, each level
+        shrunk toward the previous one with ``k`` pseudo-sessions."""
         mu, var = prior[0], prior[1] ** 2
-        for key in (_ALL, bucket):
+        for key in (_ALL, _TOD + bucket % _PER_DAY, bucket):
             s = self.stats.get(key)
             if s is None:
                 continue

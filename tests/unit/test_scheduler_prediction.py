@@ -97,6 +97,6 @@ def test_unobserved_session_end_is_not_recorded() -> None:
 def test_history_is_compact_and_round_trips() -> None:
     node = with_history(days=30, start_offset=0, hours=9.0)
     d = node.history.to_dict()
-    assert len(d["b"]) <= 1 + 7  # one 4-hour bucket per weekday at most, plus the all-week entry
+    assert len(d["b"]) <= 1 + 1 + 7  # all-week, one time-of-day block, one block per weekday
     assert IdleHistory.from_dict(d).to_dict() == d
     assert 0 <= bucket_of(T0, -8.0) < 42

@@ -1,0 +1,128 @@
+"""``carnival alerts ...``: the click group the main CLI registers (``main.add_command(alerts)``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+
+import click
+
+__all__ = ["alerts", "parse_receivers"]
+
+WEBHOOKS_ENV = "CARNIVAL_ALERT_WEBHOOKS"
+
+
+def parse_receivers(webhooks: tuple[str, ...] | list[str], slack_webhooks: tuple[str, ...] | list[str],
+                    env_value: str | None = None) -> list:  # type: ignore[type-arg]  # fmt: skip
+    """Receivers from the options plus ``CARNIVAL_ALERT_WEBHOOKS`` (comma or space separated URLs;
+    prefix one with ``slack:`` for the Slack text shape, e.g. ``slack:https://hooks.slack.com/...``)."""
+    from processors.alert_router.delivery import Receiver
+
+    entries = [("alertmanager", u) for u in webhooks] + [("slack", u) for u in slack_webhooks]
+    for item in re.split(r"[,\s]+", env_value or ""):
+        if item:
+            entries.append(("slack", item[6:]) if item.startswith("slack:") else ("alertmanager", item))
+    receivers, counts = [], {"alertmanager": 0, "slack": 0}
+    for kind, url in entries:
+        if not url.startswith(("http://", "https://")):
+            raise click.BadParameter(f"not an http(s) URL: {url!r}")
+        counts[kind] += 1
+        name = f"{'webhook' if kind == 'alertmanager' else 'slack'}-{counts[kind]}"
+        receivers.append(Receiver(name, url, kind))  # type: ignore[arg-type]
+    return receivers
+
+
+@click.group()
+def alerts() -> None:
+    """Alerting: deliver alerts.v1 to on-call tooling."""
+
+
+@alerts.command("route")
+@click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    metavar="URL",
+    help="Alertmanager-style webhook receiver (repeatable).",
+)
+@click.option(
+    "--slack-webhook",
+    "slack_webhooks",
+    multiple=True,
+    metavar="URL",
+    help='Slack-compatible {"text": ...} webhook (repeatable).',
+)
+@click.option("--group-id", default="carnival-alert-router", show_default=True, help="Kafka consumer group.")
+@click.option(
+    "--dedup-window",
+    "dedup_window_s",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds within which a repeated (fingerprint, status) is not sent again.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="HTTP timeout per attempt, seconds.",
+)
+@click.option(
+    "--max-backoff",
+    "backoff_max_s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Longest wait between retries of a receiver that is down, seconds.",
+)
+@click.option("--external-url", default="", help="Link sent as externalURL/generatorURL.")
+@click.option(
+    "--max-idle",
+    "max_idle_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Exit once everything is delivered and no alert came for S seconds.",
+)
+def route(
+    webhooks: tuple[str, ...],
+    slack_webhooks: tuple[str, ...],
+    group_id: str,
+    dedup_window_s: float,
+    timeout_s: float,
+    backoff_max_s: float,
+    external_url: str,
+    max_idle_s: float | None,
+) -> None:
+    """Consume alerts.v1 and deliver each alert to every receiver.
+
+    Receivers come from --webhook, --slack-webhook and CARNIVAL_ALERT_WEBHOOKS. Offsets are committed only
+    after every receiver has an alert, so a restart re-delivers rather than loses.
+    """  # fmt: skip
+    from carnival.metrics import serve_metrics
+    from carnival.settings import get_settings
+    from processors.alert_router.router import AlertRouter, RouterConfig
+
+    receivers = parse_receivers(webhooks, slack_webhooks, os.environ.get(WEBHOOKS_ENV))
+    if not receivers:
+        click.secho(
+            f"error: no receivers: give --webhook/--slack-webhook or set {WEBHOOKS_ENV}", fg="red", err=True
+        )
+        sys.exit(2)
+    settings = get_settings()
+    serve_metrics(settings.metrics_port)
+    config = RouterConfig(group_id=group_id, dedup_window_s=dedup_window_s, timeout_s=timeout_s,
+                          backoff_max_s=backoff_max_s, external_url=external_url)  # fmt: skip
+    router = AlertRouter(settings, receivers, config)
+    stop = threading.Event()
+    try:
+        router.run(stop, max_idle_s=max_idle_s)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the main command maps it): run() already closed cleanly
+        stop.set()
+    stats = router.stats
+    deliveries = sum(w.delivered for w in router.workers)
+    click.echo(f"alerts route: {stats['consumed']} consumed, {stats['deduplicated']} deduplicated, "
+               f"{deliveries} deliveries", err=True)  # fmt: skip
