@@ -145,6 +145,31 @@ def consume(topic: str, from_beginning: bool, max_records: int | None, timeout_s
     sys.exit(run_consume(_settings(), topic, from_beginning, max_records, timeout_s))
 
 
+# -------------------------------------------------------------------------------------------- worker
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--list", "list_only", is_flag=True, help="List the processors and exit.")
+def worker(names: tuple[str, ...], list_only: bool) -> None:
+    """Run stream processors: all of them, or the NAMES given (one process each).
+
+    With one name the processor runs in this process; with several (or none: all), each runs in a child
+    process that is restarted if it crashes. Ctrl-C or SIGTERM stops them cleanly.
+    """
+    from processors.registry import PROCESSORS
+
+    if list_only:
+        for spec in PROCESSORS.values():
+            click.echo(f"{spec.name:10} {spec.doc}")
+        return
+    unknown = [n for n in names if n not in PROCESSORS]
+    if unknown:
+        _fail(f"unknown processor(s) {', '.join(unknown)}; known: {', '.join(PROCESSORS)}", code=2)
+    from carnival.worker_cmd import run_one, supervise
+
+    chosen = list(names) or list(PROCESSORS)
+    sys.exit(run_one(_settings(), chosen[0]) if len(chosen) == 1 else supervise(_settings(), chosen))
+
+
 # --------------------------------------------------------------------------------------------- query
 @main.command()
 @click.argument("sql")

@@ -102,12 +102,10 @@ class EmulatorHost:
         if run is None:
             self.w.counters["revokes_unknown"] += 1
             return
-        self.w.counters["sessions_revoked"] += 1
         self._stop(run, "revoked", report=False)
 
     def owner_returned(self, car: Car) -> None:
         for run in list(car.sessions.values()):
-            self.w.counters["sessions_abandoned"] += 1
             self._stop(run, "owner_returned", report=run.session.rng.random() < 0.7)
 
     def self_assign(self, task: dict[str, Any], duration_s: float) -> bool:

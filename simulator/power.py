@@ -305,9 +305,13 @@ class Site:
         q, rng, config = self.w.q, self.rng, self.w.config
         q.schedule(local_midnight + DAY_MS, self.plan_day, local_midnight + DAY_MS)
         t0_ms = local_midnight + int(rng.uniform(16.0, 19.0) * HOUR_MS)
+        with_fault = rng.random() < config.fault_share
+        if t0_ms - 5_000 < q.now or t0_ms >= config.end_ms:
+            return  # a failover must fit inside the run
         fault = None
-        if rng.random() < config.fault_share:
-            fault = FAULT_KINDS[(self.index + self.faults) % len(FAULT_KINDS)]
+        if with_fault:  # kinds rotate across the whole world, so every kind shows up in a short run
+            fault = FAULT_KINDS[self.w.counters["faults_injected"] % len(FAULT_KINDS)]
+            self.w.counters["faults_injected"] += 1
             self.faults += 1
         script = failover_script(
             rng,
@@ -319,8 +323,6 @@ class Site:
             fault,
             rng.uniform(*config.retransfer_delay_s),
         )
-        if t0_ms - 5_000 < q.now or t0_ms >= config.end_ms:
-            return  # a failover must fit inside the run
         self.failovers += 1
         self.w.counters["failovers"] += 1
         if fault:

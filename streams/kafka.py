@@ -30,6 +30,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 500_000,
     "queue.buffering.max.kbytes": 1_048_576,
     "message.timeout.ms": 120_000,
+    # Java's (and aiokafka's/faust's) key hashing, not librdkafka's CRC32 default: a key must land in the
+    # same partition whoever produced it, or co-partitioned faust tables would see the wrong keys.
+    "partitioner": "murmur2_random",
 }
 
 

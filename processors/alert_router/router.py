@@ -44,6 +44,7 @@ class RouterConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     commit_interval_s: float = 0.5
+    drain_timeout_s: float = 5.0
     external_url: str = ""
 
 
@@ -142,9 +143,9 @@ class AlertRouter:
         finally:
             self.close()
 
-    def close(self, drain_timeout_s: float = 5.0) -> None:
-        """Give receivers a moment to finish, commit what is done, stop workers, close the consumer."""
-        deadline = time.monotonic() + drain_timeout_s
+    def close(self) -> None:
+        """Give receivers ``drain_timeout_s`` to finish, commit what is done, stop workers, close."""
+        deadline = time.monotonic() + self.config.drain_timeout_s
         while self.tracker.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
             self._commit(force=True)

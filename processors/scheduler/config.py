@@ -73,7 +73,7 @@ class SchedulerConfig:
     max_failures: int = 3  # FAILED reports before a task is given up (final FAILED)
     max_task_duration_s: float = 24 * 3600.0  # longer est_duration_s is REJECTED
     tombstone_ttl_s: float = 24 * 3600.0  # finished tasks are remembered this long (duplicate requests)
-    spill_after_s: float = 60.0  # an any-region task waiting this long moves to the next pool
+    spill_after_s: float = 60.0  # an any-region task waiting this long moves on (doubling per hop)
     pools: tuple[str, ...] = ()  # known pools, for routing any-region tasks (empty: pools seen so far)
     local_pools: frozenset[str] | None = None  # pools this instance owns (None: all; else handoffs)
     max_scan_tasks: int = 2000  # queue entries examined per matching pass

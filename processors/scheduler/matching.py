@@ -400,7 +400,7 @@ class Scheduler:
         if task.state == ASSIGNED and task.assigned_ts is not None:
             self._push(task.assigned_ts + cfg.claim_timeout_s * 1000, "claim", task.task_id)
         if task.state == QUEUED and task.region is None and task.queued_ts is not None:
-            self._push(task.queued_ts + cfg.spill_after_s * 1000, "spill", task.task_id)
+            self._push(self._spill_at(task), "spill", task.task_id)
         if task.state in TERMINAL and task.done_ts is not None:
             self._push(task.done_ts + cfg.tombstone_ttl_s * 1000, "gc", task.task_id)
 
@@ -426,11 +426,7 @@ class Scheduler:
             ):
                 self._claim_timeout(task, now, out)
         elif kind == "spill":
-            if (
-                task.state == QUEUED
-                and task.queued_ts is not None
-                and int(task.queued_ts + cfg.spill_after_s * 1000) == at
-            ):
+            if task.state == QUEUED and task.region is None and self._spill_at(task) == at:
                 self._spill(task, now, out)
         elif (
             kind == "gc"
@@ -519,7 +515,12 @@ class Scheduler:
         self._pool(task.pool).enqueue(order_key(task, self.cfg), task.task_id)
         self._touched.add(task.pool)
         if task.region is None:
-            self._push(now + self.cfg.spill_after_s * 1000, "spill", task.task_id)
+            self._push(self._spill_at(task), "spill", task.task_id)
+
+    def _spill_at(self, task: Task) -> int:
+        """When a waiting any-region task moves on: ``spill_after_s``, doubling per hop (at most 32x)."""
+        assert task.queued_ts is not None
+        return int(task.queued_ts + self.cfg.spill_after_s * 1000 * min(2**task.hops, 32))
 
     def _finish(
         self,
@@ -599,8 +600,10 @@ class Scheduler:
 
     def _spill(self, task: Task, now: int, out: list[Out]) -> None:
         names = list(self.cfg.pools) or sorted(p for p in self._pools if p)
-        if not names or names == [task.pool]:
-            self._push(now + self.cfg.spill_after_s * 1000, "spill", task.task_id)
+        if not names or names == [task.pool]:  # nowhere else to go (yet): look again later
+            task.hops += 1
+            self._dirty_tasks.add(task.task_id)
+            self._push(self._spill_at(task), "spill", task.task_id)
             return
         nxt = names[(names.index(task.pool) + 1) % len(names)] if task.pool in names else names[0]
         self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)

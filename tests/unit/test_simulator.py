@@ -46,7 +46,7 @@ def test_same_seed_same_events_other_seed_other_events() -> None:
 
 
 def test_every_record_validates_against_its_schema() -> None:
-    world, sink, _ = run_world(cars=60, sites=3, duration_ms=26 * HOUR_MS, fault_share=1.0)
+    world, sink, _ = run_world(cars=40, sites=3, duration_ms=26 * HOUR_MS, fault_share=1.0, tasks_per_hour=40)
     serde = AvroSerde()
     topics = Counter(t for t, _, _ in sink.records)
     assert set(topics) == {"fleet.telemetry.v1", "tasks.requests.v1", "tasks.status.v1", "emulator.actions.v1",
@@ -67,7 +67,7 @@ def test_every_record_validates_against_its_schema() -> None:
 
 
 def test_fast_encoder_is_byte_identical_to_the_project_serde() -> None:
-    _, sink, _ = run_world(cars=40, sites=2, duration_ms=20 * HOUR_MS, fault_share=1.0)
+    _, sink, _ = run_world(cars=40, sites=2, duration_ms=20 * HOUR_MS, fault_share=1.0, tasks_per_hour=40)
     serde = AvroSerde()
     fast = FastEncoder(serde)
     n = 0

@@ -1,0 +1,141 @@
+"""The alert router against the real broker and real local HTTP receivers: retry until a failing
+receiver recovers (delivered exactly once), dedup of a repeated FIRING, a down receiver not holding up a
+healthy one, commit-after-delivery across restarts, and the `carnival alerts route` command."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from carnival.settings import Settings
+from processors.alert_router.delivery import Receiver
+from processors.alert_router.router import AlertRouter, RouterConfig
+from processors.alert_router.testing import RecordingReceiver
+from streams.kafka import Producer
+from streams.serde import serde_from_settings
+
+pytestmark = pytest.mark.integration
+
+FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "commit_interval_s": 0.05, "drain_timeout_s": 1.0}
+
+
+def make_alert(fp: str, status: str = "FIRING") -> dict[str, Any]:
+    return {
+        "fingerprint": fp, "status": status, "severity": "critical", "kind": "FAILED_TRANSFER",
+        "site_id": "dc-it", "region": None, "summary": f"dc-it: test alert {fp}",
+        "starts_at": datetime.now(UTC),
+        "ends_at": datetime.now(UTC) if status == "RESOLVED" else None, "labels": {"test": "router"},
+        "incident_id": f"dc-it/FAILED_TRANSFER/{fp}",
+    }  # fmt: skip
+
+
+def produce(settings: Settings, alerts: list[dict[str, Any]]) -> None:
+    serde = serde_from_settings(settings)
+    with Producer(settings) as producer:
+        for a in alerts:
+            producer.produce("alerts.v1", serde.encode("alerts.v1", a), a["fingerprint"])
+    assert producer.stats.failed == 0
+
+
+def ours(rx: RecordingReceiver, fps: set[str]) -> list[tuple[str, str]]:
+    """(fingerprint, status) of the Alertmanager bodies this test produced (other tests share the topic)."""
+    out = []
+    for body in rx.received:
+        for a in body["alerts"]:
+            if a["fingerprint"] in fps:
+                out.append((a["fingerprint"], a["status"]))
+    return out
+
+
+def start(router: AlertRouter, max_idle_s: float | None = None) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=router.run, args=(stop,), kwargs={"max_idle_s": max_idle_s}, daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def wait_until(cond: Any, timeout_s: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_retry_dedup_isolation_and_commit_after_delivery(settings: Settings) -> None:
+    group = f"it-router-{uuid.uuid4().hex[:8]}"
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    fps = {a, b}
+    produce(settings, [make_alert(a), make_alert(a), make_alert(b), make_alert(a, "RESOLVED")])
+    with RecordingReceiver() as healthy, RecordingReceiver() as flaky:
+        flaky.fail_with = 500
+        router = AlertRouter(settings, [Receiver("healthy", healthy.url), Receiver("flaky", flaky.url)],
+                             RouterConfig(group_id=group, **FAST))  # fmt: skip
+        stop, thread = start(router)
+        try:
+            # The healthy receiver gets everything (the repeated FIRING once) while the other one is down.
+            assert wait_until(lambda: len(ours(healthy, fps)) >= 3), ours(healthy, fps)
+            assert wait_until(lambda: flaky.attempts >= 3)
+            assert ours(flaky, fps) == []
+            flaky.fail_with = None  # recovers
+            assert wait_until(lambda: len(ours(flaky, fps)) >= 3), ours(flaky, fps)
+            assert wait_until(lambda: router.tracker.in_flight == 0)
+        finally:
+            stop.set()
+            thread.join(20)
+        for rx in (healthy, flaky):
+            got = ours(rx, fps)
+            assert sorted(got) == sorted([(a, "firing"), (b, "firing"), (a, "resolved")]), got
+            assert got.index((a, "firing")) < got.index((a, "resolved"))
+        assert router.stats["deduplicated"] >= 1
+
+        # Offsets were committed after delivery: a new router of the same group re-sends nothing.
+        before = (len(healthy.received), len(flaky.received))
+        again = AlertRouter(settings, [Receiver("healthy", healthy.url), Receiver("flaky", flaky.url)],
+                            RouterConfig(group_id=group, **FAST))  # fmt: skip
+        again.run(threading.Event(), max_idle_s=4.0)
+        assert (len(healthy.received), len(flaky.received)) == before
+
+
+def test_undelivered_alert_survives_router_restart(settings: Settings) -> None:
+    group = f"it-router-{uuid.uuid4().hex[:8]}"
+    fp = f"c-{uuid.uuid4().hex[:8]}"
+    with RecordingReceiver() as rx:
+        rx.fail_with = 503
+        router = AlertRouter(settings, [Receiver("down", rx.url)], RouterConfig(group_id=group, **FAST))
+        stop, thread = start(router)
+        produce(settings, [make_alert(fp)])
+        try:
+            assert wait_until(lambda: rx.attempts >= 2)
+        finally:
+            stop.set()  # stopped while the receiver is still down: nothing may be committed
+            thread.join(20)
+        rx.fail_with = None
+        restarted = AlertRouter(settings, [Receiver("down", rx.url)], RouterConfig(group_id=group, **FAST))
+        stop, thread = start(restarted)
+        try:
+            assert wait_until(lambda: ours(rx, {fp}) == [(fp, "firing")])
+        finally:
+            stop.set()
+            thread.join(20)
+        assert ours(rx, {fp}) == [(fp, "firing")]
+
+
+def test_alerts_route_command_delivers_both_shapes(settings: Settings, run_cli: Any) -> None:
+    fp = f"d-{uuid.uuid4().hex[:8]}"
+    produce(settings, [make_alert(fp)])
+    with RecordingReceiver() as am, RecordingReceiver() as slack:
+        group = f"it-cli-{uuid.uuid4().hex[:8]}"
+        result = run_cli("alerts", "route", "--webhook", am.url, "--slack-webhook", slack.url,
+                         "--group-id", group, "--max-idle", "3", timeout=90)  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        assert ours(am, {fp}) == [(fp, "firing")]
+        texts = [b["text"] for b in slack.received if fp in b.get("text", "")]
+        assert len(texts) == 1 and "FIRING:critical" in texts[0]
