@@ -205,6 +205,11 @@ from processors.alert_router.cli import alerts  # noqa: E402 - a light module: c
 
 main.add_command(alerts)
 
+# ------------------------------------------------------------------------------------------ simulate
+from simulator.cli import simulate  # noqa: E402 - a light module: click only; the rest loads on use
+
+main.add_command(simulate)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -99,7 +99,7 @@ def run_consume(settings: Settings, topic: str, from_beginning: bool, max_record
     consumer = make_consumer(settings)
     try:
         summary = consume_json_lines(
-            consumer, topic, serde_from_settings(settings), sys.stdout.buffer, from_beginning,
+            consumer, topic, _raw_ts_serde(settings), sys.stdout.buffer, from_beginning,
             max_records, timeout_s, on_error=lambda m: click.echo(f"skipped: {m}", err=True),
         )
     except LookupError as exc:
@@ -112,3 +112,11 @@ def run_consume(settings: Settings, topic: str, from_beginning: bool, max_record
     if summary.undecodable:
         click.echo(f"{summary.undecodable} records could not be decoded", err=True)
     return 0
+
+
+def _raw_ts_serde(settings: Settings):  # type: ignore[no-untyped-def]
+    """Timestamps stay epoch ints through decode; the JSON formatter renders them directly."""
+    from streams.serde import AvroSerde, registry_client
+
+    url = settings.schema_registry_url
+    return AvroSerde(registry_client(url) if url else None, raw_timestamps=True)

@@ -11,7 +11,20 @@ The pure generators (``habits``, ``charging``, ``tasks``, ``emulator``, ``power`
 from ``random.Random`` instances derived from the seed, so the same seed gives the same events.
 """
 
-from simulator.config import SimConfig
-from simulator.world import World
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["SimConfig", "World"]
+
+
+def __getattr__(name: str) -> Any:  # lazy, so `carnival --help` does not load the world
+    if name == "SimConfig":
+        from simulator.config import SimConfig
+
+        return SimConfig
+    if name == "World":
+        from simulator.world import World
+
+        return World
+    raise AttributeError(name)

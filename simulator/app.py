@@ -228,7 +228,11 @@ def print_summary(summary: RunSummary, config: SimConfig, truth_path: Path | Non
     c = summary.counters
     table.add_row("tasks requested", f"{c.get('tasks', 0):,}")
     for key in sorted(c):
-        if key.startswith(("sessions_", "assignments_", "fault_")) or key in ("failovers", "task_bursts"):
+        if key.startswith(("sessions_", "assignments_", "fault_")) or key in (
+            "failovers",
+            "faults_injected",
+            "task_bursts",
+        ):
             table.add_row(key.replace("_", " "), f"{c[key]:,}")
     for key in (
         "telemetry_duplicated",

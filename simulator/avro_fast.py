@@ -33,7 +33,11 @@ def _zigzag(n: int) -> bytes:
 class _Gen:
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"_z": _zigzag, "_d": struct.Struct("<d").pack, "_f": struct.Struct("<f").pack}
+        self.env: dict[str, Any] = {
+            "_z": _zigzag,
+            "_d": struct.Struct("<d").pack,
+            "_f": struct.Struct("<f").pack,
+        }
         self.n = 0
 
     def name(self, prefix: str, value: Any) -> str:

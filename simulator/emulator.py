@@ -8,6 +8,8 @@ start: healthy nodes fail a few percent of tasks, faulty ones most of them.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 SCREEN_W, SCREEN_H = 1920, 1080
 _ACTIONS = ("CLICK", "TYPE", "KEY", "MOUSE_MOVE", "SCROLL", "WAIT", "DOUBLE_CLICK", "RIGHT_CLICK", "DRAG")
 _ACTION_WEIGHTS = (30, 16, 10, 14, 12, 5, 4, 2, 3)
+_CUM_WEIGHTS = tuple(itertools.accumulate(_ACTION_WEIGHTS))
+_TOTAL_WEIGHT = float(_CUM_WEIGHTS[-1])
 _KEYS = (
     "Enter",
     "Tab",
@@ -73,6 +77,7 @@ class Session:
         self._think_mu = math.log(max(0.2, interval_s) * 1000 * 0.75)
         self._pending: list[tuple[str, int | None, int | None]] = []  # queued actions (retries, loops)
         self._since_shot = 99
+        self._shot_every = 1
         self._last: tuple[str, int | None, int | None] = ("CLICK", 100, 100)
         self.errors = 0
         self.loops = 0
@@ -92,15 +97,16 @@ class Session:
         if self._pending:
             action, x, y = self._pending.pop()
             latency = rng.lognormvariate(self._think_mu, 0.4) * growth
-        elif self._since_shot >= rng.randint(1, 3):
+        elif self._since_shot >= self._shot_every:
             action, x, y = "SCREENSHOT", None, None
             latency = rng.uniform(40.0, 160.0)
             self._since_shot = 0
+            self._shot_every = 1 + int(rng.random() * 3)  # one to three actions per look
         else:
-            action = rng.choices(_ACTIONS, weights=_ACTION_WEIGHTS)[0]
+            action = _ACTIONS[bisect.bisect(_CUM_WEIGHTS, rng.random() * _TOTAL_WEIGHT)]
             x = y = None
             if action not in ("KEY", "TYPE", "WAIT"):
-                x, y = rng.randrange(SCREEN_W), rng.randrange(SCREEN_H)
+                x, y = int(rng.random() * SCREEN_W), int(rng.random() * SCREEN_H)
             latency = rng.lognormvariate(self._think_mu, 0.5) * growth
             self._since_shot += 1
             if rng.random() < LOOP_START_RATE:  # stuck: the same action at the same place, again and again

@@ -324,9 +324,18 @@ def _ts_formatter(logical: str) -> Callable[[Any], str]:
     unit, per_second = _UNITS[logical]
     spec = unit  # isoformat timespec: "milliseconds" / "microseconds"
 
+    cache: dict[int, str] = {}  # whole second -> "YYYY-MM-DDTHH:MM:SS"; telemetry clusters in seconds
+    width = 3 if per_second == 1000 else 6
+
     def fmt(v: Any) -> str:
         if type(v) is int:
-            v = _from_epoch(v, per_second)
+            seconds, fraction = divmod(v, per_second)
+            head = cache.get(seconds)
+            if head is None:
+                if len(cache) > 100_000:
+                    cache.clear()
+                head = cache[seconds] = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+            return f"{head}.{fraction:0{width}d}Z"
         if v.tzinfo is not None:
             v = v.astimezone(UTC).replace(tzinfo=None)
         return v.isoformat(timespec=spec) + "Z"  # type: ignore[no-any-return]

@@ -163,12 +163,14 @@ class AlertRouter:
         if msg.error():
             log.warning("alert_consume_error", error=str(msg.error()))
             return
-        partition, offset = msg.partition(), msg.offset()
+        partition, offset, value = msg.partition() or 0, msg.offset() or 0, msg.value()
         self._last_record = time.monotonic()
         self.stats["consumed"] += 1
         self.tracker.add(partition, offset, len(self.workers))
         try:
-            alert = self.serde.decode(msg.topic(), msg.value())
+            if value is None:
+                raise ValueError("empty record (tombstone) on the alerts topic")
+            alert = self.serde.decode(msg.topic() or self.config.topic, value)
         except Exception as exc:  # noqa: BLE001 - any unusable record goes to the dead-letter topic
             self._dead_letter(msg, exc)
             self.tracker.done(partition, offset, len(self.workers))

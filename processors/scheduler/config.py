@@ -56,6 +56,9 @@ class SchedulerConfig:
     min_soc_pct: float = 30.0  # battery floor
     max_compute_temp_c: float = 85.0  # computer temperature ceiling
     lease_s: float = 120.0  # data-timeout lease: no telemetry for this long -> LEASE_EXPIRED
+    # A node that holds work keeps its claim (is not preempted) while silent for up to claim_lease_s:
+    # parked cars drop off weak Wi-Fi for minutes; it gets no new work after lease_s all the same.
+    claim_lease_s: float = 600.0
     # A gear / charge-state / SoC value must have been *reported* within confirm_s for a node to become
     # eligible; an already-eligible node keeps trusting its last good values for field_ttl_s while
     # the car reports those fields as missing/UNKNOWN (cars invalidate fields when they doze).

@@ -304,6 +304,8 @@ def next_change_at(node: NodeState, now: int, cfg: SchedulerConfig) -> int | Non
 
     if node.ts >= 0:
         consider(node.ts + cfg.lease_s * 1000 + 1)
+        if node.running:
+            consider(node.ts + cfg.claim_lease_s * 1000 + 1)
     ttl = (cfg.field_ttl_s if node.ready_since is not None else cfg.confirm_s) * 1000
     for at in (node.gear_at, node.charge_at, node.soc_at):
         if at >= 0:

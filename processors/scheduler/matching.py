@@ -37,6 +37,7 @@ from typing import Any
 from processors.scheduler._time import to_ms
 from processors.scheduler.config import DEFAULT_CONFIG, HW_RANK, SchedulerConfig
 from processors.scheduler.eligibility import (
+    LEASE_EXPIRED,
     NodeState,
     TelemetryResult,
     apply_telemetry,
@@ -460,7 +461,8 @@ class Scheduler:
         """Re-evaluate ``node`` at ``now``; preempt, update the idle set, publish, schedule a re-check."""
         cfg = self.cfg
         eligible, reason = evaluate(node, now, cfg)
-        if reason in cfg.preempt_reasons and node.running:
+        claim_kept = reason == LEASE_EXPIRED and now - node.ts <= cfg.claim_lease_s * 1000
+        if reason in cfg.preempt_reasons and node.running and not claim_kept:
             for task_id in list(node.running):
                 self._preempt(self.tasks[task_id], reason, now, out)
             eligible, reason = evaluate(node, now, cfg)
