@@ -16,7 +16,7 @@ Measured, per policy:
   request -> COMPLETED;
 - completed tasks, expired tasks.
 
-Run: ``python bench/bench_scheduler_policy.py [--cars 150 --days 1 --learn-days 2 --seed 7]``.
+Run: ``python bench/bench_scheduler_policy.py [--cars 150 --days 1 --learn-days 2 --seeds 7,8]``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class PolicyRun:
         self.first_assign: dict[str, int] = {}
         self.completed: dict[str, int] = {}
         self.started: set[str] = set()  # assignment ids that STARTED (measured tasks)
-        self.lost: set[str] = set()  # assignment ids lost to the owner coming back
+        self.lost: dict[str, str] = {}  # assignment id -> cause ("owner" back, or "lease" lost)
         self.expired = 0
         self.invalid = 0
         run = self
@@ -92,7 +92,7 @@ class PolicyRun:
                 if rec["status"] == "STARTED" and rec["task_id"] in self.requested:
                     self.started.add(rec["assignment_id"])
                 if rec["status"] == "FAILED" and "owner_returned" in (rec.get("error") or ""):
-                    self.lost.add(rec["assignment_id"])
+                    self.lost.setdefault(rec["assignment_id"], "owner")
                 outs = s.on_status(rec, now=now)
             else:
                 return
@@ -116,7 +116,8 @@ class PolicyRun:
                 if st == "ASSIGNED":
                     self.first_assign.setdefault(v["task_id"], now)
                 elif st == "PREEMPTED":
-                    self.lost.add(v["assignment_id"])
+                    cause = "lease" if v["reason"] == "LEASE_EXPIRED" else "owner"
+                    self.lost.setdefault(v["assignment_id"], cause)
                 elif st == "COMPLETED":
                     self.completed[v["task_id"]] = now
                 elif st == "EXPIRED":
@@ -129,14 +130,17 @@ class PolicyRun:
         t0 = time.perf_counter()
         w.run_until(self.end)
         elapsed = time.perf_counter() - t0
-        waits = [(self.first_assign[t] - r) / 1000 for t, r in self.requested.items() if t in self.first_assign]
+        waits = [
+            (self.first_assign[t] - r) / 1000 for t, r in self.requested.items() if t in self.first_assign
+        ]
         done = [(self.completed[t] - r) / 1000 for t, r in self.requested.items() if t in self.completed]
-        lost = len(self.lost & self.started)
+        lost = [c for a, c in self.lost.items() if a in self.started]
         return {
             "tasks": len(self.requested),
             "started": len(self.started),
-            "preempted": lost,
-            "preempt_rate": lost / max(1, len(self.started)),
+            "preempted": len(lost),
+            "preempted_owner": lost.count("owner"),
+            "preempted_lease": lost.count("lease"),
             "wait_mean_s": statistics.fmean(waits) if waits else float("nan"),
             "wait_p95_s": p95(waits),
             "never_assigned": len(self.requested) - len(waits),
@@ -153,33 +157,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cars", type=int, default=150)
     ap.add_argument("--days", type=int, default=1, help="measured days")
     ap.add_argument("--learn-days", type=int, default=2, help="days before measuring (history is learned)")
-    ap.add_argument("--tasks-per-hour", type=float, default=60.0)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--tasks-per-hour", type=float, default=8.0)
+    ap.add_argument("--seeds", default="7,8", help="comma-separated seeds; counts are summed over them")
     args = ap.parse_args(argv)
     try:
         import simulator  # noqa: F401
     except ImportError as exc:  # pragma: no cover
         print(f"simulator package not importable ({exc}); nothing to drive the policies with")
         return 2
-    results = {}
+    seeds = [int(x) for x in args.seeds.split(",")]
+    results: dict[str, dict[str, float]] = {}
     for ranking in ("random", "predictive"):
-        cfg = replace(DEFAULT_CONFIG, ranking=ranking, seed=args.seed)
-        results[ranking] = PolicyRun(args, cfg).run()
-    print(f"fleet: {args.cars} simulated cars, seed {args.seed}, {args.learn_days} day(s) learning + "
-          f"{args.days} measured, {args.tasks_per_hour:g} tasks/h")  # fmt: skip
-    cols = ("tasks", "started", "preempted", "preempt_rate", "wait_mean_s", "wait_p95_s", "never_assigned",
-            "completed", "turnaround_mean_s", "expired", "telemetry", "seconds")  # fmt: skip
-    print(f"{'metric':<18}{'random':>14}{'predictive':>14}")
+        runs = []
+        for seed in seeds:
+            args.seed = seed
+            runs.append(PolicyRun(args, replace(DEFAULT_CONFIG, ranking=ranking, seed=seed)).run())
+        results[ranking] = combine(runs)
+    print(
+        f"fleet: {args.cars} simulated cars (simulator.World), seeds {args.seeds}, {args.learn_days} day(s) "
+        f"learning + {args.days} measured per seed, {args.tasks_per_hour:g} tasks/h"
+    )
+    cols = list(results["random"])
+    print(f"{'metric':<20}{'random':>14}{'predictive':>14}")
     for c in cols:
         r, p = results["random"][c], results["predictive"][c]
         fmt = "{:>14.3f}" if isinstance(r, float) else "{:>14}"
-        print(f"{c:<18}" + fmt.format(r) + fmt.format(p))
+        print(f"{c:<20}" + fmt.format(r) + fmt.format(p))
     r, p = results["random"], results["predictive"]
-    cut = r["preempt_rate"] / p["preempt_rate"] if p["preempt_rate"] > 0 else float("inf")
-    print(f"preemption rate random/predictive: {cut:.2f}x (goal >= 2x)")
+    for key in ("preempt_rate", "owner_preempt_rate"):
+        ratio = r[key] / p[key] if p[key] > 0 else float("inf")
+        print(f"{key} random/predictive: {ratio:.2f}x (goal >= 2x)")
     print(f"mean wait predictive/random: {p['wait_mean_s'] / max(r['wait_mean_s'], 1e-9):.2f} (goal <= 1)")
     print(f"p95 wait predictive/random: {p['wait_p95_s'] / max(r['wait_p95_s'], 1e-9):.2f}")
     return 0
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum counts over seeds; rates from the sums; waits averaged over seeds (weighted by tasks)."""
+    total = {k: sum(r[k] for r in runs) for k in runs[0] if not isinstance(runs[0][k], float)}
+    started = max(1, total["started"])
+    weights = [r["tasks"] for r in runs]
+
+    def wavg(key: str) -> float:
+        return sum(r[key] * w for r, w in zip(runs, weights, strict=True)) / max(1, sum(weights))
+
+    return {
+        **total,
+        "preempt_rate": total["preempted"] / started,
+        "owner_preempt_rate": total["preempted_owner"] / started,
+        "lease_preempt_rate": total["preempted_lease"] / started,
+        "wait_mean_s": wavg("wait_mean_s"),
+        "wait_p95_s": wavg("wait_p95_s"),
+        "turnaround_mean_s": wavg("turnaround_mean_s"),
+        "seconds": sum(r["seconds"] for r in runs),
+    }
 
 
 if __name__ == "__main__":

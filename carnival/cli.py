@@ -117,6 +117,18 @@ def topics_list() -> None:
                    f"  {retention:10} {spec.doc}")
 
 
+@main.command()
+def migrate() -> None:
+    """Apply the versioned ClickHouse DDL to CARNIVAL_CLICKHOUSE_URL (idempotent)."""
+    from sinks.migrate import migrate as apply
+
+    try:
+        applied = apply(_settings())
+    except Exception as exc:  # noqa: BLE001 - one clear line for the operator
+        _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse_url}: {exc}")
+    click.echo(f"clickhouse schema: {len(applied)} migrations applied" if applied else "clickhouse schema: up to date")
+
+
 # ------------------------------------------------------------------------------------ produce/consume
 @main.command()
 @click.argument("topic")

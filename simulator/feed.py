@@ -41,7 +41,7 @@ class AssignmentFeed:
             if msg.error() is not None:
                 continue
             try:
-                out.append(self.serde.decode(self.topic, msg.value()))
+                out.append(self.serde.decode(self.topic, msg.value() or b""))
             except Exception as exc:  # noqa: BLE001 - a bad command must not stop the cars
                 self.undecodable += 1
                 log.warning("simulate_bad_assignment", error=str(exc), offset=msg.offset())

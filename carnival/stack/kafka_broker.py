@@ -160,7 +160,11 @@ def server_properties(settings: Settings, log_dirs: Path) -> str:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Kafka's format: 16 random bytes, URL-safe base64. One starting with "-" would read as an option.
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _java_cmd(java: str, libs: Path, main: str, *args: str, heap: str = "-Xmx768m") -> list[str]:

@@ -223,7 +223,12 @@ class Scheduler:
         if task is None:
             self.counters["status_unknown_task"] += 1
             return out
-        if task.state not in (ASSIGNED, RUNNING) or aid != task.assignment_id or vin != task.vin:
+        if (
+            task.state not in (ASSIGNED, RUNNING)
+            or aid != task.assignment_id
+            or vin != task.vin
+            or vin is None
+        ):
             self.counters["status_stale"] += 1
             return out
         node = self.nodes[vin]

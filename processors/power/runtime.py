@@ -1,0 +1,205 @@
+"""What the power worker needs around the pure detector, with no faust import: the detector config from
+the environment, the in-memory detector cache, output routing and the worker's Prometheus metrics.
+
+``processors/power/worker.py`` is the faust wiring that uses these; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import Counter, Histogram
+
+from processors.power.alerts import alert_for_incident
+from processors.power.config import PowerConfig
+from processors.power.detector import Detector
+from processors.power.events import Incident, LateEvent, Output
+
+__all__ = [
+    "ALERTS_TOPIC",
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "EVENTS_TOPIC",
+    "INCIDENTS_TOPIC",
+    "DetectorCache",
+    "Emission",
+    "config_from_env",
+    "decode_state",
+    "encode_state",
+    "route",
+]
+
+log = structlog.get_logger(__name__)
+
+EVENTS_TOPIC = "power.events.v1"
+INCIDENTS_TOPIC = "power.incidents.v1"
+ALERTS_TOPIC = "alerts.v1"
+
+CONFIG_ENV = "CARNIVAL_POWER_CONFIG"
+"""A JSON object of ``PowerConfig`` fields, e.g. ``{"silent_after_s": 30}``."""
+ENV_PREFIX = "CARNIVAL_POWER_"
+"""One variable per field overrides the JSON: ``CARNIVAL_POWER_SILENT_AFTER_S=30``."""
+
+# -- metrics (carnival_<system>_<verb>_total) -----------------------------------------------------
+EVENTS_PROCESSED = Counter(
+    "carnival_power_events_processed_total", "Power events handed to a site detector", ["result"]
+)
+INCIDENTS_EMITTED = Counter(
+    "carnival_power_incidents_emitted_total", "Incident records published", ["kind", "state"]
+)
+ALERTS_EMITTED = Counter("carnival_power_alerts_emitted_total", "Alerts published", ["kind", "status"])
+DEAD_LETTERED = Counter(
+    "carnival_power_deadlettered_total", "Power events sent to the dead-letter topic", ["kind"]
+)
+DETECTION_LATENCY = Histogram(
+    "carnival_power_detection_latency_seconds",
+    "Kafka timestamp of the deciding event to its incident/alert acknowledged by Kafka",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENT_SECONDS = Histogram(
+    "carnival_power_event_seconds",
+    "Worker time for one power event (decode, detect, publish, persist)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+)
+DETECTORS_LOADED = Counter(
+    "carnival_power_detectors_loaded_total", "Site detectors loaded into memory", ["source"]
+)
+
+
+# -- configuration --------------------------------------------------------------------------------
+def _parse(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a boolean, got {raw!r}")
+    try:
+        return int(raw) if isinstance(default, int) else float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> PowerConfig:
+    """``PowerConfig`` from ``CARNIVAL_POWER_CONFIG`` (JSON) and ``CARNIVAL_POWER_<FIELD>`` variables.
+
+    Unknown ``CARNIVAL_POWER_*`` names are an error, so a typo does not silently keep a default.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if env.get(CONFIG_ENV):
+        loaded = json.loads(env[CONFIG_ENV])
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{CONFIG_ENV} must be a JSON object")
+        values.update(loaded)
+    defaults = {f.name: f.default for f in fields(PowerConfig)}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        name = var[len(ENV_PREFIX) :].lower()
+        if name not in defaults:
+            raise ValueError(f"unknown power detector setting {var}")
+        values[name] = _parse(name, raw, defaults[name])
+    return PowerConfig.from_mapping(values)
+
+
+# -- state ----------------------------------------------------------------------------------------
+def encode_state(detector: Detector) -> bytes:
+    return orjson.dumps(detector.to_dict())
+
+
+def decode_state(data: bytes, config: PowerConfig) -> Detector:
+    return Detector.from_dict(orjson.loads(data), config)
+
+
+class DetectorCache:
+    """Detectors of the sites this worker owns, kept in memory between events.
+
+    The table is the durable copy; the cache only saves a ``from_dict`` per event. ``load`` reads the
+    table's bytes for a site (None when unknown). A state that cannot be read (say, a state version
+    from an incompatible release) is logged and replaced by a fresh detector rather than stopping the
+    site's processing for good.
+    """
+
+    def __init__(self, config: PowerConfig, load: Callable[[str], bytes | None]) -> None:
+        self.config = config
+        self._load = load
+        self._dets: dict[str, Detector] = {}
+
+    def get(self, site_id: str) -> Detector:
+        det = self._dets.get(site_id)
+        if det is None:
+            det = self._dets[site_id] = self._restore(site_id)
+        return det
+
+    def _restore(self, site_id: str) -> Detector:
+        data = self._load(site_id)
+        if data is None:
+            DETECTORS_LOADED.labels(source="new").inc()
+            return Detector(site_id, self.config)
+        try:
+            det = decode_state(data, self.config)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("power_state_unreadable", site_id=site_id, error=f"{type(exc).__name__}: {exc}")
+            DETECTORS_LOADED.labels(source="reset").inc()
+            return Detector(site_id, self.config)
+        DETECTORS_LOADED.labels(source="table").inc()
+        return det
+
+    def __contains__(self, site_id: object) -> bool:
+        return site_id in self._dets
+
+    def __len__(self) -> int:
+        return len(self._dets)
+
+    def items(self) -> Iterator[tuple[str, Detector]]:
+        return iter(list(self._dets.items()))
+
+    def evict(self, site_id: str) -> None:
+        self._dets.pop(site_id, None)
+
+    def clear(self) -> None:
+        self._dets.clear()
+
+    def retain(self, site_ids: set[str]) -> None:
+        for site_id in [s for s in self._dets if s not in site_ids]:
+            del self._dets[site_id]
+
+
+# -- outputs --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Emission:
+    """One record to publish: an incident on ``power.incidents.v1`` or an alert on ``alerts.v1``."""
+
+    topic: str
+    key: str
+    record: dict[str, Any]
+
+    def count(self) -> None:
+        rec = self.record
+        if self.topic == INCIDENTS_TOPIC:
+            INCIDENTS_EMITTED.labels(kind=rec["kind"], state=rec["state"]).inc()
+        else:
+            ALERTS_EMITTED.labels(kind=rec["kind"], status=rec["status"]).inc()
+
+
+def route(outputs: list[Output]) -> tuple[list[Emission], list[LateEvent]]:
+    """Detector outputs -> records to publish (incident first, then its alert) and late events."""
+    emissions: list[Emission] = []
+    late: list[LateEvent] = []
+    for out in outputs:
+        if isinstance(out, Incident):
+            emissions.append(Emission(INCIDENTS_TOPIC, out.site_id, out.to_record()))
+            alert = alert_for_incident(out)
+            if alert is not None:
+                emissions.append(Emission(ALERTS_TOPIC, alert["fingerprint"], alert))
+        else:
+            late.append(out)
+    return emissions, late

@@ -1,0 +1,43 @@
+"""``python -m sinks.worker``: run the ClickHouse sink until SIGTERM/SIGINT (what ``carnival worker sink`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from carnival.logs import configure_logging
+from carnival.metrics import serve_metrics
+from carnival.settings import Settings
+from sinks.config import SINK_TABLES, SinkConfig
+from sinks.kafka_sink import run_sink
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sinks.worker", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "topics", nargs="*", help=f"topics to land (default: all of {', '.join(SINK_TABLES)})"
+    )
+    parser.add_argument("--group", help="consumer group id [carnival-sink]")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    serve_metrics(settings.metrics_port)
+    overrides = {"group_id": args.group} if args.group else {}
+    config = SinkConfig.from_env(**overrides)
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    run_sink(settings, args.topics or None, stop_event=stop, config=config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,577 @@
+"""The power worker end to end: `carnival worker power` as a real subprocess against the real broker.
+
+Events are produced with Carnival's producer and Avro serde; incidents and alerts are read back from
+`power.incidents.v1` and `alerts.v1`. One worker serves the whole module (faust takes seconds to
+start); every test uses its own site ids because topics are shared by the session. The restart test
+runs last: it SIGKILLs the worker in the middle of an open incident, twice (the second time with its
+local RocksDB state wiped, so the table comes back from its changelog).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carnival.settings import Settings
+from processors.power import Detector, Incident, PowerConfig
+from processors.power.scenario import SiteEvents
+from streams.kafka import Producer, make_consumer
+from streams.serde import serde_from_settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SILENT_AFTER_S = 4.0
+WORKER_ENV = {"CARNIVAL_POWER_SILENT_AFTER_S": str(SILENT_AFTER_S)}
+DEVICES = ("meter-1", "sts-1", "ats-1", "gen-1", "gen-2", "bat-1", "ctl-1")
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+class Worker:
+    """`python -m carnival.cli worker power` in a subprocess, logs to a file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"power-worker-{self.starts}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "carnival.cli", "worker", "power"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self) -> str:
+        path = self.log_dir / f"power-worker-{self.starts}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+class Outputs:
+    """Everything on the output topics, grouped by site (read from the beginning, filtered by site)."""
+
+    TOPICS = ("power.incidents.v1", "alerts.v1", "deadletter.v1")
+
+    def __init__(self, settings: Settings) -> None:
+        self.serde = serde_from_settings(settings)
+        self.consumer = make_consumer(settings)
+        self.consumer.subscribe(list(self.TOPICS))
+        self.records: dict[str, dict[str, list[dict[str, Any]]]] = {t: defaultdict(list) for t in self.TOPICS}
+
+    def poll(self, timeout_s: float = 0.2) -> None:
+        for msg in self.consumer.consume(1000, timeout_s):
+            if msg.error() or msg.value() is None:
+                continue
+            topic = msg.topic()
+            rec = self.serde.decode(topic, msg.value())
+            site = rec.get("site_id") if topic != "deadletter.v1" else (msg.key() or b"").decode()
+            self.records[topic][site or ""].append(rec)
+
+    def incidents(self, site: str) -> list[dict[str, Any]]:
+        return self.records["power.incidents.v1"][site]
+
+    def alerts(self, site: str) -> list[dict[str, Any]]:
+        return self.records["alerts.v1"][site]
+
+    def wait(self, cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if cond():
+                return
+        self.poll()
+        assert cond(), f"timed out waiting for {what}"
+
+    def wait_for(self, site: str, kind: str, state: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        def found() -> list[dict[str, Any]]:
+            return [r for r in self.incidents(site) if r["kind"] == kind and r["state"] == state]
+
+        self.wait(
+            lambda: bool(found()), timeout_s, f"{kind} {state} of {site}: got {states(self.incidents(site))}"
+        )
+        return found()[0]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def states(records: list[dict[str, Any]], skip: tuple[str, ...] = ("SITE_SILENT",)) -> list[tuple[str, str]]:
+    return [(r["kind"], r["state"]) for r in records if r["kind"] not in skip]
+
+
+def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
+    serde = serde_from_settings(settings)
+    with Producer(settings) as producer:
+        for e in events:
+            producer.produce("power.events.v1", serde.encode("power.events.v1", e), e["site_id"])
+    assert producer.stats.failed == 0
+
+
+def new_site(rule: str) -> SiteEvents:
+    return SiteEvents(f"it-{rule}-{uuid.uuid4().hex[:8]}")
+
+
+def heartbeat(
+    site: SiteEvents, start_s: float, end_s: float, every_s: float = 1.0, device: str = "ctl-1", **fields: Any
+) -> list[dict[str, Any]]:
+    out, t = [], start_s
+    while t <= end_s:
+        out.append(site.measure(t, device=device, **fields))
+        t += every_s
+    return out
+
+
+def marker(site: SiteEvents, at_s: float) -> dict[str, Any]:
+    """A LOAD_SHED far after a scenario: once its incident shows up, everything before was processed."""
+    return site.event("ctl-1", "LOAD_SHED", at_s, detail="test marker")
+
+
+@pytest.fixture(scope="module")
+def outputs(settings: Settings) -> Iterator[Outputs]:
+    out = Outputs(settings)
+    yield out
+    out.close()
+
+
+@pytest.fixture(scope="module")
+def worker(
+    settings: Settings, stack_env: dict[str, str], outputs: Outputs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    w = Worker({**os.environ, **stack_env, **WORKER_ENV}, tmp_path_factory.mktemp("power-worker"))
+    w.start()
+    try:
+        probe = new_site("probe")
+        produce(settings, [probe.event("ctl-1", "LOAD_SHED", 1.0)])
+        try:
+            outputs.wait_for(probe.site_id, "LOAD_SHED", "OPEN", timeout_s=120)
+        except AssertionError:
+            pytest.fail(f"power worker did not come up:\n{w.log_tail()}")
+        yield w
+    finally:
+        w.stop()
+
+
+# ------------------------------------------------------------------------------------------- rules
+def test_failover_opens_updates_resolves_with_a_firing_then_resolved_alert(
+    settings: Settings, worker: Worker, outputs: Outputs
+) -> None:
+    site = new_site("failover")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.9),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1", source_from="GRID"),
+            *heartbeat(site, 2, 99, every_s=5),
+            site.transfer(100.0, "GRID", device="sts-1", source_from="BATTERY"),
+            *heartbeat(site, 101, 420, every_s=5),
+        ],
+    )
+    resolved = outputs.wait_for(site.site_id, "FAILOVER", "RESOLVED")
+    inc = outputs.incidents(site.site_id)
+    assert states(inc) == [("FAILOVER", "OPEN"), ("FAILOVER", "UPDATE"), ("FAILOVER", "RESOLVED")]
+    assert {r["incident_id"] for r in inc} == {f"{site.site_id}/FAILOVER/{site.at(1.0)}"}
+    assert inc[0]["transfer_ms"] == pytest.approx(4.0) and inc[0]["source_to"] == "BATTERY"
+    assert resolved["time_on_alternate_ms"] == pytest.approx(98_996.0)
+    outputs.wait(lambda: len(outputs.alerts(site.site_id)) >= 2, what="alerts")
+    alerts = outputs.alerts(site.site_id)
+    assert [(a["kind"], a["status"], a["severity"]) for a in alerts] == [
+        ("FAILOVER", "FIRING", "info"),
+        ("FAILOVER", "RESOLVED", "info"),
+    ]
+    assert alerts[0]["fingerprint"] == alerts[1]["fingerprint"]
+
+
+def test_slow_static_transfer(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("slow")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.9),
+            site.lost(1.0),
+            site.transfer(1.020, "BATTERY", device="sts-1"),
+            *heartbeat(site, 2, 10),
+            marker(site, 11),
+        ],
+    )
+    slow = outputs.wait_for(site.site_id, "SLOW_TRANSFER", "OPEN")
+    assert slow["transfer_ms"] == pytest.approx(20.0) and slow["device_id"] == "sts-1"
+    assert any(
+        a["kind"] == "SLOW_TRANSFER" and a["severity"] == "warning" for a in outputs.alerts(site.site_id)
+    )
+
+
+def test_failed_transfer_fires_then_resolves(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("failed")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.9),
+            site.lost(1.0),
+            *heartbeat(site, 2, 44),
+            site.transfer(45.0, "GENERATOR", device="ats-1"),
+            *heartbeat(site, 46, 50),
+        ],
+    )
+    opened = outputs.wait_for(site.site_id, "FAILED_TRANSFER", "OPEN")
+    outputs.wait_for(site.site_id, "FAILED_TRANSFER", "RESOLVED")
+    assert opened["started_at"].timestamp() == pytest.approx(site.at(1.0) / 1e6)
+    outputs.wait(lambda: any(a["kind"] == "FAILED_TRANSFER" for a in outputs.alerts(site.site_id)))
+    firing = [a for a in outputs.alerts(site.site_id) if a["kind"] == "FAILED_TRANSFER"][0]
+    assert firing["severity"] == "critical" and firing["summary"].startswith("[CRITICAL]")
+
+
+def test_generator_start_failure(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("gen")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.5),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1"),
+            site.event("gen-2", "GEN_START", 2.0),
+            site.event("gen-2", "GEN_FAIL", 9.0, detail="low fuel"),
+            *heartbeat(site, 10, 12),
+        ],
+    )
+    fail = outputs.wait_for(site.site_id, "GEN_START_FAILURE", "OPEN")
+    assert fail["device_id"] == "gen-2" and "low fuel" in fail["summary"]
+
+
+def test_flapping(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("flap")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.5),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1"),
+            *heartbeat(site, 2, 99, every_s=5),
+            site.transfer(100.0, "GRID", device="sts-1"),
+            *heartbeat(site, 101, 149, every_s=5),
+            site.lost(150.0),
+            site.transfer(150.004, "BATTERY", device="sts-1"),
+            *heartbeat(site, 151, 200, every_s=5),
+        ],
+    )
+    flap = outputs.wait_for(site.site_id, "FLAPPING", "OPEN")
+    assert "50.0 s after retransfer" in flap["summary"]
+
+
+def test_battery_reserve_while_islanded(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("battery")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.5),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1"),
+            site.measure(5, device="bat-1", battery_soc_pct=40.0),
+            site.measure(6, device="bat-1", battery_soc_pct=9.5),
+            site.measure(7, device="bat-1", battery_soc_pct=13.0),
+            *heartbeat(site, 8, 10),
+        ],
+    )
+    opened = outputs.wait_for(site.site_id, "BATTERY_RESERVE", "OPEN")
+    assert opened["min_battery_soc_pct"] == 9.5
+    assert opened["parent_incident_id"] == f"{site.site_id}/FAILOVER/{site.at(1.0)}"
+    outputs.wait_for(site.site_id, "BATTERY_RESERVE", "RESOLVED")
+
+
+def test_power_quality_excursion_while_islanded(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("pq")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.5),
+            site.lost(1.0),
+            site.transfer(9.0, "GENERATOR", device="ats-1"),
+            site.measure(11, device="gen-1", frequency_hz=60.1, voltage_pu=1.0),
+            site.measure(12, device="gen-1", frequency_hz=57.4),
+            site.measure(13, device="gen-1", voltage_pu=0.85),
+            *heartbeat(site, 14, 30, device="gen-1", frequency_hz=60.0, voltage_pu=1.0),
+        ],
+    )
+    opened = outputs.wait_for(site.site_id, "PQ_EXCURSION", "OPEN")
+    assert "underfrequency" in opened["summary"]
+    outputs.wait_for(site.site_id, "PQ_EXCURSION", "RESOLVED")
+
+
+def test_load_shed(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("shed")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 1),
+            site.event("ctl-1", "LOAD_SHED", 2.0, load_mw=8.0, detail="rows 3-4"),
+            *heartbeat(site, 3, 400, every_s=10),
+        ],
+    )
+    outputs.wait_for(site.site_id, "LOAD_SHED", "RESOLVED")
+    assert states(outputs.incidents(site.site_id)) == [("LOAD_SHED", "OPEN"), ("LOAD_SHED", "RESOLVED")]
+    assert "rows 3-4" in outputs.incidents(site.site_id)[0]["summary"]
+
+
+def test_blip_is_not_a_failover(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("blip")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.5),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1"),
+            site.restored(2.0),
+            site.transfer(2.5, "GRID", device="sts-1"),
+            *heartbeat(site, 3, 90),
+            marker(site, 91),
+        ],
+    )
+    outputs.wait_for(site.site_id, "LOAD_SHED", "OPEN")
+    assert states(outputs.incidents(site.site_id)) == [("LOAD_SHED", "OPEN")]
+
+
+# -------------------------------------------------------------------------------------- robustness
+def rich_timeline(site: SiteEvents) -> list[dict[str, Any]]:
+    """A failover touching most rules, every device reporting at 4 Hz (as in the unit tests)."""
+    key: list[tuple[float, str, str, dict[str, Any]]] = [
+        (1.0, "meter-1", "SOURCE_LOST", {"source_from": "GRID"}),
+        (1.0042, "sts-1", "TRANSFER", {"source_from": "GRID", "source_to": "BATTERY"}),
+        (1.5, "gen-1", "GEN_START", {}),
+        (1.5, "gen-2", "GEN_START", {}),
+        (6.0, "gen-2", "GEN_FAIL", {"detail": "breaker trip"}),
+        (9.0, "bat-1", "MEASUREMENT", {"battery_soc_pct": 9.0}),
+        (9.5, "ctl-1", "LOAD_SHED", {"load_mw": 7.5}),
+        (12.0, "gen-1", "GEN_RUNNING", {"gens_online": 1}),
+        (12.5, "ats-1", "TRANSFER", {"source_from": "BATTERY", "source_to": "GENERATOR"}),
+        (13.0, "gen-1", "MEASUREMENT", {"frequency_hz": 57.5, "voltage_pu": 0.88}),
+        (14.0, "bat-1", "MEASUREMENT", {"battery_soc_pct": 15.0}),
+        (40.0, "meter-1", "SOURCE_RESTORED", {"source_to": "GRID"}),
+        (60.0, "ats-1", "TRANSFER", {"source_from": "GENERATOR", "source_to": "GRID"}),
+        (75.0, "meter-1", "SOURCE_LOST", {"source_from": "GRID"}),
+        (75.0041, "sts-1", "TRANSFER", {"source_from": "GRID", "source_to": "BATTERY"}),
+        (90.0, "sts-1", "TRANSFER", {"source_from": "BATTERY", "source_to": "GRID"}),
+    ]
+    plan = list(key)
+    t = 0.0
+    while t <= 130.0:
+        for i, dev in enumerate(DEVICES):
+            plan.append((t + i * 0.01, dev, "MEASUREMENT", {"load_mw": 10.0} if dev == "ctl-1" else {}))
+        t += 0.25
+    plan.sort(key=lambda p: p[0])
+    return [site.event(d, et, at, **f) for at, d, et, f in plan]
+
+
+def shuffle_with_duplicates(
+    events: list[dict[str, Any]], rng: random.Random, lateness_us: int
+) -> list[dict[str, Any]]:
+    """Reorder within the allowance (each event delayed by up to 0.9 of it) and redeliver 20 % of them.
+    Every device's first event leads, in order: a never-seen device cannot be proven early."""
+    first: dict[str, dict[str, Any]] = {}
+    for e in events:
+        first.setdefault(e["device_id"], e)
+    warm = list(first.values())
+    rest = []
+    for e in events:
+        if first[e["device_id"]] is e:
+            continue
+        rest.append((e["ts"] + int(rng.random() * 0.9 * lateness_us), e))
+        if rng.random() < 0.2:
+            rest.append((e["ts"] + int(rng.random() * 0.9 * lateness_us), dict(e)))
+    rest.sort(key=lambda p: p[0])
+    return warm + [e for _, e in rest]
+
+
+def expected_incidents(events: list[dict[str, Any]], site_id: str) -> list[Incident]:
+    det = Detector(site_id, PowerConfig(silent_after_s=SILENT_AFTER_S))
+    return [o for e in events for o in det.on_event(e) if isinstance(o, Incident)]
+
+
+def comparable(rec: dict[str, Any], site_id: str) -> tuple[Any, ...]:
+    return (
+        rec["incident_id"].removeprefix(site_id),
+        rec["kind"],
+        rec["state"],
+        rec["updated_at"],
+        rec["transfer_ms"],
+        rec["source_to"],
+        rec["min_battery_soc_pct"],
+        rec["summary"].replace(site_id, "SITE"),
+    )
+
+
+def test_out_of_order_and_duplicate_delivery_give_the_same_incidents(
+    settings: Settings, worker: Worker, outputs: Outputs
+) -> None:
+    ordered, shuffled = new_site("inorder"), new_site("shuffled")
+    events_a = rich_timeline(ordered)
+    events_b = shuffle_with_duplicates(rich_timeline(shuffled), random.Random(5), PowerConfig().lateness_us)
+    assert len(events_b) > len(events_a) + 100
+    expected = [
+        comparable(i.to_record(), ordered.site_id) for i in expected_incidents(events_a, ordered.site_id)
+    ]
+    assert {k for _, k, *_ in expected} >= {
+        "FAILOVER",
+        "GEN_START_FAILURE",
+        "BATTERY_RESERVE",
+        "LOAD_SHED",
+        "PQ_EXCURSION",
+        "FLAPPING",
+    }
+    produce(settings, events_a + events_b)
+    n = len(expected)
+    outputs.wait(
+        lambda: (
+            len(outputs.incidents(ordered.site_id)) >= n and len(outputs.incidents(shuffled.site_id)) >= n
+        ),
+        timeout_s=60,
+        what=f"{n} incident records per site",
+    )
+    got_a = [comparable(r, ordered.site_id) for r in outputs.incidents(ordered.site_id)][:n]
+    got_b = [comparable(r, shuffled.site_id) for r in outputs.incidents(shuffled.site_id)][:n]
+    assert got_a == expected
+    assert got_b == expected
+    late = [
+        d
+        for d in outputs.records["deadletter.v1"]["power.events.v1"]
+        if d["key"] == shuffled.site_id.encode()
+    ]
+    assert late == []  # everything came within the allowance
+
+
+def test_sequence_gap_is_reported(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("gap")
+    events = heartbeat(site, 0, 10)
+    del events[3:6]  # seq 4-6 of ctl-1 never arrive
+    produce(settings, [*events, *heartbeat(site, 11, 20)])
+    gap = outputs.wait_for(site.site_id, "SEQUENCE_GAP", "OPEN")
+    assert gap["device_id"] == "ctl-1" and "seq 4-6 (3 events lost)" in gap["summary"]
+    outputs.wait(lambda: any(a["kind"] == "SEQUENCE_GAP" for a in outputs.alerts(site.site_id)))
+
+
+def test_site_silent_mid_incident_raises_its_own_alert(
+    settings: Settings, worker: Worker, outputs: Outputs
+) -> None:
+    site = new_site("silent")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.5),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1"),
+            *heartbeat(site, 2, 10),
+        ],
+    )
+    failover = outputs.wait_for(site.site_id, "FAILOVER", "OPEN")
+    silent = outputs.wait_for(site.site_id, "SITE_SILENT", "OPEN", timeout_s=SILENT_AFTER_S + 15)
+    assert silent["parent_incident_id"] == failover["incident_id"]
+    outputs.wait(lambda: any(a["kind"] == "SITE_SILENT" for a in outputs.alerts(site.site_id)))
+    alert = [a for a in outputs.alerts(site.site_id) if a["kind"] == "SITE_SILENT"][0]
+    assert alert["status"] == "FIRING" and alert["severity"] == "critical"
+    produce(settings, [site.measure(12, device="ctl-1")])
+    outputs.wait_for(site.site_id, "SITE_SILENT", "RESOLVED")
+    outputs.wait(
+        lambda: (
+            [a["status"] for a in outputs.alerts(site.site_id) if a["kind"] == "SITE_SILENT"]
+            == ["FIRING", "RESOLVED"]
+        )
+    )
+
+
+def test_bad_records_are_dead_lettered(settings: Settings, worker: Worker, outputs: Outputs) -> None:
+    site = new_site("bad")
+    serde = serde_from_settings(settings)
+    good = site.measure(1.0)
+    with Producer(settings) as producer:
+        producer.produce("power.events.v1", b"\x00garbage", site.site_id)
+        producer.produce("power.events.v1", serde.encode("power.events.v1", good), "some-other-key")
+        producer.produce("power.events.v1", serde.encode("power.events.v1", marker(site, 2.0)), site.site_id)
+    outputs.wait_for(site.site_id, "LOAD_SHED", "OPEN")
+    outputs.wait(
+        lambda: (
+            sum(
+                1
+                for d in outputs.records["deadletter.v1"]["power.events.v1"]
+                if d["key"] in (site.site_id.encode(), b"some-other-key")
+            )
+            >= 2
+        ),
+        what="two dead letters",
+    )
+    kinds = {
+        d["error_kind"]
+        for d in outputs.records["deadletter.v1"]["power.events.v1"]
+        if d["key"] in (site.site_id.encode(), b"some-other-key")
+    }
+    assert "VALIDATION" in kinds and len(kinds) == 2
+    assert worker.alive()
+
+
+# ------------------------------------------------------------------------------------------ restart
+def test_restart_mid_incident_resolves_the_same_incident(
+    settings: Settings, stack_env: dict[str, str], worker: Worker, outputs: Outputs
+) -> None:
+    site = new_site("restart")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.9),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1", source_from="GRID"),
+            *heartbeat(site, 2, 30, every_s=2),
+        ],
+    )
+    opened = outputs.wait_for(site.site_id, "FAILOVER", "OPEN")
+    worker.kill()  # SIGKILL right after the OPEN: offsets and changelog may or may not be committed
+
+    # Events produced while the worker is down: the retransfer to grid.
+    produce(settings, [*heartbeat(site, 32, 99, every_s=2), site.transfer(100.0, "GRID", device="sts-1")])
+    worker.start()
+    outputs.wait_for(site.site_id, "FAILOVER", "UPDATE", timeout_s=120)
+
+    # Second crash, and the local RocksDB is gone too: the table must come back from its changelog.
+    worker.kill()
+    shutil.rmtree(Path(stack_env["CARNIVAL_DATA_DIR"]) / "faust" / "power", ignore_errors=True)
+    produce(settings, heartbeat(site, 101, 420, every_s=5))
+    worker.start()
+    resolved = outputs.wait_for(site.site_id, "FAILOVER", "RESOLVED", timeout_s=120)
+
+    failover = [r for r in outputs.incidents(site.site_id) if r["kind"] == "FAILOVER"]
+    assert {r["incident_id"] for r in failover} == {opened["incident_id"]} == {resolved["incident_id"]}
+    # Replays may repeat a record (same id, same content), never invent a different one.
+    assert {r["state"] for r in failover} == {"OPEN", "UPDATE", "RESOLVED"}
+    assert resolved["ended_at"].timestamp() == pytest.approx(site.at(100.0) / 1e6)
+    assert resolved["time_on_alternate_ms"] == pytest.approx(98_996.0)
+    assert [k for k, _ in states(outputs.incidents(site.site_id))] == ["FAILOVER"] * len(failover)
