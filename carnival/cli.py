@@ -203,13 +203,16 @@ def query(sql: str, fmt: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- demo
 @main.command()
-@click.option("--records", default=2000, show_default=True, help="Telemetry records to generate.")
+@click.option("--cars", default=600, show_default=True, help="Simulated cars.")
+@click.option("--sites", default=3, show_default=True, help="Simulated datacenter sites.")
+@click.option("--duration", default="12h", show_default=True, help="Simulated time to run.")
+@click.option("--speed", default=720.0, show_default=True, help="Simulated seconds per wall second.")
 @click.option("--seed", default=7, show_default=True)
-def demo(records: int, seed: int) -> None:
-    """Small end-to-end run: sample data -> Kafka -> ClickHouse -> a query back."""
+def demo(cars: int, sites: int, duration: str, speed: float, seed: int) -> None:
+    """The main job: the whole pipeline on a simulated fleet, then the analyst report."""
     from carnival.demo import run_demo
 
-    sys.exit(run_demo(_settings(), records, seed))
+    sys.exit(run_demo(_settings(), cars, duration, speed, seed, sites))
 
 
 # -------------------------------------------------------------------------------------------- alerts

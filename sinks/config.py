@@ -30,9 +30,8 @@ class SinkConfig:
     poll_batch: int = 5_000  # messages taken from the consumer per call
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 15.0
-    insert_timeout_s: float = (
-        60.0  # well below max.poll.interval.ms, so a stuck insert cannot outlive membership
-    )
+    # Well below max.poll.interval.ms: a stuck insert cannot outlive the group membership.
+    insert_timeout_s: float = 60.0
     position_timeout_s: float = 10.0  # ClickHouse / committed-offset lookups at assignment
     shutdown_timeout_s: float = 15.0  # how long a stopping sink keeps trying to write what it buffered
     lag_interval_s: float = 5.0

@@ -318,7 +318,7 @@ class KafkaSink:
         log.info("sink_partitions_revoked", partitions=len(gone))
 
     def _positions(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Where each partition resumes: max(ClickHouse max offset + 1, committed). {} if ClickHouse is down."""
+        """Where each partition resumes: max(stored max offset + 1, committed); {} if ClickHouse is down."""
         try:
             committed = {
                 (tp.topic, tp.partition): tp.offset

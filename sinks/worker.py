@@ -1,4 +1,4 @@
-"""``python -m sinks.worker``: run the ClickHouse sink until SIGTERM/SIGINT (what ``carnival worker sink`` runs)."""
+"""``python -m sinks.worker``: run the ClickHouse sink until SIGTERM/SIGINT (``carnival worker sink``)."""
 
 from __future__ import annotations
 

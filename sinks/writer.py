@@ -8,6 +8,7 @@ an insert a previous owner (a zombie) still has in flight before it reads the po
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -32,7 +33,7 @@ _CODE_RE = re.compile(r"[Cc]ode: (\d+)")
 
 
 class InsertFailed(Exception):
-    """ClickHouse did not take the insert; ``reason`` is a metric label, ``data_error`` says it was the data."""
+    """ClickHouse did not take the insert; ``reason`` is a metric label; ``data_error``: the data was bad."""
 
     def __init__(self, reason: str, message: str, data_error: bool = False) -> None:
         super().__init__(message)
@@ -71,10 +72,8 @@ class ClickHouseWriter:
 
     def reset(self) -> None:
         if self._client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken client
                 self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken client
-                pass
         self._client = None
 
     def close(self) -> None:
@@ -105,6 +104,7 @@ class ClickHouseWriter:
             if missing:
                 log.warning("sink_fields_without_column", table=batch.table, fields=missing)
             parts = ",".join(str(p) for p in batch.partitions_with_rows())
+            query_id = f"{QUERY_ID_PREFIX}|{batch.topic}|{parts}|{self._instance}-{uuid.uuid4().hex[:8]}"
             self.client.raw_insert(
                 batch.table,
                 names,
@@ -113,7 +113,7 @@ class ClickHouseWriter:
                 settings={
                     "insert_deduplication_token": batch.token(),
                     "insert_deduplicate": 1,
-                    "query_id": f"{QUERY_ID_PREFIX}|{batch.topic}|{parts}|{self._instance}-{uuid.uuid4().hex[:8]}",
+                    "query_id": query_id,
                 },
             )
         except InsertFailed:
@@ -135,7 +135,7 @@ class ClickHouseWriter:
 
     # ------------------------------------------------------------------------------- positions
     def fence(self, topic: str, partitions: list[int]) -> int:
-        """Kill in-flight sink inserts into ``partitions`` of ``topic`` (a previous owner's); return how many."""
+        """Kill in-flight inserts into ``partitions`` of ``topic`` (a previous owner's); return the count."""
         rows = self.client.query(
             "SELECT query_id FROM system.processes WHERE startsWith(query_id, {p:String})",
             parameters={"p": f"{QUERY_ID_PREFIX}|{topic}|"},

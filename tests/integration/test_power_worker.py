@@ -160,21 +160,21 @@ def marker(site: SiteEvents, at_s: float) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def outputs(settings: Settings) -> Iterator[Outputs]:
-    out = Outputs(settings)
+def outputs(stack: Settings) -> Iterator[Outputs]:
+    out = Outputs(stack)
     yield out
     out.close()
 
 
 @pytest.fixture(scope="module")
 def worker(
-    settings: Settings, stack_env: dict[str, str], outputs: Outputs, tmp_path_factory: pytest.TempPathFactory
+    stack: Settings, stack_env: dict[str, str], outputs: Outputs, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
     w = Worker({**os.environ, **stack_env, **WORKER_ENV}, tmp_path_factory.mktemp("power-worker"))
     w.start()
     try:
         probe = new_site("probe")
-        produce(settings, [probe.event("ctl-1", "LOAD_SHED", 1.0)])
+        produce(stack, [probe.event("ctl-1", "LOAD_SHED", 1.0)])
         try:
             outputs.wait_for(probe.site_id, "LOAD_SHED", "OPEN", timeout_s=120)
         except AssertionError:

@@ -1,0 +1,148 @@
+"""``carnival demo``: the main job. The whole pipeline on a simulated fleet, then what analysts see.
+
+1. make sure the stack runs (start it if not);
+2. start every processor (`carnival worker`, one child process each) with logs in the data dir;
+3. run the seeded simulator (cars, tasks, emulator runtime, site power) at an accelerated clock;
+4. wait until the ClickHouse sink has caught up with every topic;
+5. print the analyst report (queries from docs/queries.md), then stop the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import structlog
+
+from carnival.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SINK_GROUP = "carnival-sink"
+CATCH_UP_TIMEOUT_S = 300.0
+
+REPORT: list[tuple[str, str]] = [
+    ("Idle compute nodes by region (latest state)",
+     "SELECT region, countIf(eligible) AS idle_nodes, count() AS cars, "
+     "round(100 * countIf(eligible) / count(), 1) AS idle_pct "
+     "FROM carnival.nodes FINAL GROUP BY region ORDER BY region"),
+    ("Tasks by current state",
+     "SELECT state, count() AS tasks FROM (SELECT task_id, argMax(state, (ts, _offset)) AS state "
+     "FROM carnival.task_events GROUP BY task_id) GROUP BY state ORDER BY tasks DESC"),
+    ("Wait time to first assignment by priority (seconds)",
+     "SELECT r.priority AS priority, count() AS tasks, "
+     "round(quantile(0.5)(dateDiff('millisecond', r.ts, a.first_assigned) / 1000), 1) AS p50_s, "
+     "round(quantile(0.95)(dateDiff('millisecond', r.ts, a.first_assigned) / 1000), 1) AS p95_s "
+     "FROM carnival.task_requests AS r INNER JOIN (SELECT task_id, min(ts) AS first_assigned "
+     "FROM carnival.task_events WHERE state = 'ASSIGNED' GROUP BY task_id) AS a USING task_id "
+     "GROUP BY priority ORDER BY priority DESC"),
+    ("Preemptions and requeues",
+     "SELECT countIf(state = 'PREEMPTED') AS preempted, countIf(state = 'REQUEUED') AS requeued, "
+     "countIf(state = 'COMPLETED') AS completed, countIf(state = 'FAILED') AS failed "
+     "FROM carnival.task_events"),
+    ("Power incidents by site and kind",
+     "SELECT site_id, kind, uniqExact(incident_id) AS incidents, round(max(transfer_ms), 1) AS max_transfer_ms "
+     "FROM carnival.incidents GROUP BY site_id, kind ORDER BY site_id, incidents DESC"),
+    ("Alerts fired", "SELECT severity, kind, uniqExact(fingerprint) AS alerts FROM carnival.alerts "
+     "WHERE status = 'FIRING' GROUP BY severity, kind ORDER BY severity, alerts DESC"),
+    ("Emulator actions", "SELECT action, count() AS actions, countIf(NOT ok) AS errors "
+     "FROM carnival.actions GROUP BY action ORDER BY actions DESC"),
+    ("Dead-lettered records", "SELECT source_topic, error_kind, count() AS records FROM carnival.deadletter "
+     "GROUP BY source_topic, error_kind ORDER BY records DESC"),
+]
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "CARNIVAL_DATA_DIR": str(settings.data_dir.resolve())}
+
+
+def start_workers(settings: Settings) -> subprocess.Popen[bytes]:
+    log_path = settings.data_dir.resolve() / "logs" / "workers.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "carnival.cli", "worker"], stdout=out,
+                                stderr=subprocess.STDOUT, env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},
+                                start_new_session=True)
+    click.echo(f"workers: started (pid {proc.pid}); logs in {log_path}")
+    return proc
+
+
+def stop_workers(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    click.echo("workers: stopped")
+
+
+def wait_for_sink(settings: Settings, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
+    """Block until the sink group has committed everything on every sunk topic; return the final lag."""
+    from sinks.clickhouse import TABLE_FOR_TOPIC
+    from streams.lag import group_lag
+
+    topics = sorted(TABLE_FOR_TOPIC)
+    deadline = time.monotonic() + timeout_s
+    total = -1
+    while time.monotonic() < deadline:
+        try:
+            total = sum(group_lag(settings, SINK_GROUP, topics).values())
+        except Exception as exc:  # noqa: BLE001 - the group may not exist for a moment
+            log.info("sink_lag_unknown", error=str(exc))
+        if total == 0:
+            return 0
+        time.sleep(2)
+    return total
+
+
+def print_report(settings: Settings) -> None:
+    from sinks.clickhouse import get_client
+    from sinks.query import QueryError, run_query
+
+    client = get_client(settings)
+    for title, sql in REPORT:
+        click.secho(f"\n== {title}", bold=True)
+        try:
+            run_query(client, sql, "table", sys.stdout)
+        except QueryError as exc:
+            click.echo(f"(query failed: {exc})")
+
+
+def run_demo(settings: Settings, cars: int, duration: str, speed: float, seed: int, sites: int) -> int:
+    from carnival.stack.errors import StackError
+    from carnival.stack.lifecycle import stack_status, stack_up
+
+    healthy, _ = stack_status(settings)
+    if not healthy:
+        try:
+            for line in stack_up(settings):
+                click.echo(line)
+        except StackError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            return 1
+    workers = start_workers(settings)
+    try:
+        time.sleep(8)  # let the faust apps join their groups before the first events arrive
+        cmd = [sys.executable, "-m", "carnival.cli", "simulate", "--cars", str(cars), "--sites", str(sites),
+               "--duration", duration, "--speed", str(speed), "--seed", str(seed)]
+        click.echo(f"simulate: {' '.join(cmd[3:])}")
+        sim = subprocess.run(cmd, env=_env(settings))
+        if sim.returncode != 0:
+            click.secho("error: the simulator failed", fg="red", err=True)
+            return 1
+        click.echo("waiting for the ClickHouse sink to catch up ...")
+        lag = wait_for_sink(settings)
+        if lag:
+            click.secho(f"warning: the sink is still {lag} records behind", fg="yellow", err=True)
+        print_report(settings)
+    finally:
+        stop_workers(workers)
+    click.echo(f"\nThe stack is still running: `carnival query \"...\"` to explore, `carnival stack down` to stop. "
+               f"Data in {Path(settings.data_dir).resolve()}")
+    return 0
