@@ -340,7 +340,7 @@ class KafkaSink:
                     from_ch = stored[p] + 1 if p in stored else None
                     from_kafka = committed.get((topic, p))
                     candidates = [o for o in (from_ch, from_kafka) if o is not None]
-                    start = max(candidates) if candidates else 0
+                    start = self._within_log(topic, p, max(candidates) if candidates else 0)
                     source = (
                         "clickhouse"
                         if from_ch is not None and start == from_ch
@@ -363,6 +363,36 @@ class KafkaSink:
             log.warning("sink_positions_unavailable", partitions=len(tps), error=str(exc)[:300])
             return {}
         return positions
+
+    def _within_log(self, topic: str, partition: int, start: int) -> int:
+        """Clamp a resume offset to what the log holds, saying loudly why it had to be."""
+        low, high = self.consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=self.config.position_timeout_s
+        )
+        if start < low:
+            if start > 0:
+                log.error(
+                    "sink_records_expired_before_landing",
+                    topic=topic,
+                    partition=partition,
+                    resume=start,
+                    log_start=low,
+                    lost=low - start,
+                )
+            return low
+        if start > high:
+            # ClickHouse holds offsets the log never reached: the topic was recreated. Read it all again
+            # (its offsets restart at 0, so _offset no longer identifies one record across incarnations).
+            log.error(
+                "sink_offsets_beyond_log_end",
+                topic=topic,
+                partition=partition,
+                resume=start,
+                log_end=high,
+                action="reading the partition from its start",
+            )
+            return low
+        return start
 
     def _resolve_pending(self) -> None:
         positions = self._positions(sorted(self.pending))
