@@ -22,6 +22,10 @@ SINK_TABLES: dict[str, str] = {
 @dataclass(frozen=True)
 class SinkConfig:
     group_id: str = "carnival-sink"
+    # Static group membership (group.instance.id): a restarted worker takes its partitions back at once
+    # instead of waiting for the old member's session to expire. Give each worker its own stable id.
+    instance_id: str = ""
+    session_timeout_ms: int = 30_000
     # A topic's batch is inserted when it holds batch_rows rows or its oldest row waited flush_interval_s.
     # Keep batch_rows far below min_insert_block_size_rows (1,048,449): one insert is then one part,
     # all or nothing, which the restart logic relies on.

@@ -69,9 +69,13 @@ class KafkaSink:
         self.serde = serde_from_settings(settings)
         self.schemas = WriterSchemas(self.serde)
         self.writer = ClickHouseWriter(settings, self.config)
-        self.consumer: Consumer = make_consumer(
-            settings, self.config.group_id, **{"max.poll.interval.ms": 300_000, "session.timeout.ms": 30_000}
-        )
+        consumer_conf: dict[str, Any] = {
+            "max.poll.interval.ms": 300_000,
+            "session.timeout.ms": self.config.session_timeout_ms,
+        }
+        if self.config.instance_id:
+            consumer_conf["group.instance.id"] = self.config.instance_id
+        self.consumer: Consumer = make_consumer(settings, self.config.group_id, **consumer_conf)
         self.producer: Producer | None = None  # created on the first dead letter
         self.batches = {t: TopicBatch(t, SINK_TABLES[t]) for t in self.topics}
         self.expected: dict[tuple[str, int], int] = {}  # assigned and positioned: next offset to take

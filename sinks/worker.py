@@ -20,12 +20,17 @@ def main(argv: list[str] | None = None) -> int:
         "topics", nargs="*", help=f"topics to land (default: all of {', '.join(SINK_TABLES)})"
     )
     parser.add_argument("--group", help="consumer group id [carnival-sink]")
+    parser.add_argument("--instance-id", help="static group member id, stable across restarts of this worker")
     args = parser.parse_args(argv)
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     serve_metrics(settings.metrics_port)
-    overrides = {"group_id": args.group} if args.group else {}
+    overrides: dict[str, object] = {}
+    if args.group:
+        overrides["group_id"] = args.group
+    if args.instance_id:
+        overrides["instance_id"] = args.instance_id
     config = SinkConfig.from_env(**overrides)
 
     stop = threading.Event()

@@ -71,8 +71,6 @@ sites = app.Table(
     default=None,
     key_type=bytes,
     value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
     partitions=settings.topic_partitions,
     help="site_id -> failover detector state (orjson)",
 )

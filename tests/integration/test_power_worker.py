@@ -176,7 +176,8 @@ def worker(
         probe = new_site("probe")
         produce(stack, [probe.event("ctl-1", "LOAD_SHED", 1.0)])
         try:
-            outputs.wait_for(probe.site_id, "LOAD_SHED", "OPEN", timeout_s=120)
+            outputs.wait(lambda: not w.alive() or bool(outputs.incidents(probe.site_id)), timeout_s=120)
+            assert w.alive()
         except AssertionError:
             pytest.fail(f"power worker did not come up:\n{w.log_tail()}")
         yield w
