@@ -42,12 +42,19 @@ def telemetry_lines(n: int, seed: int = 1) -> list[bytes]:
     lines = []
     for i in range(n):
         rec = {
-            "vin": f"5YJ3E1EA{rnd.randrange(10**8, 10**9)}", "ts": base_ms + i * 7, "hw": "HW4",
+            "vin": f"5YJ3E1EA{rnd.randrange(10**8, 10**9)}",
+            "ts": base_ms + i * 7,
+            "hw": "HW4",
             "region": rnd.choice(["us-west", "us-east", "us-central", "ca-east"]),
-            "charge_state": rnd.choice(CHARGE), "gear": rnd.choice(GEARS),
-            "soc_pct": round(rnd.uniform(5, 100), 1), "charge_limit_pct": 80.0,
-            "minutes_to_full": round(rnd.uniform(0, 300), 1), "scheduled_departure": base_ms + 8 * 3_600_000,
-            "at_home": rnd.random() < 0.6, "opted_in": True, "compute_temp_c": round(rnd.uniform(20, 70), 1),
+            "charge_state": rnd.choice(CHARGE),
+            "gear": rnd.choice(GEARS),
+            "soc_pct": round(rnd.uniform(5, 100), 1),
+            "charge_limit_pct": 80.0,
+            "minutes_to_full": round(rnd.uniform(0, 300), 1),
+            "scheduled_departure": base_ms + 8 * 3_600_000,
+            "at_home": rnd.random() < 0.6,
+            "opted_in": True,
+            "compute_temp_c": round(rnd.uniform(20, 70), 1),
             "software_version": "2026.8.1",
         }
         lines.append(orjson.dumps(rec))
@@ -60,7 +67,9 @@ def end_offsets(settings: Settings) -> int:
         meta = consumer.list_topics(TOPIC, timeout=10).topics[TOPIC]
         from confluent_kafka import TopicPartition
 
-        return sum(consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1] for p in meta.partitions)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1] for p in meta.partitions
+        )
     finally:
         consumer.close()
 
@@ -122,8 +131,14 @@ def bench_consume_carnival(settings: Settings, n: int) -> float:
     start = time.perf_counter()
     from carnival.produce_cmd import _raw_ts_serde
 
-    summary = consume_json_lines(consumer, TOPIC, _raw_ts_serde(settings), sink,  # type: ignore[arg-type]
-                                 from_beginning=True, max_records=n)
+    summary = consume_json_lines(
+        consumer,
+        TOPIC,
+        _raw_ts_serde(settings),
+        sink,  # type: ignore[arg-type]
+        from_beginning=True,
+        max_records=n,
+    )
     elapsed = time.perf_counter() - start
     consumer.close()
     assert summary.records == n, summary
@@ -131,20 +146,27 @@ def bench_consume_carnival(settings: Settings, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--use-running-stack", action="store_true",
-                        help="use the stack the CARNIVAL_* environment points at")
+    parser.add_argument(
+        "--use-running-stack", action="store_true", help="use the stack the CARNIVAL_* environment points at"
+    )
     args = parser.parse_args()
     n = args.records
 
     started = None
     if not args.use_running_stack:
-        from carnival.stack.lifecycle import stack_down, stack_up
 
-        os.environ.update({"CARNIVAL_KAFKA_BOOTSTRAP": "localhost:45092", "CARNIVAL_KAFKA_CONTROLLER_PORT": "45093",
-                           "CARNIVAL_CLICKHOUSE_EMBEDDED": "false",
-                           "CARNIVAL_DATA_DIR": tempfile.mkdtemp(prefix="carnival-bench-")})
+        os.environ.update(
+            {
+                "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:45092",
+                "CARNIVAL_KAFKA_CONTROLLER_PORT": "45093",
+                "CARNIVAL_CLICKHOUSE_EMBEDDED": "false",
+                "CARNIVAL_DATA_DIR": tempfile.mkdtemp(prefix="carnival-bench-"),
+            }
+        )
         started = Settings()
         from carnival.stack import kafka_broker
         from streams.topics import apply_topics
@@ -156,7 +178,10 @@ def main() -> None:
         print(f"generating {n:,} telemetry JSON lines ...", flush=True)
         lines = telemetry_lines(n)
         serde = serde_from_settings(settings)
-        encoded = [(str(r["vin"]), serde.encode(TOPIC, r)) for r in (parse_json_record(TOPIC, orjson.loads(x)) for x in lines)]
+        encoded = [
+            (str(r["vin"]), serde.encode(TOPIC, r))
+            for r in (parse_json_record(TOPIC, orjson.loads(x)) for x in lines)
+        ]
         before = end_offsets(settings)
 
         raw_p = bench_produce_raw(settings, encoded)

@@ -113,8 +113,11 @@ def topics_list() -> None:
     settings = _settings()
     for spec in TOPICS.values():
         retention = "compacted" if spec.compacted else f"{spec.retention_ms // 86_400_000}d"
-        click.echo(f"{spec.name:24} key={spec.key_field:14} partitions={spec.partitions or settings.topic_partitions}"
-                   f"  {retention:10} {spec.doc}")
+        click.echo(
+            f"{spec.name:24} key={spec.key_field:14} "
+            f"partitions={spec.partitions or settings.topic_partitions}"
+            f"  {retention:10} {spec.doc}"
+        )
 
 
 @main.command()
@@ -126,7 +129,11 @@ def migrate() -> None:
         applied = apply(_settings())
     except Exception as exc:  # noqa: BLE001 - one clear line for the operator
         _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse_url}: {exc}")
-    click.echo(f"clickhouse schema: {len(applied)} migrations applied" if applied else "clickhouse schema: up to date")
+    click.echo(
+        f"clickhouse schema: {len(applied)} migrations applied"
+        if applied
+        else "clickhouse schema: up to date"
+    )
 
 
 # ------------------------------------------------------------------------------------ produce/consume
@@ -149,7 +156,9 @@ def produce(topic: str, file: str, quiet: bool) -> None:
 @click.argument("topic")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of new ones.")
 @click.option("--max", "max_records", type=click.IntRange(min=1), help="Stop after N records.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), help="Stop after S seconds without new data.")
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0), help="Stop after S seconds without new data."
+)
 def consume(topic: str, from_beginning: bool, max_records: int | None, timeout_s: float | None) -> None:
     """Decode TOPIC to JSON lines on stdout (timestamps as ISO-8601 UTC)."""
     from carnival.produce_cmd import run_consume
@@ -185,8 +194,14 @@ def worker(names: tuple[str, ...], list_only: bool) -> None:
 # --------------------------------------------------------------------------------------------- query
 @main.command()
 @click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table",
-              show_default=True, help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl", "csv"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 def query(sql: str, fmt: str) -> None:
     """Run SQL on the analytics store (works while workers write)."""
     from sinks.clickhouse import get_client

@@ -27,33 +27,53 @@ SINK_GROUP = "carnival-sink"
 CATCH_UP_TIMEOUT_S = 300.0
 
 REPORT: list[tuple[str, str]] = [
-    ("Idle compute nodes by region (latest state)",
-     "SELECT region, countIf(eligible) AS idle_nodes, count() AS cars, "
-     "round(100 * countIf(eligible) / count(), 1) AS idle_pct "
-     "FROM carnival.nodes FINAL GROUP BY region ORDER BY region"),
-    ("Tasks by current state",
-     "SELECT state, count() AS tasks FROM (SELECT task_id, argMax(state, (ts, _offset)) AS state "
-     "FROM carnival.task_events GROUP BY task_id) GROUP BY state ORDER BY tasks DESC"),
-    ("Wait time to first assignment by priority (seconds)",
-     "SELECT r.priority AS priority, count() AS tasks, "
-     "round(quantile(0.5)(dateDiff('millisecond', r.ts, a.first_assigned) / 1000), 1) AS p50_s, "
-     "round(quantile(0.95)(dateDiff('millisecond', r.ts, a.first_assigned) / 1000), 1) AS p95_s "
-     "FROM carnival.task_requests AS r INNER JOIN (SELECT task_id, min(ts) AS first_assigned "
-     "FROM carnival.task_events WHERE state = 'ASSIGNED' GROUP BY task_id) AS a USING task_id "
-     "GROUP BY priority ORDER BY priority DESC"),
-    ("Preemptions and requeues",
-     "SELECT countIf(state = 'PREEMPTED') AS preempted, countIf(state = 'REQUEUED') AS requeued, "
-     "countIf(state = 'COMPLETED') AS completed, countIf(state = 'FAILED') AS failed "
-     "FROM carnival.task_events"),
-    ("Power incidents by site and kind",
-     "SELECT site_id, kind, uniqExact(incident_id) AS incidents, round(max(transfer_ms), 1) AS max_transfer_ms "
-     "FROM carnival.incidents GROUP BY site_id, kind ORDER BY site_id, incidents DESC"),
-    ("Alerts fired", "SELECT severity, kind, uniqExact(fingerprint) AS alerts FROM carnival.alerts "
-     "WHERE status = 'FIRING' GROUP BY severity, kind ORDER BY severity, alerts DESC"),
-    ("Emulator actions", "SELECT action, count() AS actions, countIf(NOT ok) AS errors "
-     "FROM carnival.actions GROUP BY action ORDER BY actions DESC"),
-    ("Dead-lettered records", "SELECT source_topic, error_kind, count() AS records FROM carnival.deadletter "
-     "GROUP BY source_topic, error_kind ORDER BY records DESC"),
+    (
+        "Idle compute nodes by region (latest state)",
+        "SELECT region, countIf(eligible) AS idle_nodes, count() AS cars, "
+        "round(100 * countIf(eligible) / count(), 1) AS idle_pct "
+        "FROM carnival.nodes FINAL GROUP BY region ORDER BY region",
+    ),
+    (
+        "Tasks by current state",
+        "SELECT state, count() AS tasks FROM (SELECT task_id, argMax(state, (ts, _offset)) AS state "
+        "FROM carnival.task_events GROUP BY task_id) GROUP BY state ORDER BY tasks DESC",
+    ),
+    (
+        "Wait time to first assignment by priority (seconds)",
+        "SELECT r.priority AS priority, count() AS tasks, "
+        "round(quantile(0.5)(dateDiff('millisecond', r.ts, a.first_assigned) / 1000), 1) AS p50_s, "
+        "round(quantile(0.95)(dateDiff('millisecond', r.ts, a.first_assigned) / 1000), 1) AS p95_s "
+        "FROM carnival.task_requests AS r INNER JOIN (SELECT task_id, min(ts) AS first_assigned "
+        "FROM carnival.task_events WHERE state = 'ASSIGNED' GROUP BY task_id) AS a USING task_id "
+        "GROUP BY priority ORDER BY priority DESC",
+    ),
+    (
+        "Preemptions and requeues",
+        "SELECT countIf(state = 'PREEMPTED') AS preempted, countIf(state = 'REQUEUED') AS requeued, "
+        "countIf(state = 'COMPLETED') AS completed, countIf(state = 'FAILED') AS failed "
+        "FROM carnival.task_events",
+    ),
+    (
+        "Power incidents by site and kind",
+        "SELECT site_id, kind, uniqExact(incident_id) AS incidents, "
+        "round(max(transfer_ms), 1) AS max_transfer_ms "
+        "FROM carnival.incidents GROUP BY site_id, kind ORDER BY site_id, incidents DESC",
+    ),
+    (
+        "Alerts fired",
+        "SELECT severity, kind, uniqExact(fingerprint) AS alerts FROM carnival.alerts "
+        "WHERE status = 'FIRING' GROUP BY severity, kind ORDER BY severity, alerts DESC",
+    ),
+    (
+        "Emulator actions",
+        "SELECT action, count() AS actions, countIf(NOT ok) AS errors "
+        "FROM carnival.actions GROUP BY action ORDER BY actions DESC",
+    ),
+    (
+        "Dead-lettered records",
+        "SELECT source_topic, error_kind, count() AS records FROM carnival.deadletter "
+        "GROUP BY source_topic, error_kind ORDER BY records DESC",
+    ),
 ]
 
 
@@ -65,9 +85,13 @@ def start_workers(settings: Settings) -> subprocess.Popen[bytes]:
     log_path = settings.data_dir.resolve() / "logs" / "workers.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "carnival.cli", "worker"], stdout=out,
-                                stderr=subprocess.STDOUT, env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carnival.cli", "worker"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},
+            start_new_session=True,
+        )
     click.echo(f"workers: started (pid {proc.pid}); logs in {log_path}")
     return proc
 
@@ -129,8 +153,22 @@ def run_demo(settings: Settings, cars: int, duration: str, speed: float, seed: i
     workers = start_workers(settings)
     try:
         time.sleep(8)  # let the faust apps join their groups before the first events arrive
-        cmd = [sys.executable, "-m", "carnival.cli", "simulate", "--cars", str(cars), "--sites", str(sites),
-               "--duration", duration, "--speed", str(speed), "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "carnival.cli",
+            "simulate",
+            "--cars",
+            str(cars),
+            "--sites",
+            str(sites),
+            "--duration",
+            duration,
+            "--speed",
+            str(speed),
+            "--seed",
+            str(seed),
+        ]
         click.echo(f"simulate: {' '.join(cmd[3:])}")
         sim = subprocess.run(cmd, env=_env(settings))
         if sim.returncode != 0:
@@ -143,6 +181,8 @@ def run_demo(settings: Settings, cars: int, duration: str, speed: float, seed: i
         print_report(settings)
     finally:
         stop_workers(workers)
-    click.echo(f"\nThe stack is still running: `carnival query \"...\"` to explore, `carnival stack down` to stop. "
-               f"Data in {Path(settings.data_dir).resolve()}")
+    click.echo(
+        f'\nThe stack is still running: `carnival query "..."` to explore, `carnival stack down` to stop. '
+        f"Data in {Path(settings.data_dir).resolve()}"
+    )
     return 0

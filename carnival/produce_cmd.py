@@ -52,9 +52,13 @@ def run_produce(settings: Settings, topic: str, path: str, quiet: bool) -> int:
             on_progress = None
             if bar is not None:
                 task = bar.add_task(f"producing {topic}", total=None)
+
                 def on_progress(n: int) -> None:
                     bar.update(task, completed=n)
-            summary = produce_json_lines(topic, lines, producer, serde, on_reject=report, on_progress=on_progress)
+
+            summary = produce_json_lines(
+                topic, lines, producer, serde, on_reject=report, on_progress=on_progress
+            )
     except KeyboardInterrupt:
         interrupted = True
         click.echo("interrupted: flushing what was produced so far", err=True)
@@ -71,8 +75,11 @@ def run_produce(settings: Settings, topic: str, path: str, quiet: bool) -> int:
     if interrupted:
         return 130
     if stats.failed or pending:
-        click.secho(f"error: {stats.failed + pending} records were not delivered: {stats.last_error}",
-                    fg="red", err=True)
+        click.secho(
+            f"error: {stats.failed + pending} records were not delivered: {stats.last_error}",
+            fg="red",
+            err=True,
+        )
         return 1
     return 1 if summary is None or summary.rejected else 0
 
@@ -84,23 +91,35 @@ def _progress(path: str):  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), "{task.description}", MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True)
+    return Progress(
+        SpinnerColumn(),
+        "{task.description}",
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
-def run_consume(settings: Settings, topic: str, from_beginning: bool, max_records: int | None,
-                timeout_s: float | None) -> int:
+def run_consume(
+    settings: Settings, topic: str, from_beginning: bool, max_records: int | None, timeout_s: float | None
+) -> int:
     from streams.consume import consume_json_lines
     from streams.kafka import make_consumer
-    from streams.serde import serde_from_settings
 
     if not _check_topic(topic):
         return 2
     consumer = make_consumer(settings)
     try:
         summary = consume_json_lines(
-            consumer, topic, _raw_ts_serde(settings), sys.stdout.buffer, from_beginning,
-            max_records, timeout_s, on_error=lambda m: click.echo(f"skipped: {m}", err=True),
+            consumer,
+            topic,
+            _raw_ts_serde(settings),
+            sys.stdout.buffer,
+            from_beginning,
+            max_records,
+            timeout_s,
+            on_error=lambda m: click.echo(f"skipped: {m}", err=True),
         )
     except LookupError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)

@@ -31,8 +31,9 @@ def run_one(settings: Settings, name: str) -> int:
         from faust.worker import Worker
 
         log.info("worker_starting", processor=name, kind="faust")
-        Worker(target, loglevel=settings.log_level.lower(), logfile=None,
-               override_logging=False).execute_from_commandline()
+        Worker(
+            target, loglevel=settings.log_level.lower(), logfile=None, override_logging=False
+        ).execute_from_commandline()
         return 0
     log.info("worker_starting", processor=name, kind="consumer")
     return int(target(settings) or 0)

@@ -33,8 +33,9 @@ class AgentCodec:
     def topic(self, name: str) -> faust.TopicT:
         """A raw-bytes faust topic handle (created once per name)."""
         if name not in self._topics:
-            self._topics[name] = self.app.topic(name, key_type=bytes, value_type=bytes,
-                                                key_serializer="raw", value_serializer="raw")
+            self._topics[name] = self.app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
         return self._topics[name]
 
     async def decode(self, event: faust.EventT) -> dict[str, Any] | None:
@@ -50,12 +51,28 @@ class AgentCodec:
 
     async def dead_letter(self, msg: Any, kind: str, error: str) -> None:
         RECORDS_REJECTED.labels(topic=msg.topic, kind=kind).inc()
-        log.warning("record_dead_lettered", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                    kind=kind, error=error, processor=self.processor)
-        record = deadletter_record(msg.topic, kind, error, value=msg.value, key=msg.key,
-                                   partition=msg.partition, offset=msg.offset, processor=self.processor)
-        await self.topic(DEADLETTER_TOPIC).send(key=msg.topic.encode(),
-                                                value=self.serde.encode(DEADLETTER_TOPIC, record))
+        log.warning(
+            "record_dead_lettered",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            kind=kind,
+            error=error,
+            processor=self.processor,
+        )
+        record = deadletter_record(
+            msg.topic,
+            kind,
+            error,
+            value=msg.value,
+            key=msg.key,
+            partition=msg.partition,
+            offset=msg.offset,
+            processor=self.processor,
+        )
+        await self.topic(DEADLETTER_TOPIC).send(
+            key=msg.topic.encode(), value=self.serde.encode(DEADLETTER_TOPIC, record)
+        )
 
     async def processing_failed(self, event: faust.EventT, exc: Exception) -> None:
         """A record that decoded but broke the processor's logic: dead-letter it, keep running."""

@@ -25,10 +25,16 @@ class ProcessorSpec:
 PROCESSORS: dict[str, ProcessorSpec] = {
     p.name: p
     for p in (
-        ProcessorSpec("scheduler", "processors.scheduler.worker:app",
-                      "node state from telemetry, task matching, preemption and requeue"),
-        ProcessorSpec("power", "processors.power.worker:app",
-                      "failover detection: incidents and alerts from power events"),
+        ProcessorSpec(
+            "scheduler",
+            "processors.scheduler.worker:app",
+            "node state from telemetry, task matching, preemption and requeue",
+        ),
+        ProcessorSpec(
+            "power",
+            "processors.power.worker:app",
+            "failover detection: incidents and alerts from power events",
+        ),
         ProcessorSpec("sink", "sinks.worker:run", "every topic into ClickHouse, exactly once"),
     )
 }

@@ -82,8 +82,13 @@ class Producer:
             self._unreported[("failed", msg.topic() or "?")] += 1
             log.error("kafka_delivery_failed", topic=msg.topic(), error=str(err))
 
-    def produce(self, topic: str, value: bytes, key: bytes | str | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         while True:
             try:
                 self._producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)

@@ -61,7 +61,7 @@ def produce_json_lines(
     on_reject: Callable[[Rejection], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ProduceSummary:
-    """Produce every good line of ``lines`` to ``topic``; dead-letter the bad ones. Blank lines are skipped."""
+    """Produce every good line of ``lines`` to ``topic``; dead-letter the bad ones; skip blank lines."""
     key_name = key_field(topic)
     summary = ProduceSummary(topic)
     encode = serde.encode
@@ -74,7 +74,9 @@ def produce_json_lines(
             record = parse_json_record(topic, _load_object(raw))
             value = encode(topic, record)
         except (orjson.JSONDecodeError, _NotAnObject) as exc:
-            _reject(summary, producer, serde, topic, raw, number, MALFORMED_JSON, _json_reason(exc), on_reject)
+            _reject(
+                summary, producer, serde, topic, raw, number, MALFORMED_JSON, _json_reason(exc), on_reject
+            )
             continue
         except (ValidationError, SerializationError) as exc:
             _reject(summary, producer, serde, topic, raw, number, VALIDATION, str(exc), on_reject)
@@ -105,13 +107,23 @@ def _json_reason(exc: Exception) -> str:
 
 
 def _reject(
-    summary: ProduceSummary, producer: _Producer, serde: _Serde, topic: str, raw: bytes, line: int,
-    kind: str, reason: str, on_reject: Callable[[Rejection], None] | None,
+    summary: ProduceSummary,
+    producer: _Producer,
+    serde: _Serde,
+    topic: str,
+    raw: bytes,
+    line: int,
+    kind: str,
+    reason: str,
+    on_reject: Callable[[Rejection], None] | None,
 ) -> None:
     rejection = Rejection(line, kind, reason)
     summary.reject(rejection)
     value = raw.rstrip(b"\r\n")
-    send_to_deadletter(producer, serde, deadletter_record(
-        topic, kind, reason, value=value, line=line, processor="carnival produce"))
+    send_to_deadletter(
+        producer,
+        serde,
+        deadletter_record(topic, kind, reason, value=value, line=line, processor="carnival produce"),
+    )
     if on_reject is not None:
         on_reject(rejection)

@@ -68,8 +68,9 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("tasks.lifecycle.v1", "task_id", "every task state change", retention_ms=30 * DAY_MS),
         TopicSpec("power.incidents.v1", "site_id", "failover incidents", retention_ms=90 * DAY_MS),
         TopicSpec("alerts.v1", "fingerprint", "alerts for on-call tooling", retention_ms=30 * DAY_MS),
-        TopicSpec("deadletter.v1", "source_topic", "records that could not be processed",
-                  retention_ms=30 * DAY_MS),
+        TopicSpec(
+            "deadletter.v1", "source_topic", "records that could not be processed", retention_ms=30 * DAY_MS
+        ),
     )
 }
 
@@ -91,12 +92,18 @@ class ApplyReport:
     unchanged: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [f"{len(self.created)} created", f"{len(self.repartitioned)} repartitioned",
-                 f"{len(self.reconfigured)} reconfigured", f"{len(self.unchanged)} unchanged"]
+        parts = [
+            f"{len(self.created)} created",
+            f"{len(self.repartitioned)} repartitioned",
+            f"{len(self.reconfigured)} reconfigured",
+            f"{len(self.unchanged)} unchanged",
+        ]
         return ", ".join(parts)
 
 
-def apply_topics(settings: Settings, admin: AdminClient | None = None, timeout_s: float = 30.0) -> ApplyReport:
+def apply_topics(
+    settings: Settings, admin: AdminClient | None = None, timeout_s: float = 30.0
+) -> ApplyReport:
     """Make the cluster's topics match ``TOPICS``. Idempotent."""
     admin = admin or AdminClient(settings.kafka_client_config())
     report = ApplyReport()
@@ -104,17 +111,25 @@ def apply_topics(settings: Settings, admin: AdminClient | None = None, timeout_s
     wanted = {name: spec.partitions or settings.topic_partitions for name, spec in TOPICS.items()}
 
     missing = [
-        NewTopic(name, num_partitions=wanted[name], replication_factor=settings.topic_replication,
-                 config=TOPICS[name].config())
-        for name in TOPICS if name not in existing
+        NewTopic(
+            name,
+            num_partitions=wanted[name],
+            replication_factor=settings.topic_replication,
+            config=TOPICS[name].config(),
+        )
+        for name in TOPICS
+        if name not in existing
     ]
     if missing:
         for name, fut in admin.create_topics(missing, request_timeout=timeout_s).items():
             _result(fut, f"create topic {name}")
             report.created.append(name)
 
-    grow = [NewPartitions(name, wanted[name]) for name in TOPICS
-            if name in existing and len(existing[name].partitions) < wanted[name]]
+    grow = [
+        NewPartitions(name, wanted[name])
+        for name in TOPICS
+        if name in existing and len(existing[name].partitions) < wanted[name]
+    ]
     if grow:
         for name, fut in admin.create_partitions(grow, request_timeout=timeout_s).items():
             _result(fut, f"add partitions to {name}")
@@ -127,22 +142,30 @@ def apply_topics(settings: Settings, admin: AdminClient | None = None, timeout_s
             report.reconfigured.append(name)
         elif name not in report.repartitioned:
             report.unchanged.append(name)
-    log.info("topics_applied", created=report.created, repartitioned=report.repartitioned,
-             reconfigured=report.reconfigured)
+    log.info(
+        "topics_applied",
+        created=report.created,
+        repartitioned=report.repartitioned,
+        reconfigured=report.reconfigured,
+    )
     return report
 
 
 def _reconcile_config(admin: AdminClient, topic: str, wanted: dict[str, str], timeout_s: float) -> bool:
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    current = _result(admin.describe_configs([resource], request_timeout=timeout_s)[resource],
-                      f"describe configs of {topic}")
+    current = _result(
+        admin.describe_configs([resource], request_timeout=timeout_s)[resource],
+        f"describe configs of {topic}",
+    )
     differing = {k: v for k, v in wanted.items() if k not in current or current[k].value != v}
     if not differing:
         return False
     entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in differing.items()]
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
-    _result(admin.incremental_alter_configs([resource], request_timeout=timeout_s)[resource],
-            f"alter configs of {topic}")
+    _result(
+        admin.incremental_alter_configs([resource], request_timeout=timeout_s)[resource],
+        f"alter configs of {topic}",
+    )
     return True
 
 

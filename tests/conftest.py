@@ -60,9 +60,17 @@ def settings(stack: Settings) -> Settings:
 def run_cli(stack: Settings, stack_env: dict[str, str]):  # type: ignore[no-untyped-def]
     """Run the real `carnival` command in a subprocess against the test stack."""
 
-    def run(*args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        *args: str, input: bytes | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[bytes]:
         env = {**os.environ, **stack_env}
-        return subprocess.run([sys.executable, "-m", "carnival.cli", *args], input=input,
-                              capture_output=True, timeout=timeout, env=env, cwd=Path(__file__).parent.parent)
+        return subprocess.run(
+            [sys.executable, "-m", "carnival.cli", *args],
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+            cwd=Path(__file__).parent.parent,
+        )
 
     return run

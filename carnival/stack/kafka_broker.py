@@ -8,6 +8,7 @@ and the laptop stack do not download them twice.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -76,8 +77,14 @@ def resolve_jars(version: str) -> Path:
     libs.mkdir(parents=True, exist_ok=True)
     log.info("kafka_jars_resolving", version=version, into=str(libs))
     cmd = [
-        mvn, "-q", "-B", "-f", str(DEPLOY_DIR / "pom.xml"), "dependency:copy-dependencies",
-        f"-DoutputDirectory={libs}", f"-Dkafka.version={version}",
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(DEPLOY_DIR / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        f"-Dkafka.version={version}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -169,17 +176,33 @@ def _cluster_id() -> str:
 
 def _java_cmd(java: str, libs: Path, main: str, *args: str, heap: str = "-Xmx768m") -> list[str]:
     return [
-        java, heap, "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        java,
+        heap,
+        "-Xms128m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}",
-        "-cp", f"{libs}/*", main, *args,
+        "-cp",
+        f"{libs}/*",
+        main,
+        *args,
     ]
 
 
 def _format_storage(java: str, libs: Path, bp: BrokerPaths) -> None:
     if (bp.log_dirs / "meta.properties").exists():
         return
-    cmd = _java_cmd(java, libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-                    "-c", str(bp.config), heap="-Xmx256m")
+    cmd = _java_cmd(
+        java,
+        libs,
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        _cluster_id(),
+        "-c",
+        str(bp.config),
+        heap="-Xmx256m",
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError(f"Formatting KRaft storage in {bp.log_dirs} failed:\n{proc.stdout}{proc.stderr}")
@@ -206,12 +229,15 @@ def start_broker(settings: Settings) -> int:
     host, port = settings.kafka_host_port
     pid = read_pid(bp.pid_file)
     if pid is not None:
-        raise StackError(f"Kafka is already running (pid {pid}, data dir {bp.root}); "
-                         "`carnival stack down` stops it")
+        raise StackError(
+            f"Kafka is already running (pid {pid}, data dir {bp.root}); `carnival stack down` stops it"
+        )
     for p in (port, settings.controller_port):
         if port_open(host, p):
-            raise StackError(f"Port {p} on {host} is already in use by another process; stop it or set "
-                             "CARNIVAL_KAFKA_BOOTSTRAP / CARNIVAL_KAFKA_CONTROLLER_PORT to free ports")
+            raise StackError(
+                f"Port {p} on {host} is already in use by another process; stop it or set "
+                "CARNIVAL_KAFKA_BOOTSTRAP / CARNIVAL_KAFKA_CONTROLLER_PORT to free ports"
+            )
     java = require_tool("java", "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)")
     libs = resolve_jars(settings.kafka_version)
     bp.log_dirs.mkdir(parents=True, exist_ok=True)
@@ -222,8 +248,11 @@ def start_broker(settings: Settings) -> int:
     with open(bp.log_file, "ab") as out:
         proc = subprocess.Popen(
             _java_cmd(java, libs, "kafka.Kafka", str(bp.config)),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=bp.root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=bp.root,
         )
     bp.pid_file.write_text(str(proc.pid))
     log.info("kafka_starting", pid=proc.pid, bootstrap=settings.kafka_bootstrap)
@@ -237,13 +266,16 @@ def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPat
 
     deadline = time.monotonic() + START_TIMEOUT_S
     # log_level 0: "connection refused" is expected until the broker listens; do not spam the terminal.
-    admin = AdminClient({**settings.kafka_client_config(), "log_level": 0,
-                         "socket.connection.setup.timeout.ms": "2000"})
+    admin = AdminClient(
+        {**settings.kafka_client_config(), "log_level": 0, "socket.connection.setup.timeout.ms": "2000"}
+    )
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             bp.pid_file.unlink(missing_ok=True)
-            raise StackError(f"Kafka exited during start (code {proc.returncode}). "
-                             f"Last lines of {bp.log_file}:\n{log_tail(bp.log_file)}")
+            raise StackError(
+                f"Kafka exited during start (code {proc.returncode}). "
+                f"Last lines of {bp.log_file}:\n{log_tail(bp.log_file)}"
+            )
         try:
             meta = admin.list_topics(timeout=2)
             if meta.brokers:
@@ -253,8 +285,10 @@ def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPat
             pass
         time.sleep(0.5)
     stop_broker(settings)
-    raise StackError(f"Kafka did not answer within {START_TIMEOUT_S:.0f}s. "
-                     f"Last lines of {bp.log_file}:\n{log_tail(bp.log_file)}")
+    raise StackError(
+        f"Kafka did not answer within {START_TIMEOUT_S:.0f}s. "
+        f"Last lines of {bp.log_file}:\n{log_tail(bp.log_file)}"
+    )
 
 
 def stop_broker(settings: Settings) -> bool:
@@ -286,10 +320,8 @@ def _terminate(pid: int, timeout_s: float) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own child so it does not linger as a zombie
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

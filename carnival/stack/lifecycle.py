@@ -30,8 +30,10 @@ def stack_up(settings: Settings) -> list[str]:
             lines.append(f"clickhouse: already running at {settings.clickhouse_url}")
         else:
             result = clickhouse_server.start_clickhouse(settings)
-            lines.append(f"clickhouse: started embedded server (pid {result.pid}) at {settings.clickhouse_url}"
-                         f", native port {settings.clickhouse_native_port}")
+            lines.append(
+                f"clickhouse: started embedded server (pid {result.pid}) at {settings.clickhouse_url}"
+                f", native port {settings.clickhouse_native_port}"
+            )
     else:
         lines.append(f"clickhouse: using the server at {settings.clickhouse_url}")
     try:
@@ -39,9 +41,14 @@ def stack_up(settings: Settings) -> list[str]:
     except StackError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise StackError(f"could not apply the ClickHouse schema at {settings.clickhouse_url}: {exc}") from exc
-    lines.append(f"clickhouse schema: {len(applied)} migrations applied" if applied
-                 else "clickhouse schema: up to date")
+        raise StackError(
+            f"could not apply the ClickHouse schema at {settings.clickhouse_url}: {exc}"
+        ) from exc
+    lines.append(
+        f"clickhouse schema: {len(applied)} migrations applied"
+        if applied
+        else "clickhouse schema: up to date"
+    )
     return lines
 
 

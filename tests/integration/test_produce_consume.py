@@ -18,10 +18,20 @@ pytestmark = pytest.mark.integration
 
 def telemetry(vin: str, i: int) -> dict[str, object]:
     return {
-        "vin": vin, "ts": f"2026-03-02T21:{i // 60:02d}:{i % 60:02d}.125Z", "hw": "HW4", "region": "us-west",
-        "charge_state": "CHARGING", "gear": "P", "soc_pct": 40.0 + i, "charge_limit_pct": 80.0,
-        "minutes_to_full": 55.5, "scheduled_departure": "2026-03-03T07:30:00.000Z", "at_home": True,
-        "opted_in": True, "compute_temp_c": 38.25, "software_version": "2026.8.1",
+        "vin": vin,
+        "ts": f"2026-03-02T21:{i // 60:02d}:{i % 60:02d}.125Z",
+        "hw": "HW4",
+        "region": "us-west",
+        "charge_state": "CHARGING",
+        "gear": "P",
+        "soc_pct": 40.0 + i,
+        "charge_limit_pct": 80.0,
+        "minutes_to_full": 55.5,
+        "scheduled_departure": "2026-03-03T07:30:00.000Z",
+        "at_home": True,
+        "opted_in": True,
+        "compute_temp_c": 38.25,
+        "software_version": "2026.8.1",
     }
 
 
@@ -31,8 +41,9 @@ def read_topic(settings: Settings, topic: str, tmp_path: Path, wanted: int, matc
     consumer = make_consumer(settings)
     try:
         with out.open("wb") as fh:
-            consume_json_lines(consumer, topic, serde_from_settings(settings), fh, from_beginning=True,
-                               timeout_s=3.0)
+            consume_json_lines(
+                consumer, topic, serde_from_settings(settings), fh, from_beginning=True, timeout_s=3.0
+            )
     finally:
         consumer.close()
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
@@ -80,14 +91,14 @@ def test_bad_lines_are_reported_with_line_numbers_and_dead_lettered(
     unknown_enum = {**telemetry(vin, 3), "gear": "X"}
     missing = {k: v for k, v in telemetry(vin, 4).items() if k != "opted_in"}
     lines = [
-        orjson.dumps(good),                 # 1 good
+        orjson.dumps(good),  # 1 good
         b'{"vin": "' + vin.encode() + b'", "ts": ',  # 2 malformed JSON
-        orjson.dumps(wrong_type),           # 3 wrong type
-        b"",                                # 4 blank: skipped, not an error
-        orjson.dumps(unknown_enum),         # 5 unknown enum symbol
-        orjson.dumps(missing),              # 6 missing required field
-        orjson.dumps(telemetry(vin, 7)),    # 7 good
-        b"[1, 2, 3]",                       # 8 JSON but not an object
+        orjson.dumps(wrong_type),  # 3 wrong type
+        b"",  # 4 blank: skipped, not an error
+        orjson.dumps(unknown_enum),  # 5 unknown enum symbol
+        orjson.dumps(missing),  # 6 missing required field
+        orjson.dumps(telemetry(vin, 7)),  # 7 good
+        b"[1, 2, 3]",  # 8 JSON but not an object
     ]
     sample = tmp_path / "mixed.jsonl"
     sample.write_bytes(b"\n".join(lines) + b"\n")
@@ -97,15 +108,27 @@ def test_bad_lines_are_reported_with_line_numbers_and_dead_lettered(
     assert result.returncode == 1, stderr
     assert "6 records read" not in stderr  # blank line is not a record
     assert "7 records read, 2 produced, 5 rejected" in stderr
-    for line_no, word in [(2, "MALFORMED_JSON"), (3, "soc_pct"), (5, "gear"), (6, "opted_in"), (8, "MALFORMED_JSON")]:
+    for line_no, word in [
+        (2, "MALFORMED_JSON"),
+        (3, "soc_pct"),
+        (5, "gear"),
+        (6, "opted_in"),
+        (8, "MALFORMED_JSON"),
+    ]:
         assert any(f"mixed.jsonl:line {line_no}:" in row and word in row for row in stderr.splitlines()), (
-            f"line {line_no} not reported with {word!r}:\n{stderr}")
+            f"line {line_no} not reported with {word!r}:\n{stderr}"
+        )
 
     arrived = read_topic(settings, "fleet.telemetry.v1", tmp_path, 2, lambda r: r["vin"] == vin)
     assert sorted(r["soc_pct"] for r in arrived) == [41.0, 47.0]
 
-    dead = read_topic(settings, "deadletter.v1", tmp_path, 4,
-                      lambda r: r["source_topic"] == "fleet.telemetry.v1" and vin.encode() in _raw(r))
+    dead = read_topic(
+        settings,
+        "deadletter.v1",
+        tmp_path,
+        4,
+        lambda r: r["source_topic"] == "fleet.telemetry.v1" and vin.encode() in _raw(r),
+    )
     by_line = {r["line"]: r for r in dead}
     assert sorted(by_line) == [2, 3, 5, 6]  # line 8 has no vin in its bytes; checked below
     assert by_line[2]["error_kind"] == "MALFORMED_JSON"
@@ -113,8 +136,9 @@ def test_bad_lines_are_reported_with_line_numbers_and_dead_lettered(
     assert "soc_pct" in by_line[3]["error"] and "gear" in by_line[5]["error"]
     assert _raw(by_line[3]) == lines[2]  # the original bytes, untouched
     assert by_line[3]["processor"] == "carnival produce"
-    not_object = read_topic(settings, "deadletter.v1", tmp_path, 1,
-                            lambda r: r["line"] == 8 and _raw(r) == b"[1, 2, 3]")
+    not_object = read_topic(
+        settings, "deadletter.v1", tmp_path, 1, lambda r: r["line"] == 8 and _raw(r) == b"[1, 2, 3]"
+    )
     assert not_object[0]["error_kind"] == "MALFORMED_JSON"
 
 

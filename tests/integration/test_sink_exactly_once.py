@@ -7,6 +7,7 @@ rows in ClickHouse are compared with the delivery reports: same ids, same (parti
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -72,11 +73,11 @@ class Feed:
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._produce, daemon=True)
 
-    def _report(self, err, msg) -> None:  # type: ignore[no-untyped-def]
+    def _report(self, rid: str, err, msg) -> None:  # type: ignore[no-untyped-def]
         if err is not None:
             self.errors.append(str(err))
         else:
-            self.delivered[msg.topic()][msg.headers()[0][1].decode()] = (msg.partition(), msg.offset())
+            self.delivered[msg.topic()][rid] = (msg.partition(), msg.offset())
 
     def _produce(self) -> None:
         # ~20k records/s: the stream is still flowing during the first several kills.
@@ -94,8 +95,7 @@ class Feed:
                         topic,
                         self.serde.encode(topic, rec),
                         key,
-                        headers=[("id", rid.encode())],
-                        on_delivery=self._report,
+                        on_delivery=functools.partial(self._report, rid),
                     )
                     break
                 except BufferError:

@@ -75,8 +75,13 @@ def test_topics_exist_with_spec_configs_and_apply_is_idempotent(settings: Settin
     # Drift a config by hand: apply puts it back, then a second apply changes nothing.
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
 
-    drift = ConfigResource(ConfigResource.Type.TOPIC, "alerts.v1", incremental_configs=[
-        ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    drift = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "alerts.v1",
+        incremental_configs=[
+            ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     admin.incremental_alter_configs([drift])[drift].result()
     first = apply_topics(settings)
     assert first.reconfigured == ["alerts.v1"] and not first.created
