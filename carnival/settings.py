@@ -73,9 +73,9 @@ class Settings(BaseSettings):
             and self.clickhouse_host_port[0] in LOCAL_HOSTS
         )
 
-    def kafka_client_config(self) -> dict[str, str]:
+    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka settings shared by producers, consumers and the admin client."""
-        conf: dict[str, str] = {"bootstrap.servers": self.kafka_bootstrap}
+        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.kafka_bootstrap}
         optional = {
             "security.protocol": self.kafka_security_protocol,
             "sasl.mechanism": self.kafka_sasl_mechanism,

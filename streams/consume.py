@@ -67,7 +67,7 @@ def consume_json_lines(
                     on_error(f"kafka error: {msg.error()}")
                 continue
             try:
-                record = serde.decode(topic, msg.value())
+                record = serde.decode(topic, msg.value() or b"")
             except SerializationError as exc:
                 summary.undecodable += 1
                 if on_error:
