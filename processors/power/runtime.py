@@ -128,9 +128,12 @@ class DetectorCache:
     site's processing for good.
     """
 
-    def __init__(self, config: PowerConfig, load: Callable[[str], bytes | None]) -> None:
+    def __init__(
+        self, config: PowerConfig, load: Callable[[str], bytes | None], clock_us: Callable[[], int]
+    ) -> None:
         self.config = config
         self._load = load
+        self._clock_us = clock_us
         self._dets: dict[str, Detector] = {}
 
     def get(self, site_id: str) -> Detector:
@@ -140,6 +143,15 @@ class DetectorCache:
         return det
 
     def _restore(self, site_id: str) -> Detector:
+        det = self._read(site_id)
+        # Silence is measured in processing time from the last arrival, and this worker cannot tell a
+        # site's silence from its own downtime (or a backlog it has not read yet): a site restored from
+        # the table gets ``silent_after_s`` of grace from now instead of paging at once on restart.
+        if det.last_arrival is not None:
+            det.last_arrival = max(det.last_arrival, self._clock_us())
+        return det
+
+    def _read(self, site_id: str) -> Detector:
         data = self._load(site_id)
         if data is None:
             DETECTORS_LOADED.labels(source="new").inc()

@@ -32,6 +32,7 @@ from typing import Any
 
 import faust
 import structlog
+from faust.types import TP
 
 from carnival.settings import get_settings
 from processors.app import create_app
@@ -76,20 +77,48 @@ sites = app.Table(
 )
 
 
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
 def _load(site_id: str) -> bytes | None:
     value: bytes | None = sites.get(site_id)
     return value
 
 
-detectors = DetectorCache(config, _load)
+detectors = DetectorCache(config, _load, _wall_us)
 # The agent and the timer both touch detectors and publish; an event's detect/publish/persist (which
 # awaits Kafka acks) must not interleave with a tick of the same detector.
 _lock = asyncio.Lock()
 _scanned_actives: frozenset[Any] | None = None
+# Input partition -> (offset, record timestamp µs) of the last event processed; site -> its partition.
+_progress: dict[int, tuple[int, int]] = {}
+_site_partition: dict[str, int] = {}
 
 
-def _wall_us() -> int:
-    return time.time_ns() // 1000
+def _arrival_us(msg: Any, wall_us: int) -> int:
+    """The processing clock of an event: its Kafka timestamp (when it was produced), not when this worker
+    read it, so that a backlog read after a restart or a stall is judged as it happened: sites in it do
+    not look silent and their events do not look late. Never ahead of this machine's clock."""
+    ts = msg.timestamp
+    return min(int(ts * 1_000_000), wall_us) if ts else wall_us
+
+
+async def _partition_clock(partition: int, wall_us: int) -> int | None:
+    """What ``on_tick`` may take as "now" for the sites of an input partition: the wall clock once this
+    worker has read everything in it, the timestamp of the last event processed while it is behind (the
+    backlog has not been read: silence cannot be judged by the wall clock), None if unknown yet."""
+    tp = TP(EVENTS_TOPIC, partition)
+    try:
+        highwater = app.consumer.highwater(tp)
+    except Exception:  # not assigned or no metadata yet
+        return None
+    done = _progress.get(partition)
+    if done is not None:
+        offset, ts_us = done
+        return wall_us if highwater is None or highwater <= offset + 1 else min(ts_us, wall_us)
+    position = await app.consumer.position(tp)  # nothing processed since start: caught up if nothing to read
+    return wall_us if position is None or highwater is None or position >= highwater else None
 
 
 async def _publish(outputs: list[Output], message: Any | None) -> int:
@@ -130,8 +159,9 @@ async def _handle(event: faust.EventT) -> None:
         return
     async with _lock:
         det = detectors.get(site_id)
+        _site_partition[site_id] = msg.partition
         try:
-            outputs = det.on_event(record, arrival_us=_wall_us())
+            outputs = det.on_event(record, arrival_us=_arrival_us(msg, _wall_us()))
         except InvalidPowerEvent as exc:
             DEAD_LETTERED.labels(kind=exc.kind).inc()
             EVENTS_PROCESSED.labels(result="invalid").inc()
@@ -159,6 +189,8 @@ async def _handle(event: faust.EventT) -> None:
 async def detect(stream: faust.StreamT) -> None:
     async for event in stream.events():
         await _handle(event)
+        msg = event.message
+        _progress[msg.partition] = (msg.offset, _arrival_us(msg, _wall_us()))
 
 
 def _scan_sites() -> None:
@@ -175,7 +207,7 @@ def _scan_sites() -> None:
         detectors.get(site_id)
     detectors.retain(owned)
     _scanned_actives = actives
-    log.info("power_sites_loaded", sites=len(detectors), partitions=len(actives))
+    log.info("power_sites_loaded", sites=len(detectors), active_topic_partitions=len(actives))
 
 
 @app.on_partitions_revoked.connect
@@ -183,6 +215,8 @@ async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
     global _scanned_actives
     async with _lock:
         detectors.clear()  # another worker may change them; reload from the table when they return
+        _site_partition.clear()
+        _progress.clear()
         _scanned_actives = None
 
 
@@ -192,10 +226,21 @@ async def tick() -> None:
         return
     async with _lock:
         _scan_sites()
-        now = _wall_us()
+        wall = _wall_us()
+        clocks: dict[int, int | None] = {}
         outputs: list[Output] = []
         ticked: list[str] = []
         for site_id, det in detectors.items():
+            partition = _site_partition.get(site_id)
+            if partition is None:
+                partition = _site_partition[site_id] = app.producer.key_partition(
+                    EVENTS_TOPIC, site_id.encode()
+                ).partition
+            if partition not in clocks:
+                clocks[partition] = await _partition_clock(partition, wall)
+            now = clocks[partition]
+            if now is None:
+                continue
             try:
                 out = det.on_tick(now)
             except Exception:

@@ -1,0 +1,346 @@
+"""Power worker throughput and detection latency, against raw baselines measured in the same run.
+
+    python bench/bench_power.py [--events 200000] [--sites 500] [--triggers 200] [--background-rate 2000]
+
+1. Throughput: pre-produce ``--events`` MEASUREMENT events from ``--sites`` sites (4 devices each, 4 Hz),
+   then start ``carnival worker power`` and time it draining them (its
+   ``carnival_power_events_processed_total`` counter, polled every 20 ms, from its first processed event
+   to the last). Baselines on the same records: raw confluent-kafka consume, raw aiokafka consume (the
+   client faust uses), and the worker's per-event work in one process without Kafka (Avro decode ->
+   detector -> state encode).
+2. Latency: with the worker caught up and a steady background of MEASUREMENT events
+   (``--background-rate``/s from the same sites), produce ``--triggers`` LOAD_SHED events (one new site
+   each, so the detector can release it at once) and time each from ``produce()`` to its FIRING alert
+   read from ``alerts.v1``.
+
+The bench starts its own Kafka broker (own ports and data dir) unless --use-running-stack is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from carnival.settings import Settings  # noqa: E402
+from processors.power import Detector, PowerConfig  # noqa: E402
+from processors.power.runtime import encode_state  # noqa: E402
+from processors.power.scenario import SiteEvents  # noqa: E402
+from streams.kafka import Producer, make_consumer  # noqa: E402
+from streams.serde import serde_from_settings  # noqa: E402
+
+TOPIC = "power.events.v1"
+DEVICES = ("meter-1", "ats-1", "gen-1", "bat-1")
+METRICS_PORT = 47591
+_PROCESSED = re.compile(r'^carnival_power_events_processed_total\{result="ok"\} ([0-9.e+]+)$', re.M)
+
+
+def measurement_events(sites: int, n: int, tag: str, start_s: float = 0.0) -> list[dict[str, Any]]:
+    """``n`` MEASUREMENT events, round-robin over sites and devices, 4 Hz per device in event time."""
+    builders = [SiteEvents(f"bench-{tag}-{i:04d}") for i in range(sites)]
+    out: list[dict[str, Any]] = []
+    step = 0
+    while len(out) < n:
+        t = start_s + step * 0.25
+        for site in builders:
+            for j, dev in enumerate(DEVICES):
+                out.append(site.measure(t + j * 0.01, device=dev, load_mw=10.0, frequency_hz=60.0))
+        step += 1
+    return out[:n]
+
+
+def produce_all(settings: Settings, encoded: list[tuple[str, bytes]]) -> float:
+    t0 = time.perf_counter()
+    with Producer(settings) as producer:
+        for key, value in encoded:
+            producer.produce(TOPIC, value, key)
+    assert producer.stats.failed == 0
+    return time.perf_counter() - t0
+
+
+def bench_raw_confluent(settings: Settings, n: int) -> float:
+    consumer = make_consumer(settings, **{"fetch.wait.max.ms": 10})
+    consumer.subscribe([TOPIC])
+    seen, t0 = 0, None
+    try:
+        while seen < n:
+            for msg in consumer.consume(10_000, 1.0):
+                if msg.error():
+                    continue
+                if t0 is None:
+                    t0 = time.perf_counter()
+                _ = msg.value()
+                seen += 1
+    finally:
+        consumer.close()
+    assert t0 is not None
+    return seen / (time.perf_counter() - t0)
+
+
+def bench_raw_aiokafka(settings: Settings, n: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(
+            TOPIC,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            group_id=f"bench-aiokafka-{uuid.uuid4().hex[:8]}",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        seen, t0 = 0, None
+        try:
+            while seen < n:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                for records in batches.values():
+                    if t0 is None:
+                        t0 = time.perf_counter()
+                    for rec in records:
+                        _ = rec.value
+                        seen += 1
+        finally:
+            await consumer.stop()
+        assert t0 is not None
+        return seen / (time.perf_counter() - t0)
+
+    return asyncio.run(run())
+
+
+def bench_in_process(settings: Settings, encoded: list[tuple[str, bytes]]) -> float:
+    """The worker's per-event work without Kafka or faust: decode, detect, encode the state."""
+    serde = serde_from_settings(settings)
+    config = PowerConfig()
+    dets: dict[str, Detector] = {}
+    t0 = time.perf_counter()
+    for key, value in encoded:
+        rec = serde.decode(TOPIC, value)
+        det = dets.get(key)
+        if det is None:
+            det = dets[key] = Detector(key, config)
+        det.on_event(rec, arrival_us=time.time_ns() // 1000)
+        encode_state(det)
+    return len(encoded) / (time.perf_counter() - t0)
+
+
+def processed(timeout: float = 0.5) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    m = _PROCESSED.search(text)
+    return float(m.group(1)) if m else 0.0
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "carnival.cli", "worker", "power"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def bench_worker_drain(proc: subprocess.Popen[bytes], n: int, timeout_s: float = 600) -> tuple[float, float]:
+    """(events/s, seconds from the worker's first processed event to the n-th)."""
+    deadline = time.monotonic() + timeout_s
+    first: tuple[float, float] | None = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "worker died"
+        count = processed()
+        now = time.perf_counter()
+        if count:
+            if first is None:
+                first = (now, count)
+            if count >= n:
+                elapsed = now - first[0]
+                return (count - first[1]) / elapsed, elapsed
+        time.sleep(0.02)
+    raise TimeoutError(f"worker processed {processed()} of {n} events in {timeout_s} s")
+
+
+class Background(threading.Thread):
+    """Steady MEASUREMENT traffic at ``rate`` events/s from ``sites`` sites until stopped."""
+
+    def __init__(self, settings: Settings, sites: int, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.rate = settings, rate
+        self.events = measurement_events(sites, rate * 120, "bg", start_s=1_000_000.0)  # up to 120 s of it
+        self.stop_flag = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        serde = serde_from_settings(self.settings)
+        with Producer(self.settings) as producer:
+            t0 = time.perf_counter()
+            for e in self.events:
+                if self.stop_flag.is_set():
+                    break
+                producer.produce(TOPIC, serde.encode(TOPIC, e), e["site_id"])
+                self.sent += 1
+                ahead = self.sent / self.rate - (time.perf_counter() - t0)
+                if ahead > 0.005:
+                    producer.poll(0)
+                    time.sleep(ahead)
+
+
+def bench_latency(settings: Settings, triggers: int, background: Background) -> list[float]:
+    serde = serde_from_settings(settings)
+    consumer = make_consumer(settings, **{"fetch.wait.max.ms": 1, "auto.offset.reset": "latest"})
+    consumer.subscribe(["alerts.v1"])
+    deadline = time.monotonic() + 15
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.1)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    tag = uuid.uuid4().hex[:6]
+    producer = Producer(settings, **{"linger.ms": 0})
+
+    def drain(timeout: float) -> None:
+        for msg in consumer.consume(100, timeout):
+            if msg.error() or msg.value() is None:
+                continue
+            t = time.perf_counter()
+            alert = serde.decode("alerts.v1", msg.value())
+            started = sent.pop(alert["site_id"] or "", None)
+            if started is not None and alert["status"] == "FIRING":
+                latencies.append((t - started) * 1000)
+
+    for i in range(triggers):
+        site = SiteEvents(f"bench-trigger-{tag}-{i:04d}")
+        value = serde.encode(TOPIC, site.event("ctl-1", "LOAD_SHED", 1.0, detail="bench trigger"))
+        sent[site.site_id] = time.perf_counter()
+        producer.produce(TOPIC, value, site.site_id)
+        producer.poll(0)
+        end = time.perf_counter() + 0.05  # ~20 triggers/s
+        while time.perf_counter() < end:
+            drain(0.005)
+    end = time.monotonic() + 10
+    while sent and time.monotonic() < end:
+        drain(0.05)
+    producer.close()
+    consumer.close()
+    if sent:
+        print(f"  warning: {len(sent)} trigger alerts not seen within 10 s")
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--sites", type=int, default=500)
+    ap.add_argument("--triggers", type=int, default=200)
+    ap.add_argument("--background-rate", type=int, default=2000)
+    ap.add_argument("--use-running-stack", action="store_true", help="use the stack CARNIVAL_* points at")
+    args = ap.parse_args()
+
+    started = None
+    workdir = Path(tempfile.mkdtemp(prefix="carnival-bench-power-"))
+    if not args.use_running_stack:
+        os.environ.update(
+            {
+                "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:47592",
+                "CARNIVAL_KAFKA_CONTROLLER_PORT": "47593",
+                "CARNIVAL_CLICKHOUSE_EMBEDDED": "false",
+                "CARNIVAL_DATA_DIR": str(workdir),
+            }
+        )
+        started = Settings()
+        from carnival.stack import kafka_broker
+        from streams.topics import apply_topics
+
+        kafka_broker.start_broker(started)
+        apply_topics(started)
+    settings = started or Settings()
+    env = {
+        **os.environ,
+        "CARNIVAL_METRICS_PORT": str(METRICS_PORT),
+        "CARNIVAL_LOG_FORMAT": "json",
+        "CARNIVAL_LOG_LEVEL": "WARNING",
+    }
+    proc: subprocess.Popen[bytes] | None = None
+    background: Background | None = None
+    try:
+        n = args.events
+        print(f"encoding {n:,} power events from {args.sites} sites ...", flush=True)
+        serde = serde_from_settings(settings)
+        encoded = [(e["site_id"], serde.encode(TOPIC, e)) for e in measurement_events(args.sites, n, "tp")]
+        secs = produce_all(settings, encoded)
+        print(f"produced {n:,} in {secs:.2f} s ({n / secs:,.0f}/s)")
+
+        raw_c = bench_raw_confluent(settings, n)
+        raw_a = bench_raw_aiokafka(settings, n)
+        inproc = bench_in_process(settings, encoded[:50_000])
+        del encoded
+
+        print("starting the power worker ...", flush=True)
+        proc = start_worker(env, workdir / "worker.log")
+        rate, elapsed = bench_worker_drain(proc, n)
+
+        print(f"latency: {args.triggers} triggers with {args.background_rate}/s background ...", flush=True)
+        background = Background(settings, args.sites, args.background_rate)
+        background.start()
+        time.sleep(2)
+        t_bg = time.perf_counter()
+        bg_sent0 = background.sent
+        latencies = bench_latency(settings, args.triggers, background)
+        bg_rate = (background.sent - bg_sent0) / (time.perf_counter() - t_bg)
+        background.stop_flag.set()
+        background.join(30)
+
+        print()
+        print("== power events/s (one worker, 2 shared cores)")
+        print(f"  raw confluent-kafka consume          {raw_c:>10,.0f}/s")
+        print(f"  raw aiokafka consume (faust's client) {raw_a:>9,.0f}/s")
+        print(f"  in-process decode+detect+state       {inproc:>10,.0f}/s   (no Kafka, no faust)")
+        print(f"  power worker drain                   {rate:>10,.0f}/s   ({n:,} events in {elapsed:.1f} s)")
+        if latencies:
+            print(
+                f"== detection latency, produce -> FIRING alert consumed ({len(latencies)} triggers, "
+                f"background {bg_rate:,.0f} events/s)"
+            )
+            print(
+                f"  p50 {pct(latencies, 0.50):.1f} ms   p90 {pct(latencies, 0.90):.1f} ms   "
+                f"p99 {pct(latencies, 0.99):.1f} ms   max {max(latencies):.1f} ms   "
+                f"mean {statistics.fmean(latencies):.1f} ms"
+            )
+    finally:
+        if background is not None:
+            background.stop_flag.set()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if started is not None:
+            from carnival.stack import kafka_broker
+
+            kafka_broker.stop_broker(started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""What the scheduler worker needs around the pure ``Scheduler``, with no faust import: configuration
+from the environment, the envelope of the internal pool-partitioned topic, pool -> partition, the
+fast region peek for telemetry routing, and the worker's Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from prometheus_client import Counter, Gauge, Histogram
+
+from processors.scheduler.config import SchedulerConfig
+
+__all__ = [
+    "BYPOOL_TOPIC",
+    "CONFIG_ENV",
+    "Envelope",
+    "WorkerKnobs",
+    "config_from_env",
+    "knobs_from_env",
+    "local_pools_of",
+    "pack",
+    "pack_tick",
+    "partition_of",
+    "peek_region",
+    "unpack",
+]
+
+PROCESSOR = "scheduler"
+# Internal topics are named after the faust app id so they sort with its changelogs.
+BYPOOL_TOPIC = "carnival-scheduler-bypool"
+TELEMETRY_TOPIC = "fleet.telemetry.v1"
+REQUESTS_TOPIC = "tasks.requests.v1"
+STATUS_TOPIC = "tasks.status.v1"
+
+CONFIG_ENV = "CARNIVAL_SCHEDULER_CONFIG"
+"""A JSON object of ``SchedulerConfig`` fields, e.g. ``{"lease_s": 60, "pools": ["us-west"]}``."""
+ENV_PREFIX = "CARNIVAL_SCHEDULER_"
+"""One variable per field overrides the JSON: ``CARNIVAL_SCHEDULER_LEASE_S=60``; lists comma-separated."""
+
+# Kinds of records on the pool topic (first byte of the value).
+TELEMETRY, REQUEST, STATUS, TICK, HANDOFF = b"T", b"R", b"S", b"K", b"H"
+_SOURCE = struct.Struct(">iq")  # source partition, source offset (for dead letters)
+_TICK = struct.Struct(">q")
+
+
+# -- configuration ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerKnobs:
+    """Wiring settings (not scheduler logic): ``CARNIVAL_SCHEDULER_<NAME>``."""
+
+    tick_s: float = 1.0  # how often the worker ticks each of its pool partitions (wall clock)
+    batch_max: int = 2000  # pool events processed per batch (one producer flush per batch)
+    batch_within_s: float = 0.005  # longest a batch waits to fill (adds to match latency)
+    route_batch_max: int = 2000  # telemetry events routed per batch
+    hold_max: int = 16  # status reports held per task while its pool is unknown
+    session_timeout_s: float = 10.0  # consumer group session: how long a dead worker keeps partitions
+
+
+_KNOBS = {f.name for f in dataclasses.fields(WorkerKnobs)}
+_TUPLE_FIELDS = {"pools", "plugged_states", "preempt_reasons", "local_pools"}
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    if name in _TUPLE_FIELDS:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a boolean, got {raw!r}")
+    if isinstance(default, str):
+        return raw
+    try:
+        return int(raw) if isinstance(default, int) else float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+
+
+def _env_values(env: Mapping[str, str], names: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        name = var[len(ENV_PREFIX) :].lower()
+        if name in names:
+            values[name] = _parse(name, raw, names[name])
+        elif name not in _KNOBS and name not in _SCHED_DEFAULTS:
+            raise ValueError(f"unknown scheduler setting {var}")
+    return values
+
+
+_SCHED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SchedulerConfig) if f.init}
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> SchedulerConfig:
+    """``SchedulerConfig`` from ``CARNIVAL_SCHEDULER_CONFIG`` (JSON) and ``CARNIVAL_SCHEDULER_<FIELD>``.
+
+    Unknown ``CARNIVAL_SCHEDULER_*`` names are an error, so a typo does not silently keep a default.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if env.get(CONFIG_ENV):
+        loaded = json.loads(env[CONFIG_ENV])
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{CONFIG_ENV} must be a JSON object")
+        values.update(loaded)
+    values.update(_env_values(env, _SCHED_DEFAULTS))
+    return SchedulerConfig.from_mapping(values)
+
+
+def knobs_from_env(environ: Mapping[str, str] | None = None) -> WorkerKnobs:
+    env = os.environ if environ is None else environ
+    defaults = {f.name: f.default for f in dataclasses.fields(WorkerKnobs)}
+    return WorkerKnobs(**_env_values(env, defaults))
+
+
+# -- partitioning ------------------------------------------------------------------------------------
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key`` (Java, aiokafka, ours)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def local_pools_of(config: SchedulerConfig, partition: int, partitions: int) -> frozenset[str] | None:
+    """Pools whose records land in ``partition``: the scheduler of that partition owns exactly these.
+
+    None when no pools are configured (then any-region tasks spill only among the pools seen there).
+    """
+    if not config.pools:
+        return None
+    return frozenset(p for p in config.pools if partition_of(p, partitions) == partition)
+
+
+# -- envelopes on the pool topic -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    kind: bytes
+    payload: bytes
+    source_partition: int = -1
+    source_offset: int = -1
+
+
+def pack(kind: bytes, payload: bytes, source_partition: int = -1, source_offset: int = -1) -> bytes:
+    return kind + _SOURCE.pack(source_partition, source_offset) + payload
+
+
+def pack_tick(wall_ms: int) -> bytes:
+    return pack(TICK, _TICK.pack(wall_ms))
+
+
+def unpack(value: bytes) -> Envelope:
+    if len(value) < 13:
+        raise ValueError("pool record too short")
+    part, off = _SOURCE.unpack_from(value, 1)
+    return Envelope(value[:1], value[13:], part, off)
+
+
+def tick_ms(payload: bytes) -> int:
+    return int(_TICK.unpack(payload)[0])
+
+
+# -- fast region peek ----------------------------------------------------------------------------------
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def peek_region(body: bytes) -> str:
+    """``region`` of a telemetry body written with a schema that starts vin, ts, hw, region.
+
+    Skips a full Avro decode on the router's hot path; the caller checks the writer fingerprint.
+    """
+    n, pos = _varint(body, 0)  # vin
+    pos += n
+    _, pos = _varint(body, pos)  # ts
+    _, pos = _varint(body, pos)  # hw enum index
+    n, pos = _varint(body, pos)
+    return body[pos : pos + n].decode()
+
+
+# -- metrics (carnival_<system>_<verb>_total) ------------------------------------------------------------
+EVENTS = Counter(
+    "carnival_scheduler_events_processed_total",
+    "Pool-stream events given to the scheduler",
+    ["kind", "result"],
+)
+ROUTED = Counter("carnival_scheduler_events_routed_total", "Input records repartitioned by pool", ["topic"])
+HELD = Counter(
+    "carnival_scheduler_status_held_total",
+    "Status reports held until their task's pool is known",
+    ["outcome"],
+)
+OUTPUTS = Counter("carnival_scheduler_records_emitted_total", "Records published by the scheduler", ["topic"])
+DECISIONS = Counter(
+    "carnival_scheduler_decisions_total",
+    "Scheduler counters (assignments, preemptions, stale reports...)",
+    ["what"],
+)
+DEAD_LETTERED = Counter("carnival_scheduler_deadlettered_total", "Records sent to deadletter.v1", ["kind"])
+REBUILDS = Counter(
+    "carnival_scheduler_partition_rebuilds_total", "Scheduler partitions rebuilt from the table"
+)
+BATCH_SECONDS = Histogram(
+    "carnival_scheduler_batch_seconds",
+    "Worker time per pool batch (schedule, publish and wait for acks, persist)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "carnival_scheduler_batch_events",
+    "Events per pool batch",
+    buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+QUEUED = Gauge("carnival_scheduler_queued_tasks", "Tasks waiting in this worker's pools", ["partition"])
+IDLE = Gauge("carnival_scheduler_idle_nodes", "Eligible idle nodes in this worker's pools", ["partition"])

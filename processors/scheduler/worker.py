@@ -1,0 +1,459 @@
+"""The scheduler worker: telemetry, requests and status -> pools -> ``Scheduler`` -> nodes, assignments,
+lifecycle. Run with ``carnival worker scheduler`` (several processes form one consumer group).
+
+Supply and demand meet in one place: everything is repartitioned by pool (region) into the internal
+topic ``carnival-scheduler-bypool`` (key = pool, ``settings.topic_partitions`` partitions), read by ONE
+agent that keeps an in-memory ``Scheduler`` per partition of that topic.
+
+Agents (all concurrency 1):
+
+* ``route_telemetry``  fleet.telemetry.v1 (key vin) -> bypool, key = region. Reads the region without a
+  full Avro decode when the writer schema allows it; undecodable records go to deadletter.v1.
+* ``route_tasks``      tasks.requests.v1, tasks.status.v1, tasks.lifecycle.v1 (all keyed by task_id, so
+  co-partitioned) with table ``routes`` (task_id -> pool, latest attempt, held statuses):
+  a request goes to ``pool_for_request``; a lifecycle record (our own output) tells which pool holds
+  the task and which assignment attempts exist; a status goes to that pool once its assignment_id is
+  one of the task's attempts (or the task is finished), and is held in the table until then.
+* ``schedule``         bypool -> ``Scheduler`` of the event's partition -> outputs. Batches of events:
+  decide (pure, in memory), publish every output and wait for Kafka's acks, then persist the batch's
+  state changes to table ``state`` (journal first, see ``wiring_state``), then faust acks the events
+  and commits (it flushes the changelog before committing).
+* timer ``tick``       every ``tick_s``, a tick record (wall-clock ms) to each bypool partition this worker
+  owns: leases, claim timeouts, deadlines and spills run in the owning agent, in stream order, and a
+  replay after a crash sees the same ticks.
+
+Tables: ``state`` (changelog ``carnival-scheduler-state-changelog``) holds node and task dicts under
+``<partition>/n/<vin>`` and ``<partition>/t/<task_id>``; written with an explicit changelog partition =
+the bypool partition, so a partition's scheduler is restored from exactly its own changelog partition.
+``routes`` (changelog ``carnival-scheduler-routes-changelog``) is written in ``route_tasks``' stream
+context. Both use faust's in-memory store: a worker always restores from the changelog, which is
+exactly what was durable when the input offsets were committed. (A RocksDB store can hold writes
+whose changelog records a SIGKILL lost, so after a restart its state would be ahead of the changelog
+that another worker restores from after a rebalance: two different pasts, and a task assigned twice.)
+
+Partition assignment: faust revokes all partitions on a rebalance after waiting for in-flight batches
+(they persist before they are acked). The revoke signal drops every in-memory ``Scheduler``; the next
+event of a partition rebuilds it with ``Scheduler.from_parts`` from the table, which faust has
+recovered by then (streams resume only after recovery completes). ``local_pools`` of a partition's
+scheduler are the configured pools that hash to it, so any-region tasks hand off to other partitions
+through the bypool topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import time
+from collections import Counter, defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import orjson
+import structlog
+
+import schemas
+from carnival.settings import get_settings
+from processors.app import create_app
+from processors.codec import AgentCodec
+from processors.scheduler.config import SchedulerConfig
+from processors.scheduler.exceptions import InvalidRecord
+from processors.scheduler.matching import Scheduler, pool_for_request
+from processors.scheduler.records import HANDOFF as HANDOFF_TOPIC
+from processors.scheduler.records import LIFECYCLE_TOPIC, Out
+from processors.scheduler.tasks import assignment_id_for
+from processors.scheduler.wiring_runtime import (
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    BYPOOL_TOPIC,
+    DEAD_LETTERED,
+    DECISIONS,
+    EVENTS,
+    HANDOFF,
+    HELD,
+    IDLE,
+    OUTPUTS,
+    PROCESSOR,
+    QUEUED,
+    REBUILDS,
+    REQUEST,
+    REQUESTS_TOPIC,
+    ROUTED,
+    STATUS,
+    STATUS_TOPIC,
+    TELEMETRY,
+    TELEMETRY_TOPIC,
+    TICK,
+    Envelope,
+    config_from_env,
+    knobs_from_env,
+    local_pools_of,
+    pack,
+    pack_tick,
+    peek_region,
+    tick_ms,
+    unpack,
+)
+from processors.scheduler.wiring_state import PartitionState
+from streams.deadletter import PROCESSING
+from streams.exceptions import SerializationError
+from streams.serde import SINGLE_OBJECT_MAGIC, AvroSerde
+from streams.topics import DEADLETTER_TOPIC
+
+log = structlog.get_logger(__name__)
+
+TERMINAL_STATES = frozenset({"COMPLETED", "EXPIRED", "REJECTED"})
+_CHANGELOG_CONFIG = {
+    # Keep the changelogs near one record per key so restore time follows the state size.
+    "segment.ms": str(10 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.2",
+    "delete.retention.ms": str(24 * 3600 * 1000),
+}
+
+settings = get_settings()
+config = config_from_env()
+knobs = knobs_from_env()
+PARTITIONS = settings.topic_partitions
+
+# A SIGKILLed worker keeps its partitions until its session times out: 10 s, not faust's 60 s.
+app = create_app(
+    PROCESSOR,
+    settings,
+    broker_session_timeout=knobs.session_timeout_s,
+    broker_heartbeat_interval=knobs.session_timeout_s / 4,
+)
+codec = AgentCodec(app, settings, PROCESSOR)
+serde = AvroSerde(codec.serde.registry, raw_timestamps=True)  # epoch-ms ints, as the scheduler wants
+
+telemetry_topic = codec.topic(TELEMETRY_TOPIC)
+task_topics = app.topic(
+    REQUESTS_TOPIC, STATUS_TOPIC, LIFECYCLE_TOPIC,
+    key_type=bytes, value_type=bytes,
+)  # fmt: skip
+bypool_topic = app.topic(
+    BYPOOL_TOPIC, partitions=PARTITIONS, internal=True,
+    key_type=bytes, value_type=bytes,
+)  # fmt: skip
+# (A bare "memory://" is a falsy yarl URL, which faust would swap for the app's RocksDB default.)
+state_table = app.Table(
+    "state", default=None, key_type=bytes, value_type=bytes,
+    partitions=PARTITIONS, store="memory://scheduler", extra_topic_configs=_CHANGELOG_CONFIG,
+    help="<partition>/n/<vin>, <partition>/t/<task_id>, journal: the pool schedulers' state",
+)  # fmt: skip
+routes = app.Table(
+    "routes", default=None, key_type=bytes, value_type=bytes,
+    partitions=PARTITIONS, store="memory://scheduler", extra_topic_configs=_CHANGELOG_CONFIG,
+    help="task_id -> pool, latest attempt, held status reports",
+)  # fmt: skip
+
+# Writer schemas of telemetry whose first fields are vin, ts, hw, region: peek the region.
+_PEEKABLE = {
+    SINGLE_OBJECT_MAGIC + sv.fingerprint_bytes
+    for sv in schemas.history(TELEMETRY_TOPIC)
+    if [f["name"] for f in sv.raw["fields"][:4]] == ["vin", "ts", "hw", "region"]
+}
+
+# Partition of the bypool topic -> its scheduler. Only the ``schedule`` agent touches it (the
+# revoke signal clears it while no batch is in flight).
+states: dict[int, PartitionState] = {}
+
+
+# ------------------------------------------------------------------------------------------ routing
+def _region(value: bytes) -> str:
+    if value[:10] in _PEEKABLE:
+        try:
+            return peek_region(value[10:])
+        except (IndexError, UnicodeDecodeError):
+            pass  # the full decode below names the problem
+    return str(serde.decode(TELEMETRY_TOPIC, value)["region"] or "")
+
+
+@app.agent(telemetry_topic, concurrency=1)
+async def route_telemetry(stream: faust.StreamT) -> None:
+    async for events in stream.take_events(knobs.route_batch_max, knobs.batch_within_s):
+        for event in events:
+            msg = event.message
+            try:
+                pool = _region(msg.value)
+            except SerializationError as exc:
+                DEAD_LETTERED.labels(kind=exc.kind).inc()
+                await codec.dead_letter(msg, exc.kind, str(exc))
+                continue
+            await bypool_topic.send(
+                key=pool.encode(), value=pack(TELEMETRY, msg.value, msg.partition, msg.offset)
+            )
+        ROUTED.labels(topic=TELEMETRY_TOPIC).inc(len(events))
+
+
+def _route_of(task_id: str) -> dict[str, Any]:
+    raw = routes.get(task_id.encode())
+    return orjson.loads(raw) if raw else {"pool": None, "attempt": 0, "done": False, "held": []}
+
+
+def _routable(task_id: str, route: dict[str, Any], aid: str) -> bool:
+    if route["pool"] is None:
+        return False
+    if route["done"]:
+        return True
+    return any(assignment_id_for(task_id, a) == aid for a in range(route["attempt"], 0, -1))
+
+
+async def _forward(kind: bytes, pool: str, value: bytes, partition: int, offset: int) -> None:
+    await bypool_topic.send(key=pool.encode(), value=pack(kind, value, partition, offset))
+
+
+async def _route_task_event(event: faust.EventT) -> None:
+    msg = event.message
+    record = await codec.decode(event)
+    if record is None:
+        DEAD_LETTERED.labels(kind="DECODE").inc()
+        return
+    task_id = record.get("task_id")
+    if not task_id:
+        await codec.dead_letter(msg, "VALIDATION", "record has no task_id")
+        return
+    if msg.topic == REQUESTS_TOPIC:
+        await _forward(REQUEST, pool_for_request(record, config), msg.value, msg.partition, msg.offset)
+        ROUTED.labels(topic=REQUESTS_TOPIC).inc()
+        return
+    route = _route_of(task_id)
+    if msg.topic == STATUS_TOPIC:
+        if _routable(task_id, route, record.get("assignment_id") or ""):
+            await _forward(STATUS, route["pool"], msg.value, msg.partition, msg.offset)
+            ROUTED.labels(topic=STATUS_TOPIC).inc()
+            return
+        held = route["held"]
+        held.append(
+            [
+                msg.partition,
+                msg.offset,
+                record.get("assignment_id") or "",
+                base64.b64encode(msg.value).decode(),
+            ]
+        )
+        HELD.labels(outcome="held").inc()
+        if len(held) > knobs.hold_max:
+            part, off, _, value = held.pop(0)
+            HELD.labels(outcome="dropped").inc()
+            DEAD_LETTERED.labels(kind="UNROUTABLE").inc()
+            gone = SimpleNamespace(topic=STATUS_TOPIC, partition=part, offset=off, key=task_id.encode(),
+                                   value=base64.b64decode(value))  # fmt: skip
+            await codec.dead_letter(
+                gone, "UNROUTABLE", f"no assignment of task {task_id} matches this status"
+            )
+        routes[task_id.encode()] = orjson.dumps(route)
+        return
+    # tasks.lifecycle.v1: where the task lives now, and which assignments it has had.
+    state, pool, attempt = record.get("state"), record.get("pool"), record.get("attempt") or 0
+    if pool and (route["pool"] is None or (state == "ASSIGNED" and attempt >= route["attempt"])):
+        route["pool"] = pool
+    if state == "ASSIGNED":
+        route["attempt"] = max(route["attempt"], attempt)
+    if state in TERMINAL_STATES:
+        route["done"] = True
+    still: list[Any] = []
+    for item in route["held"]:
+        part, off, aid, value = item
+        if _routable(task_id, route, aid):
+            await _forward(STATUS, route["pool"], base64.b64decode(value), part, off)
+            HELD.labels(outcome="released").inc()
+            ROUTED.labels(topic=STATUS_TOPIC).inc()
+        else:
+            still.append(item)
+    route["held"] = still
+    routes[task_id.encode()] = orjson.dumps(route)  # always: a replay rewrites what a crash lost
+
+
+@app.agent(task_topics, concurrency=1)
+async def route_tasks(stream: faust.StreamT) -> None:
+    async for event in stream.events():
+        try:
+            await _route_task_event(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            DEAD_LETTERED.labels(kind=PROCESSING).inc()
+            await codec.processing_failed(event, exc)
+
+
+# --------------------------------------------------------------------------------------- scheduling
+def _config_for(partition: int) -> SchedulerConfig:
+    return dataclasses.replace(config, local_pools=local_pools_of(config, partition, PARTITIONS))
+
+
+def _store() -> Any:
+    return state_table.data  # faust's in-memory store: ``.data`` is its dict, bytes -> bytes
+
+
+def _rebuild(partition: int) -> PartitionState:
+    started = time.perf_counter()
+    state, restored = PartitionState.rebuild(partition, list(_store().data.items()), _config_for(partition))
+    states[partition] = state
+    REBUILDS.inc()
+    log.info("scheduler_partition_rebuilt", partition=partition, nodes=len(restored.nodes),
+             tasks=len(restored.tasks), clock=restored.clock, journal_applied=restored.journal_applied,
+             ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+    return state
+
+
+def _send_changelog(partition: int, key: bytes, value: bytes | None) -> None:
+    store = _store()
+    if value is None:
+        store._key_partition.pop(key, None)
+        state_table.send_changelog(partition, key, None, value_serializer="raw")
+    else:
+        store._key_partition[key] = partition  # so faust drops it when the partition goes elsewhere
+        state_table.send_changelog(partition, key, value)
+
+
+def _dispatch(sched: Scheduler, env: Envelope, pool: str) -> list[Out]:
+    kind = env.kind
+    if kind == TELEMETRY:
+        return sched.on_telemetry(serde.decode(TELEMETRY_TOPIC, env.payload))
+    if kind == TICK:
+        return sched.on_tick(tick_ms(env.payload))
+    if kind == REQUEST:
+        return sched.on_request(serde.decode(REQUESTS_TOPIC, env.payload), pool=pool)
+    if kind == STATUS:
+        return sched.on_status(serde.decode(STATUS_TOPIC, env.payload))
+    if kind == HANDOFF:
+        return sched.on_handoff(orjson.loads(env.payload))
+    raise InvalidRecord("unknown_kind", f"unknown pool record kind {kind!r}")
+
+
+_SOURCE_TOPIC = {TELEMETRY: TELEMETRY_TOPIC, REQUEST: REQUESTS_TOPIC, STATUS: STATUS_TOPIC}
+_KIND_LABEL = {TELEMETRY: "telemetry", REQUEST: "request", STATUS: "status", TICK: "tick", HANDOFF: "handoff"}
+
+
+def _as_source(event: faust.EventT, env: Envelope | None) -> Any:
+    """What a dead letter should name: the input record that was routed here, where we know it."""
+    msg = event.message
+    if env is None or env.kind not in _SOURCE_TOPIC:
+        return msg
+    return SimpleNamespace(topic=_SOURCE_TOPIC[env.kind], partition=env.source_partition,
+                           offset=env.source_offset, key=msg.key, value=env.payload)  # fmt: skip
+
+
+def _run_partition(
+    partition: int, events: list[faust.EventT]
+) -> tuple[list[Out], list[tuple[Any, str, str]]]:
+    """Feed one partition's events to its scheduler. A record that breaks the scheduler (a bug) is
+    dead-lettered and the partition is rebuilt from the table and re-run without it, so the
+    half-applied record leaves no trace (decisions are deterministic: the re-run repeats the rest)."""
+    broken: dict[int, Exception] = {}
+    while True:
+        state = states.get(partition) or _rebuild(partition)
+        sched = state.scheduler
+        outs: list[Out] = []
+        dead: list[tuple[Any, str, str]] = []
+        results: Counter[tuple[str, str]] = Counter()
+        for i, event in enumerate(events):
+            try:
+                env = unpack(event.message.value)
+            except ValueError as exc:
+                dead.append((event.message, "DECODE", str(exc)))
+                results[("unknown", "invalid")] += 1
+                continue
+            label = _KIND_LABEL.get(env.kind, "unknown")
+            if i in broken:
+                exc = broken[i]
+                dead.append((_as_source(event, env), PROCESSING, f"{type(exc).__name__}: {exc}"))
+                results[(label, "failed")] += 1
+                continue
+            key = event.message.key
+            try:
+                outs.extend(_dispatch(sched, env, key.decode() if isinstance(key, bytes) else str(key or "")))
+                results[(label, "ok")] += 1
+            except (InvalidRecord, SerializationError) as exc:
+                dead.append((_as_source(event, env), exc.kind, str(exc)))
+                results[(label, "invalid")] += 1
+            except Exception as exc:
+                log.exception("scheduler_record_failed", partition=partition, index=i, kind=label)
+                broken[i] = exc
+                states.pop(partition, None)
+                break
+        else:
+            for (kind, result), n in results.items():
+                EVENTS.labels(kind=kind, result=result).inc(n)
+            return outs, dead
+
+
+async def _schedule_batch(events: list[faust.EventT]) -> None:
+    started = time.perf_counter()
+    by_partition: dict[int, list[faust.EventT]] = defaultdict(list)
+    for event in events:
+        by_partition[event.message.partition].append(event)
+    try:
+        outs: list[Out] = []
+        dead: list[tuple[Any, str, str]] = []
+        for partition, evs in by_partition.items():
+            o, d = _run_partition(partition, evs)
+            outs.extend(o)
+            dead.extend(d)
+        emitted: Counter[str] = Counter()
+        for out in outs:
+            if out.topic == HANDOFF_TOPIC:
+                await bypool_topic.send(key=out.key.encode(), value=pack(HANDOFF, orjson.dumps(out.value)))
+            else:
+                await codec.send(out.topic, out.key, out.value)
+            emitted[out.topic] += 1
+        for source, kind, error in dead:
+            DEAD_LETTERED.labels(kind=kind).inc()
+            await codec.dead_letter(source, kind, error)
+        if outs or dead:
+            await app.producer.flush()  # outputs durable before the state that produced them
+        for partition in by_partition:
+            state = states[partition]
+            state.persist(_store().data, _send_changelog)
+            for what, n in state.counter_deltas():
+                DECISIONS.labels(what=what).inc(n)
+    except BaseException:
+        for partition in by_partition:  # memory is ahead of what is durable: restore from the table
+            states.pop(partition, None)
+        raise
+    for topic, n in emitted.items():
+        OUTPUTS.labels(topic=topic).inc(n)
+    BATCH_SIZE.observe(len(events))
+    BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+@app.agent(bypool_topic, concurrency=1)
+async def schedule(stream: faust.StreamT) -> None:
+    async for events in stream.take_events(knobs.batch_max, knobs.batch_within_s):
+        await _schedule_batch(list(events))
+
+
+# ---------------------------------------------------------------------------------- time, rebalance
+def _owned_partitions() -> list[int]:
+    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == BYPOOL_TOPIC)
+
+
+@app.timer(interval=knobs.tick_s)
+async def tick() -> None:
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return
+    now = time.time_ns() // 1_000_000
+    for partition in _owned_partitions():
+        await bypool_topic.send(key=None, value=pack_tick(now), partition=partition)
+        state = states.get(partition)
+        if state is not None:
+            pools = state.scheduler._pools  # read-only peek for the gauges
+            QUEUED.labels(partition=str(partition)).set(sum(len(p.queue) for p in pools.values()))
+            IDLE.labels(partition=str(partition)).set(sum(p.free_count for p in pools.values()))
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    # faust has waited for in-flight batches (persisted before acked); rebuild from the table later.
+    dropped = sorted(states)
+    states.clear()
+    log.info("scheduler_partitions_revoked", dropped=dropped)
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    mine = sorted(tp.partition for tp in assigned if tp.topic == BYPOOL_TOPIC)
+    log.info("scheduler_partitions_assigned", partitions=mine, topic=BYPOOL_TOPIC)
+
+
+log.info("scheduler_worker_configured", partitions=PARTITIONS, knobs=dataclasses.asdict(knobs),
+         ranking=config.ranking, pools=list(config.pools), lease_s=config.lease_s,
+         claim_timeout_s=config.claim_timeout_s, deadletter_topic=DEADLETTER_TOPIC)  # fmt: skip

@@ -1,0 +1,337 @@
+"""A small, deterministic, realistic data set for every analytics table (tests, docs, demos).
+
+``generate(seed)`` returns ``{table: [row dict, ...]}`` with the columns the sink would write, including
+``_topic``/``_partition``/``_offset`` (sequential per table, partition 0). ``load(client, data)`` inserts it.
+Shape: 3 regions, 48 cars over 8 hours (telemetry every 2 minutes, one or two charging sessions each),
+160 tasks with their lifecycle, node status reports and an emulator session per run (with errors and
+loops), power incidents at 3 sites, and the alerts they raised.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from sinks.config import SINK_TABLES
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+REGIONS = ("r-west", "r-east", "r-central")
+SITES = ("dc-a", "dc-b", "dc-c")
+TOPIC_OF = {table: topic for topic, table in SINK_TABLES.items()}
+
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def _ms(minutes: float) -> datetime:
+    return T0 + timedelta(milliseconds=round(minutes * 60_000))
+
+
+def generate(seed: int = 7, prefix: str = "") -> Rows:
+    """The data set; ``prefix`` goes in front of every id, region and site (several sets side by side)."""
+    rng = random.Random(seed)
+    data: Rows = defaultdict(list)
+    cars = []
+    for i in range(48):
+        vin = f"{prefix}SMPL{i:04d}"
+        region = prefix + REGIONS[i % 3]
+        hw = "HW3" if i % 8 == 7 else ("HW5" if i % 8 == 6 else "HW4")
+        # Plugged-in windows in minutes since T0: one or two sessions.
+        a = rng.randint(10, 90)
+        sessions = [(a, a + rng.randint(120, 240))]
+        if i % 4 == 0:
+            b = sessions[0][1] + rng.randint(20, 40)
+            sessions.append((b, min(b + rng.randint(40, 80), 470)))
+        cars.append((vin, region, hw, sessions))
+        for step in range(0, 480, 2):
+            minute = step + rng.random()
+            plugged = any(s <= minute < e for s, e in sessions)
+            state = rng.choice(("CHARGING", "CHARGING", "COMPLETE")) if plugged else "DISCONNECTED"
+            if rng.random() < 0.03:
+                state = "UNKNOWN"  # not reported: never means unplugged
+            data["telemetry"].append(
+                {
+                    "vin": vin,
+                    "ts": _ms(minute),
+                    "hw": hw,
+                    "region": region,
+                    "charge_state": state,
+                    "gear": "P" if plugged or rng.random() < 0.5 else "D",
+                    "soc_pct": round(rng.uniform(25, 90), 1),
+                    "charge_limit_pct": 80.0,
+                    "minutes_to_full": None,
+                    "scheduled_departure": None,
+                    "at_home": plugged,
+                    "opted_in": i % 10 != 9,
+                    "compute_temp_c": round(rng.uniform(30, 60), 1),
+                    "software_version": "2026.8.1",
+                }
+            )
+        data["nodes"].append(
+            {
+                "vin": vin,
+                "ts": _ms(479),
+                "eligible": False,
+                "reason": "unplugged",
+                "region": region,
+                "hw": hw,
+                "capacity": 1,
+                "running": 0,
+            }
+        )
+
+    eligible = [c for c in cars if c[2] != "HW3"]
+    for t in range(160):
+        task_id = f"{prefix}task-{t:04d}"
+        priority = t % 10
+        requested = rng.uniform(20, 300)
+        vin, region, hw, sessions = rng.choice(eligible)
+        s0, s1 = sessions[0]
+        base = {
+            "tenant": f"{prefix}tenant-{t % 4}",
+            "kind": ("checkout", "search", "form")[t % 3],
+            "priority": priority,
+        }
+        data["task_requests"].append(
+            {
+                "task_id": task_id,
+                "ts": _ms(requested),
+                **base,
+                "est_duration_s": 600,
+                "deadline": None,
+                "min_hw": "HW4",
+                "region": None,
+                "min_soc_pct": None,
+            }
+        )
+        events = [("REQUESTED", requested, None, None), ("QUEUED", requested + 0.01, None, None)]
+        start = max(requested + rng.uniform(0.1, 3 + (9 - priority) * 2), s0 + 0.5)
+        attempt = 1
+        preempted = t % 7 == 3
+        outcome = "FAILED" if t % 11 == 5 else "COMPLETED"
+        runs = []
+        if preempted:  # first run cut short when the car left; requeued and run again
+            runs.append((f"{prefix}asg-{t:04d}-1", vin, start, start + rng.uniform(1, 5), "PREEMPTED"))
+            start = runs[-1][3] + rng.uniform(0.5, 2)
+            attempt = 2
+        runs.append((f"{prefix}asg-{t:04d}-{attempt}", vin, start, start + rng.uniform(2, 15), outcome))
+        for asg, run_vin, begin, end, result in runs:
+            events += [("ASSIGNED", begin - 0.05, run_vin, asg), ("STARTED", begin, run_vin, asg)]
+            data["assignments"].append(
+                {
+                    "assignment_id": asg,
+                    "command": "ASSIGN",
+                    "task_id": task_id,
+                    "vin": run_vin,
+                    "ts": _ms(begin - 0.05),
+                    "reason": None,
+                    **base,
+                    "deadline": None,
+                    "lease_expires_at": None,
+                }
+            )
+            data["task_status"].append(
+                {
+                    "task_id": task_id,
+                    "assignment_id": asg,
+                    "vin": run_vin,
+                    "ts": _ms(begin + 0.01),
+                    "status": "STARTED",
+                    "error": None,
+                }
+            )
+            if result == "PREEMPTED":
+                events += [("PREEMPTED", end, run_vin, asg), ("REQUEUED", end + 0.01, None, None)]
+                data["task_status"].append(
+                    {
+                        "task_id": task_id,
+                        "assignment_id": asg,
+                        "vin": run_vin,
+                        "ts": _ms(end),
+                        "status": "FAILED",
+                        "error": "owner returned",
+                    }
+                )
+            else:
+                events.append((result, end, run_vin, asg))
+                data["task_status"].append(
+                    {
+                        "task_id": task_id,
+                        "assignment_id": asg,
+                        "vin": run_vin,
+                        "ts": _ms(end),
+                        "status": result,
+                        "error": "emulator crashed" if result == "FAILED" else None,
+                    }
+                )
+            _session(rng, data, f"ses-{asg}", task_id, run_vin, begin, end, result)
+        for state, minute, ev_vin, asg in events:
+            data["task_events"].append(
+                {
+                    "task_id": task_id,
+                    "ts": _ms(minute),
+                    "state": state,
+                    "vin": ev_vin,
+                    "assignment_id": asg,
+                    "reason": None,
+                    **base,
+                    "attempt": attempt,
+                }
+            )
+
+    _power(rng, data, prefix)
+    for table, rows in data.items():
+        for offset, row in enumerate(rows):
+            row.update({"_topic": TOPIC_OF.get(table, table), "_partition": 0, "_offset": offset})
+    return dict(data)
+
+
+def _session(
+    rng: random.Random,
+    data: Rows,
+    session_id: str,
+    task_id: str,
+    vin: str,
+    begin: float,
+    end: float,
+    result: str,
+) -> None:
+    steps = rng.randint(12, 40)
+    for seq in range(steps):
+        minute = begin + (end - begin) * seq / steps
+        last = seq == steps - 1
+        if last:
+            action = {"COMPLETED": "DONE", "FAILED": "FAIL"}.get(result, "FAIL")
+        else:
+            action = rng.choice(("CLICK", "CLICK", "TYPE", "KEY", "SCROLL", "SCREENSHOT", "MOUSE_MOVE"))
+        x, y = (
+            (rng.randrange(0, 1280, 40), rng.randrange(0, 720, 40))
+            if action in ("CLICK", "SCROLL")
+            else (None, None)
+        )
+        keys = "ctrl+l" if action == "KEY" else None
+        if seq % 9 == 4 and not last:  # a loop: the agent clicks the same spot again
+            prev = data["actions"][-1]
+            if prev["session_id"] == session_id:
+                action, x, y, keys = prev["action"], prev["x"], prev["y"], prev["keys"]
+        ok = rng.random() > 0.08
+        data["actions"].append(
+            {
+                "session_id": session_id,
+                "task_id": task_id,
+                "vin": vin,
+                "ts": _ms(minute),
+                "seq": seq,
+                "action": action,
+                "x": x,
+                "y": y,
+                "keys": keys,
+                "text_len": 12 if action == "TYPE" else None,
+                "latency_ms": round(rng.uniform(5, 80), 1),
+                "ok": ok,
+                "error": None if ok else "element not found",
+            }
+        )
+
+
+def _power(rng: random.Random, data: Rows, prefix: str) -> None:
+    n = 0
+    for s, site in enumerate(prefix + site for site in SITES):
+        for k in range(3 + s):
+            n += 1
+            start = _ms(30 + k * 90 + s * 7)
+            transfer = round(rng.uniform(3, 12) if k % 3 else rng.uniform(8000, 9500), 2)
+            kind = "FAILOVER" if k % 4 != 3 else "SLOW_TRANSFER"
+            incident_id = f"{site}:{kind}:{n}"
+            end = start + timedelta(minutes=rng.randint(5, 40))
+            for state, ts, tms, ended in (
+                ("OPEN", start, None, None),
+                ("UPDATE", start, transfer, None),
+                ("RESOLVED", end, transfer, end),
+            ):
+                data["incidents"].append(
+                    {
+                        "incident_id": incident_id,
+                        "site_id": site,
+                        "kind": kind,
+                        "state": state,
+                        "started_at": start,
+                        "ended_at": ended,
+                        "transfer_ms": tms,
+                        "source_from": "GRID",
+                        "source_to": "BATTERY",
+                        "min_battery_soc_pct": 80.0,
+                        "summary": f"{kind.lower()} at {site}",
+                        "device_id": "ats-1",
+                        "updated_at": ts,
+                        "time_on_alternate_ms": None,
+                        "gens_online": 0,
+                        "load_mw": 10.0,
+                        "parent_incident_id": None,
+                    }
+                )
+            for status in ("FIRING", "RESOLVED"):
+                data["alerts"].append(
+                    {
+                        "fingerprint": f"fp-{incident_id}",
+                        "status": status,
+                        "severity": "critical" if kind == "SLOW_TRANSFER" else "warning",
+                        "kind": kind,
+                        "site_id": site,
+                        "region": None,
+                        "summary": f"{kind} at {site}",
+                        "starts_at": start,
+                        "ends_at": end if status == "RESOLVED" else None,
+                        "labels": {"site": site},
+                        "incident_id": incident_id,
+                    }
+                )
+            for dev_seq, (etype, dt_us) in enumerate(
+                (("SOURCE_LOST", 0), ("TRANSFER", int(transfer * 1000)))
+            ):
+                data["power_events"].append(
+                    {
+                        "site_id": site,
+                        "device_id": "ats-1",
+                        "device_type": "ATS",
+                        "ts": start + timedelta(microseconds=dt_us),
+                        "seq": n * 10 + dev_seq,
+                        "event_type": etype,
+                        "source_from": "GRID",
+                        "source_to": "BATTERY" if etype == "TRANSFER" else None,
+                        "load_mw": 10.0,
+                        "frequency_hz": 60.0,
+                        "voltage_pu": 1.0,
+                        "battery_soc_pct": 90.0,
+                        "gens_online": 0,
+                        "detail": None,
+                    }
+                )
+
+
+def load(client: Client, data: Rows) -> None:
+    for table, rows in data.items():
+        if rows:
+            columns = list(rows[0])
+            client.insert(table, [[r[c] for c in columns] for r in rows], column_names=columns)
+
+
+def produce(settings: Any, data: Rows) -> int:
+    """Publish the data set to its topics (Avro, keyed as the topic spec says); return records sent."""
+    from streams.kafka import Producer
+    from streams.serde import serde_from_settings
+    from streams.topics import key_field
+
+    serde = serde_from_settings(settings)
+    sent = 0
+    with Producer(settings) as producer:
+        for table, rows in data.items():
+            topic = TOPIC_OF[table]
+            key = key_field(topic)
+            for row in rows:
+                producer.produce(topic, serde.encode(topic, row), str(row[key]))
+                sent += 1
+    return sent

@@ -1,0 +1,240 @@
+"""Every query in docs/queries.md runs on realistic data that went Kafka -> sink -> ClickHouse, and the
+numbers agree with the same figures computed independently in Python from the produced records."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from carnival.settings import Settings
+from sinks import sample_data
+from sinks.clickhouse import get_client
+from sinks.config import SinkConfig
+from sinks.kafka_sink import KafkaSink
+from sinks.ledger import recompute
+from sinks.migrate import migrate
+from sinks.query import run_query
+
+pytestmark = pytest.mark.integration
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "queries.md"
+SECTION_RE = re.compile(r"^## (.+?)$(.*?)(?=^## |\Z)", re.M | re.S)
+SQL_RE = re.compile(r"```sql\n(.*?)```", re.S)
+
+
+def doc_queries() -> dict[str, str]:
+    found = {}
+    for title, body in SECTION_RE.findall(DOC.read_text()):
+        blocks = SQL_RE.findall(body)
+        assert len(blocks) == 1, f"section {title!r} must hold exactly one sql block"
+        found[title.strip()] = blocks[0].strip()
+    return found
+
+
+QUERIES = doc_queries()
+
+
+class Loaded:
+    def __init__(self, client: Client, data: sample_data.Rows, prefix: str) -> None:
+        self.client, self.data, self.prefix = client, data, prefix
+
+    def rows(self, title: str) -> list[dict[str, Any]]:
+        out = io.StringIO()
+        run_query(self.client, QUERIES[title], "jsonl", out)
+        return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def loaded(stack: Settings) -> Iterator[Loaded]:
+    """The sample data set produced to Kafka and landed by the sink in a database of its own."""
+    prefix = "d" + uuid.uuid4().hex[:5] + "-"
+    settings = stack.model_copy(update={"clickhouse_database": f"docs_{prefix[:-1]}"})
+    migrate(settings)
+    data = sample_data.generate(seed=11, prefix=prefix)
+    sample_data.produce(settings, data)
+    stop = threading.Event()
+    sink = KafkaSink(settings, SinkConfig(group_id=f"docs-{prefix}", flush_interval_s=0.3), stop_event=stop)
+    thread = threading.Thread(target=sink.run, daemon=True)
+    thread.start()
+    client = get_client(settings)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            landed = {
+                t: int(client.command(f"SELECT count() FROM {t} WHERE {_mine(t, prefix)}")) for t in data
+            }
+            if all(landed[t] >= len(rows) for t, rows in data.items()):
+                break
+            time.sleep(0.5)
+        assert landed == {t: len(rows) for t, rows in data.items()}
+    finally:
+        stop.set()
+        thread.join(60)
+    assert recompute(client, sample_data.T0, sample_data.T0 + timedelta(hours=9)) > 0
+    yield Loaded(client, data, prefix)
+    client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+
+
+def _mine(table: str, prefix: str) -> str:
+    column = {
+        "incidents": "site_id",
+        "alerts": "site_id",
+        "power_events": "site_id",
+        "actions": "task_id",
+        "task_events": "task_id",
+        "task_requests": "task_id",
+        "assignments": "task_id",
+        "task_status": "task_id",
+    }.get(table, "vin")
+    return f"startsWith({column}, '{prefix}')"
+
+
+@pytest.mark.parametrize("title", sorted(QUERIES))
+def test_every_doc_query_runs_and_returns_rows(loaded: Loaded, title: str) -> None:
+    rows = loaded.rows(title)
+    if title.startswith("Dead letters"):
+        return  # empty on a clean run: nothing was rejected
+    assert rows, title
+
+
+def test_tasks_by_state(loaded: Loaded) -> None:
+    last: dict[str, tuple[Any, str]] = {}
+    for e in loaded.data["task_events"]:
+        if e["task_id"] not in last or e["ts"] >= last[e["task_id"]][0]:
+            last[e["task_id"]] = (e["ts"], e["state"])
+    expected = Counter(state for _, state in last.values())
+    got = {r["state"]: r["tasks"] for r in loaded.rows("Tasks by state")}
+    for state, n in expected.items():
+        assert got[state] >= n  # the topic may hold other tests' tasks too
+    mine = loaded.client.query(
+        f"SELECT state, count() FROM task_latest WHERE startsWith(task_id, '{loaded.prefix}') GROUP BY state"
+    ).result_rows
+    assert dict(mine) == dict(expected)
+
+
+def test_failover_incidents_by_site(loaded: Loaded) -> None:
+    per_site: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in loaded.data["incidents"]:
+        per_site[r["site_id"]][r["incident_id"]] = r
+    rows = {r["site_id"]: r for r in loaded.rows("Failover incidents by site with transfer times")}
+    for site, incidents in per_site.items():
+        assert rows[site]["incidents"] == len(incidents)
+        assert rows[site]["transfer_max_ms"] == round(max(i["transfer_ms"] for i in incidents.values()), 2)
+        assert rows[site]["slow_transfers"] == sum(i["kind"] == "SLOW_TRANSFER" for i in incidents.values())
+        assert rows[site]["open_now"] == 0
+
+
+def test_alerts_over_time(loaded: Loaded) -> None:
+    fired = sum(a["status"] == "FIRING" for a in loaded.data["alerts"])
+    mine = loaded.client.query(
+        "SELECT sum(fired), sum(resolved) FROM alerts_hourly "
+        f"WHERE (hour, kind, severity) IN (SELECT toStartOfHour(starts_at), kind, severity FROM alerts "
+        f"WHERE startsWith(site_id, '{loaded.prefix}'))"
+    ).result_rows[0]
+    assert mine[0] >= fired and mine[1] >= fired
+    assert sum(r["fired"] for r in loaded.rows("Alerts over time")) >= fired
+
+
+def _python_session(actions: list[dict[str, Any]]) -> tuple[int, int, int, str]:
+    actions = sorted(actions, key=lambda a: a["seq"])
+    loops = 0
+    for prev, cur in zip(actions, actions[1:], strict=False):
+        if cur["action"] != prev["action"]:
+            continue
+        if cur["action"] in ("CLICK", "DOUBLE_CLICK", "RIGHT_CLICK", "MOUSE_MOVE", "DRAG", "SCROLL"):
+            loops += (cur["x"], cur["y"]) == (prev["x"], prev["y"])
+        elif cur["action"] in ("KEY", "TYPE"):
+            loops += (cur["keys"], cur["text_len"]) == (prev["keys"], prev["text_len"])
+    final = [a["action"] for a in actions if a["action"] in ("DONE", "FAIL")]
+    outcome = final[-1] if final else "INCOMPLETE"
+    return len(actions), sum(not a["ok"] for a in actions), loops, outcome
+
+
+def test_session_statistics(loaded: Loaded) -> None:
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for a in loaded.data["actions"]:
+        by_session[a["session_id"]].append(a)
+    got = {
+        r[0]: tuple(r[1:])
+        for r in loaded.client.query(
+            "SELECT session_id, steps, errors, loop_repeats, outcome FROM session_stats "
+            f"WHERE startsWith(task_id, '{loaded.prefix}')"
+        ).result_rows
+    }
+    assert got == {s: _python_session(a) for s, a in by_session.items()}
+    assert sum(v[2] for v in got.values()) > 0  # the data set has loops to find
+    top = loaded.rows("Emulator sessions: steps, pace, errors, loops and outcome")
+    assert top[0]["loop_repeats"] >= max(v[2] for v in got.values())
+
+
+def test_preemption_rate_by_region(loaded: Loaded) -> None:
+    region = {n["vin"]: n["region"] for n in loaded.data["nodes"]}
+    started, preempted = Counter(), Counter()
+    for e in loaded.data["task_events"]:
+        if e["state"] == "STARTED":
+            started[region[e["vin"]]] += 1
+        elif e["state"] == "PREEMPTED":
+            preempted[region[e["vin"]]] += 1
+    rows = loaded.rows("Preemption rate by region and hour of day")
+    for reg in started:
+        mine = [r for r in rows if r["region"] == reg]
+        assert sum(r["runs"] for r in mine) == started[reg]
+        assert sum(r["preempted"] for r in mine) == preempted[reg]
+    assert sum(preempted.values()) > 0
+
+
+def test_wait_and_run_percentiles_cover_every_started_task(loaded: Loaded) -> None:
+    started = {e["task_id"] for e in loaded.data["task_events"] if e["state"] == "STARTED"}
+    rows = loaded.rows("Wait time and run time percentiles by priority")
+    assert sum(r["tasks"] for r in rows) >= len(started)
+    for r in rows:
+        assert 0 <= r["wait_p50_s"] <= r["wait_p90_s"] <= r["wait_p99_s"]
+        assert 0 < r["run_p50_s"] <= r["run_p90_s"]
+
+
+def test_idle_capacity_matches_a_recount(loaded: Loaded) -> None:
+    tel = loaded.data["telemetry"]
+    bucket = sample_data.T0 + timedelta(hours=2)
+    region = loaded.prefix + "r-west"
+    last: dict[str, dict[str, Any]] = {}
+    for r in tel:
+        in_bucket = r["region"] == region and bucket <= r["ts"] < bucket + timedelta(minutes=5)
+        if in_bucket and (r["vin"] not in last or r["ts"] > last[r["vin"]]["ts"]):
+            last[r["vin"]] = r
+    idle = sum(
+        r["opted_in"]
+        and r["hw"] in ("HW4", "HW5")
+        and r["gear"] == "P"
+        and r["charge_state"] in ("STARTING", "CHARGING", "COMPLETE", "STOPPED")
+        and (r["soc_pct"] or 0) >= 20
+        and (r["compute_temp_c"] or 0) < 80
+        for r in last.values()
+    )
+    rows = [r for r in loaded.rows("Idle capacity by region over time") if r["region"] == region]
+    at = [r for r in rows if r["bucket"].startswith("2026-03-02T02:00:00")]
+    assert at and at[0]["idle_nodes"] == idle and at[0]["reporting_nodes"] == len(last)
+    assert idle > 0
+
+
+def test_owner_ledger_query_totals(loaded: Loaded) -> None:
+    rows = [
+        r
+        for r in loaded.rows("What each owner is owed, per charging session")
+        if r["vin"].startswith(loaded.prefix)
+    ]
+    total = loaded.client.command(
+        f"SELECT sum(amount) FROM owner_ledger FINAL WHERE startsWith(vin, '{loaded.prefix}')"
+    )
+    assert rows and abs(sum(r["amount"] for r in rows) - float(total)) < 1e-4
