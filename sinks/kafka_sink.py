@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -119,7 +119,7 @@ class KafkaSink:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("sink_kafka_error", error=str(err))
             return
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
         tp = (topic, partition)
         expected = self.expected.get(tp)
         if expected is None:
@@ -448,6 +448,7 @@ class KafkaSink:
             self.stop_event = stop
             if self.producer is not None:
                 self.producer.close()
+                self.producer = None  # let librdkafka's client go now, not at garbage collection
             try:
                 self.consumer.close()
             finally:

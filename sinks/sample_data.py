@@ -107,7 +107,10 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                 "min_soc_pct": None,
             }
         )
-        events = [("REQUESTED", requested, None, None), ("QUEUED", requested + 0.01, None, None)]
+        events: list[tuple[str, float, str | None, str | None]] = [
+            ("REQUESTED", requested, None, None),
+            ("QUEUED", requested + 0.01, None, None),
+        ]
         start = max(requested + rng.uniform(0.1, 3 + (9 - priority) * 2), s0 + 0.5)
         attempt = 1
         preempted = t % 7 == 3
@@ -168,14 +171,14 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                     }
                 )
             _session(rng, data, f"ses-{asg}", task_id, run_vin, begin, end, result)
-        for state, minute, ev_vin, asg in events:
+        for state, minute, ev_vin, ev_asg in events:
             data["task_events"].append(
                 {
                     "task_id": task_id,
                     "ts": _ms(minute),
                     "state": state,
                     "vin": ev_vin,
-                    "assignment_id": asg,
+                    "assignment_id": ev_asg,
                     "reason": None,
                     **base,
                     "attempt": attempt,

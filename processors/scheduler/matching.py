@@ -168,7 +168,7 @@ class Scheduler:
         now = self._advance(ts if now is None else to_ms(now))
         out: list[Out] = []
         old = self.tasks.get(task_id)
-        if old is not None and old.state != MOVED:
+        if old is not None:  # also when MOVED: a redelivered request must not revive a task that moved on
             self.counters["request_duplicate"] += 1
             return out
         reason = validate_request(rec, self.cfg)
@@ -274,7 +274,9 @@ class Scheduler:
         now = self._advance(self.clock if now is None else to_ms(now))
         task = Task.from_dict(task_dict)
         old = self.tasks.get(task.task_id)
-        if old is not None and old.state != MOVED:
+        # A task may come back to a pool it left (MOVED); a redelivered copy of an older hand-off
+        # (fewer hops than the tombstone) must not revive it here while it waits elsewhere.
+        if old is not None and (old.state != MOVED or task.hops <= old.hops):
             self.counters["handoff_duplicate"] += 1
             return []
         task.state, task.vin, task.assignment_id, task.done_ts = QUEUED, None, None, None

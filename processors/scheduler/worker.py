@@ -41,6 +41,7 @@ through the bypool topic.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import time
@@ -51,6 +52,8 @@ from typing import Any
 import faust
 import orjson
 import structlog
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
 
 import schemas
 from carnival.settings import get_settings
@@ -97,6 +100,7 @@ from processors.scheduler.wiring_runtime import (
 from processors.scheduler.wiring_state import PartitionState
 from streams.deadletter import PROCESSING
 from streams.exceptions import SerializationError
+from streams.kafka import make_admin
 from streams.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from streams.topics import DEADLETTER_TOPIC
 
@@ -145,6 +149,32 @@ routes = app.Table(
     partitions=PARTITIONS, store="memory://scheduler", extra_topic_configs=_CHANGELOG_CONFIG,
     help="task_id -> pool, latest attempt, held status reports",
 )  # fmt: skip
+
+
+def _declare_bypool_topic() -> None:
+    """Create the pool topic before the consumer joins its group. faust declares internal topics only
+    while subscribing; on a fresh cluster the first assignment then misses the new topic and nothing
+    triggers another rebalance for minutes (metadata refresh), so its partitions stay unassigned."""
+    spec = NewTopic(BYPOOL_TOPIC, num_partitions=PARTITIONS, replication_factor=settings.topic_replication)
+    admin = make_admin(settings)  # keep a reference: a collected client fails its futures
+    for fut in admin.create_topics([spec], request_timeout=30).values():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+_faust_first_start = app.on_first_start
+
+
+async def _on_first_start() -> None:
+    await asyncio.to_thread(_declare_bypool_topic)
+    await _faust_first_start()
+
+
+app.on_first_start = _on_first_start  # type: ignore[method-assign]
+
 
 # Writer schemas of telemetry whose first fields are vin, ts, hw, region: peek the region.
 _PEEKABLE = {

@@ -106,11 +106,8 @@ def test_matching_respects_hw_soc_region_and_capacity(
 ) -> None:
     t = tag("match")
     hw, soc, reg, cap, other = (f"{t}-{p}" for p in ("hw", "soc", "reg", "cap", "other"))
-    feed.telemetry(
-        tel(f"{hw}-v4", hw), tel(f"{soc}-v50", soc, soc_pct=50.0), tel(f"{reg}-v", reg),
-        tel(f"{cap}-v", cap),
-    )  # fmt: skip
-    outputs.wait(lambda: all(outputs.node(v) for v in (f"{hw}-v4", f"{soc}-v50", f"{reg}-v", f"{cap}-v")))
+    feed.telemetry(tel(f"{hw}-v4", hw), tel(f"{soc}-v50", soc, soc_pct=50.0), tel(f"{reg}-v", reg))
+    outputs.wait(lambda: all(outputs.node(v) for v in (f"{hw}-v4", f"{soc}-v50", f"{reg}-v")))
     feed.requests(
         req(f"{hw}-t", hw, min_hw="HW5"),
         req(f"{soc}-t", soc, min_soc_pct=70.0),
@@ -120,6 +117,8 @@ def test_matching_respects_hw_soc_region_and_capacity(
     )
     tasks = [f"{hw}-t", f"{soc}-t", f"{reg}-t", f"{cap}-t1", f"{cap}-t2"]
     outputs.wait(lambda: all("QUEUED" in outputs.states(x) for x in tasks), what="all tasks queued")
+    feed.telemetry(tel(f"{cap}-v", cap))  # one car for two tasks: the more urgent one gets it
+    outputs.wait(lambda: outputs.node(f"{cap}-v") and outputs.commands(t))
     outputs.settle(1.0)
     assert outputs.commands(t) == [("ASSIGN", f"{cap}-t1", f"{cap}-v")]
     assert outputs.node(f"{cap}-v")["reason"] == "AT_CAPACITY" and outputs.node(f"{cap}-v")["running"] == 1

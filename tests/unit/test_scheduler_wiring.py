@@ -1,0 +1,161 @@
+"""The scheduler worker's faust-free pieces: journalled persistence, envelopes, config from the env,
+the region peek; and the duplicate hand-off / request guards the partitioned wiring relies on."""
+
+from __future__ import annotations
+
+import pytest
+from test_scheduler_support import MIN, T0, S, cfg, req, tel
+
+from processors.scheduler import Scheduler
+from processors.scheduler.wiring_runtime import (
+    HANDOFF,
+    TELEMETRY,
+    config_from_env,
+    knobs_from_env,
+    local_pools_of,
+    pack,
+    pack_tick,
+    partition_of,
+    peek_region,
+    tick_ms,
+    unpack,
+)
+from processors.scheduler.wiring_state import PartitionState, decode_chunk, encode_chunks, restore
+from streams.serde import AvroSerde
+
+
+class Changelog:
+    """A table dict plus the ordered changelog records, to cut anywhere like a SIGKILL would."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.log: list[tuple[int, bytes, bytes | None]] = []
+
+    def send(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.log.append((partition, key, value))
+
+    def replay(self, upto: int) -> dict[bytes, bytes]:
+        state: dict[bytes, bytes] = {}
+        for _, key, value in self.log[:upto]:
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        return state
+
+
+def test_journal_chunks_round_trip() -> None:
+    entries = [(b"0/n/a", b"x" * 300), (b"0/t/b", None), (b"0/n/c", b"{}")]
+    chunks = encode_chunks(7, entries, limit=256)
+    assert len(chunks) == 2
+    decoded = [decode_chunk(c) for c in chunks]
+    assert {seq for seq, _ in decoded} == {7}
+    assert [e for _, es in decoded for e in es] == entries
+
+
+def test_a_batch_cut_anywhere_restores_to_a_batch_boundary() -> None:
+    """Every prefix of the changelog restores either the state before or after each batch."""
+    s = Scheduler(cfg())
+    state = PartitionState(3, s)
+    log = Changelog()
+    boundaries = [len(log.log)]
+    snapshots = [s.to_dict()]
+    batches = [
+        [lambda i=i: s.on_telemetry(tel(f"v{i}", T0 + i)) for i in range(4)],
+        [lambda: s.on_request(req("t1", T0 + 10)), lambda: s.on_request(req("t2", T0 + 11))],
+        [lambda: s.on_telemetry(tel("v0", T0 + 20 * S, gear="D"))],  # preempts, requeues, reassigns
+        [lambda: s.on_tick(T0 + 30 * MIN)],
+    ]
+    for batch in batches:
+        for call in batch:
+            call()
+        state.persist(log.data, log.send)
+        boundaries.append(len(log.log))
+        snapshots.append(s.to_dict())
+    assert log.replay(len(log.log)) == log.data
+    for cut in range(len(log.log) + 1):
+        restored = restore(3, log.replay(cut).items())
+        rebuilt = Scheduler.from_parts(
+            restored.nodes.values(), restored.tasks.values(), restored.clock, cfg()
+        )
+        rebuilt.check_invariants()
+        k = max(i for i, b in enumerate(boundaries) if b <= cut)
+        if rebuilt.to_dict() != snapshots[k]:  # past the journal header: the batch is complete
+            assert rebuilt.to_dict() == snapshots[k + 1], f"cut {cut} restored neither boundary"
+
+
+def test_restore_ignores_other_partitions() -> None:
+    log = Changelog()
+    for p in (1, 2):
+        s = Scheduler(cfg())
+        s.on_telemetry(tel(f"v{p}", T0))
+        PartitionState(p, s).persist(log.data, log.send)
+    restored = restore(2, log.data.items())
+    assert list(restored.nodes) == ["v2"]
+
+
+def test_a_redelivered_request_does_not_revive_a_task_that_moved_on() -> None:
+    a = Scheduler(cfg(pools=("a", "b"), local_pools=frozenset({"a"}), spill_after_s=1))
+    a.on_request(req("t", T0, region=None), pool="a")
+    hand = [o for o in a.on_tick(T0 + 2 * S) if o.topic == "scheduler.handoff"]
+    assert hand and a.tasks["t"].state == "MOVED"
+    assert a.on_request(req("t", T0, region=None), pool="a") == []
+    assert a.queue("a") == []
+
+
+def test_a_stale_handoff_copy_does_not_revive_a_task_that_left_again() -> None:
+    a = Scheduler(cfg(pools=("a", "b", "c"), local_pools=frozenset({"a"}), spill_after_s=1))
+    a.on_request(req("t", T0, region=None), pool="a")
+    task = [o for o in a.on_tick(T0 + 2 * S) if o.topic == "scheduler.handoff"][0].value
+    assert task["pool"] == "b" and task["hops"] == 1
+    b = Scheduler(cfg(pools=("a", "b", "c"), local_pools=frozenset({"b"}), spill_after_s=1))
+    b.on_handoff(task, now=T0 + 2 * S)
+    assert b.queue("b") == ["t"]
+    moved = [o for o in b.on_tick(T0 + 10 * S) if o.topic == "scheduler.handoff"]
+    assert moved and b.tasks["t"].state == "MOVED" and b.tasks["t"].hops == 2
+    assert b.on_handoff(task, now=T0 + 11 * S) == []  # the same hand-off delivered again
+    assert b.queue("b") == []
+    b.on_handoff({**task, "hops": 3}, now=T0 + 12 * S)  # coming round the ring again is fine
+    assert b.queue("b") == ["t"]
+    b.check_invariants()
+
+
+def test_envelopes_and_ticks() -> None:
+    env = unpack(pack(TELEMETRY, b"body", 4, 123))
+    assert (env.kind, env.payload, env.source_partition, env.source_offset) == (TELEMETRY, b"body", 4, 123)
+    assert unpack(pack(HANDOFF, b"{}")).source_offset == -1
+    tick = unpack(pack_tick(T0))
+    assert tick_ms(tick.payload) == T0
+    with pytest.raises(ValueError):
+        unpack(b"T")
+
+
+def test_peek_region_matches_the_full_decode() -> None:
+    serde = AvroSerde()
+    for region in ("us-west", "", "é-region-" * 20):
+        data = serde.encode("fleet.telemetry.v1", tel("VIN-ü", T0, region=region, hw="HW5"))
+        assert peek_region(data[10:]) == region
+
+
+def test_config_and_knobs_from_env() -> None:
+    env = {
+        "CARNIVAL_SCHEDULER_CONFIG": '{"lease_s": 60}',
+        "CARNIVAL_SCHEDULER_CLAIM_TIMEOUT_S": "5",
+        "CARNIVAL_SCHEDULER_POOLS": "us-west, us-east",
+        "CARNIVAL_SCHEDULER_RANKING": "random",
+        "CARNIVAL_SCHEDULER_TICK_S": "0.5",
+    }
+    c = config_from_env(env)
+    assert (c.lease_s, c.claim_timeout_s, c.pools, c.ranking) == (60, 5, ("us-west", "us-east"), "random")
+    assert knobs_from_env(env).tick_s == 0.5
+    with pytest.raises(ValueError, match="unknown scheduler setting"):
+        config_from_env({"CARNIVAL_SCHEDULER_LEASE": "5"})
+
+
+def test_local_pools_partition_the_configured_pools() -> None:
+    c = cfg(pools=tuple(f"r{i}" for i in range(20)))
+    owned = [local_pools_of(c, p, 6) for p in range(6)]
+    assert sorted(x for o in owned for x in (o or ())) == sorted(c.pools)
+    assert all(partition_of(x, 6) == p for p, o in enumerate(owned) for x in (o or ()))
+    assert local_pools_of(cfg(), 0, 6) is None
+    assert partition_of("us-west", 6) == partition_of("us-west", 6)
