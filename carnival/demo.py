@@ -108,7 +108,7 @@ def stop_workers(proc: subprocess.Popen[bytes]) -> None:
 
 def wait_for_sink(settings: Settings, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
     """Block until the sink group has committed everything on every sunk topic; return the final lag."""
-    from sinks.clickhouse import TABLE_FOR_TOPIC
+    from sinks.config import SINK_TABLES as TABLE_FOR_TOPIC
     from streams.lag import group_lag
 
     topics = sorted(TABLE_FOR_TOPIC)

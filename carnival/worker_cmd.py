@@ -36,7 +36,8 @@ def run_one(settings: Settings, name: str) -> int:
         ).execute_from_commandline()
         return 0
     log.info("worker_starting", processor=name, kind="consumer")
-    return int(target(settings) or 0)
+    target(settings)  # runs until SIGTERM/SIGINT
+    return 0
 
 
 def supervise(settings: Settings, names: list[str]) -> int:

@@ -35,6 +35,6 @@ PROCESSORS: dict[str, ProcessorSpec] = {
             "processors.power.worker:app",
             "failover detection: incidents and alerts from power events",
         ),
-        ProcessorSpec("sink", "sinks.worker:run", "every topic into ClickHouse, exactly once"),
+        ProcessorSpec("sink", "sinks.kafka_sink:run_sink", "every topic into ClickHouse, exactly once"),
     )
 }

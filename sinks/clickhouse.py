@@ -32,6 +32,8 @@ TABLE_FOR_TOPIC: dict[str, str] = {
     "power.incidents.v1": "incidents",
     "alerts.v1": "alerts",
     "deadletter.v1": "deadletter",
+    "tasks.requests.v1": "task_requests",
+    "tasks.status.v1": "task_status",
 }
 
 

@@ -12,11 +12,7 @@ from sinks.clickhouse import TABLE_FOR_TOPIC
 
 # Every topic the sink lands, and its table: the analyst contract plus the two input topics
 # analysts need for wait times and the owner ledger (tables added by migration 0002).
-SINK_TABLES: dict[str, str] = {
-    **TABLE_FOR_TOPIC,
-    "tasks.requests.v1": "task_requests",
-    "tasks.status.v1": "task_status",
-}
+SINK_TABLES: dict[str, str] = TABLE_FOR_TOPIC  # every topic lands in its table
 
 
 @dataclass(frozen=True)

@@ -139,17 +139,3 @@ def test_new_migrations_render_for_a_cluster() -> None:
     assert any(
         "ENGINE = Distributed(prod, carnival, task_requests_local, cityHash64(task_id))" in s for s in stmts
     )
-
-
-def test_every_avro_field_has_a_column_after_all_migrations() -> None:
-    import schemas
-
-    single = [s for m in load_migrations() for s in render_migration(m, Target("carnival"))]
-    for topic, table in SINK_TABLES.items():
-        create = next(s for s in single if s.startswith(f"CREATE TABLE IF NOT EXISTS carnival.{table}\n"))
-        cols = set(re.findall(r"^    (\w+)\s", create, re.M))
-        for stmt in single:
-            if stmt.startswith(f"ALTER TABLE carnival.{table}\n"):
-                cols |= set(re.findall(r"ADD COLUMN IF NOT EXISTS (\w+)", stmt))
-        fields = {f["name"] for f in schemas.raw_schema_for(topic)["fields"]}
-        assert fields - cols == set(), topic
