@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
@@ -19,10 +19,11 @@ from prometheus_client import Counter, Histogram
 from processors.power.alerts import alert_for_incident
 from processors.power.config import PowerConfig
 from processors.power.detector import Detector
-from processors.power.events import Incident, LateEvent, Output
+from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output
 
 __all__ = [
     "ALERTS_TOPIC",
+    "BatchRun",
     "CONFIG_ENV",
     "ENV_PREFIX",
     "EVENTS_TOPIC",
@@ -33,6 +34,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "route",
+    "run_batch",
 ]
 
 log = structlog.get_logger(__name__)
@@ -62,10 +64,18 @@ DETECTION_LATENCY = Histogram(
     "Kafka timestamp of the deciding event to its incident/alert acknowledged by Kafka",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-EVENT_SECONDS = Histogram(
-    "carnival_power_event_seconds",
-    "Worker time for one power event (decode, detect, publish, persist)",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+BATCH_SECONDS = Histogram(
+    "carnival_power_batch_seconds",
+    "Worker time for one batch of power events (decode, detect, publish, persist, ack)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+BATCH_EVENTS = Histogram(
+    "carnival_power_batch_events",
+    "Power events per batch (the agent takes what is waiting, up to its batch limit)",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+STATE_WRITES = Counter(
+    "carnival_power_state_writes_total", "Site states written to the table (one per site per batch)"
 )
 DETECTORS_LOADED = Counter(
     "carnival_power_detectors_loaded_total", "Site detectors loaded into memory", ["source"]
@@ -165,6 +175,10 @@ class DetectorCache:
         DETECTORS_LOADED.labels(source="table").inc()
         return det
 
+    def peek(self, site_id: str) -> Detector | None:
+        """The in-memory detector of a site, None if it is not loaded (no table read)."""
+        return self._dets.get(site_id)
+
     def __contains__(self, site_id: object) -> bool:
         return site_id in self._dets
 
@@ -215,3 +229,97 @@ def route(outputs: list[Output]) -> tuple[list[Emission], list[LateEvent]]:
         else:
             late.append(out)
     return emissions, late
+
+
+# -- batches --------------------------------------------------------------------------------------
+S = TypeVar("S")
+
+
+@dataclass(slots=True)
+class BatchRun(Generic[S]):
+    """What one batch of events did to the detectors. ``S`` is whatever identifies an event's source
+    (the faust event in the worker): dead letters name it, and the table write of a site uses the
+    source of its last event (its partition)."""
+
+    emissions: list[tuple[S, Emission]] = field(default_factory=list)
+    """Records to publish, in event order, with the event that produced them."""
+    dead: list[tuple[S, str, str]] = field(default_factory=list)
+    """(source, dead-letter kind, reason): invalid events, late events, events that broke a detector."""
+    touched: dict[str, S] = field(default_factory=dict)
+    """site_id -> source of the last event applied to it, in order of first touch: write these states."""
+    ok: int = 0
+    invalid: int = 0
+    failed: int = 0
+    late: int = 0
+
+
+LATE = "LATE"
+PROCESSING = "PROCESSING"
+_OK = EVENTS_PROCESSED.labels(result="ok")
+_INVALID = EVENTS_PROCESSED.labels(result="invalid")
+_FAILED = EVENTS_PROCESSED.labels(result="failed")
+
+
+def run_batch(
+    cache: DetectorCache,
+    items: Sequence[tuple[str, Mapping[str, Any], int, S]],
+    before_load: Callable[[S], object] | None = None,
+) -> BatchRun[S]:
+    """Feed a batch of decoded events, ``(site_id, record, arrival_us, source)`` in stream order, to
+    the sites' detectors. Pure (no I/O): the caller publishes ``emissions`` and dead letters, then
+    persists the ``touched`` sites' states, then acks the batch.
+
+    ``before_load(source)`` runs before a site's detector is read from the table (faust's RocksDB
+    store reads the partition of the current event). An event that makes a detector raise (a bug) is
+    dead-lettered as PROCESSING and leaves no trace: every site touched so far is dropped from the
+    cache (memory is ahead of the table, which holds the state from before the batch) and the batch
+    is run again without that event. Detectors are deterministic, so the re-run repeats everything
+    else, and nothing of the aborted run was published."""
+    broken: dict[int, Exception] = {}
+    while True:
+        run: BatchRun[S] = BatchRun()
+        emissions, dead, touched = run.emissions, run.dead, run.touched
+        peek = cache._dets.get
+        restart = False
+        for i, (site_id, record, arrival_us, source) in enumerate(items):
+            if i in broken:
+                exc = broken[i]
+                dead.append((source, PROCESSING, f"{type(exc).__name__}: {exc}"))
+                run.failed += 1
+                continue
+            det = peek(site_id)
+            if det is None:
+                if before_load is not None:
+                    before_load(source)
+                det = cache.get(site_id)
+            try:
+                outputs = det.on_event(record, arrival_us=arrival_us)
+            except InvalidPowerEvent as exc:  # raised before the detector changes anything
+                dead.append((source, exc.kind, str(exc)))
+                run.invalid += 1
+                continue
+            except Exception as exc:
+                log.exception("power_event_failed", site_id=site_id, index=i)
+                broken[i] = exc
+                for site in (*touched, site_id):
+                    cache.evict(site)
+                restart = True
+                break
+            touched[site_id] = source
+            run.ok += 1
+            if outputs:
+                for out in outputs:
+                    if isinstance(out, LateEvent):
+                        dead.append((source, LATE, out.reason))
+                        run.late += 1
+                    else:
+                        emissions.extend((source, e) for e in route([out])[0])
+        if not restart:
+            break
+    if run.ok:
+        _OK.inc(run.ok)
+    if run.invalid:
+        _INVALID.inc(run.invalid)
+    if run.failed:
+        _FAILED.inc(run.failed)
+    return run

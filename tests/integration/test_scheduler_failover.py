@@ -3,8 +3,8 @@
 Simulated cars report every second, run what they are assigned (STARTED, then COMPLETED within 1.5 s)
 and now and then drive off for a few seconds (preemption). Tasks arrive at a steady rate, some with
 no region (they start in a hashed pool and move on to the next pool after 1 s, 2 s, ...). The
-guarantees are checked from the output topics alone (``check_history``): an assignment id always names the same
-node, a task is never ASSIGNED while it is held, a node never holds more than one task, and every
+guarantees are checked from the output topics alone (``check_history``): an assignment id always names the
+same node, a task is never ASSIGNED while it is held, a node never holds more than one task, and every
 task is accounted for (COMPLETED).
 """
 

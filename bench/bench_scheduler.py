@@ -1,0 +1,291 @@
+"""The scheduler worker: telemetry throughput and match latency, against baselines from the same run.
+
+    python bench/bench_scheduler.py [--events 200000] [--cars 20000] [--task-rate 20] [--tasks 400]
+
+1. Throughput: ``--events`` telemetry records of ``--cars`` cars (all eligible, 12 regions) are
+   produced first; then ``carnival worker scheduler`` starts and drains them (route by region ->
+   internal pool topic -> scheduler -> nodes + state changelog). Rate = events from the worker's first
+   processed one to the last, read from its Prometheus counter.
+   Baselines: a raw confluent-kafka consumer reading the same records (bytes only), and the worker's
+   per-event work in one process without Kafka (Avro decode + ``Scheduler.on_telemetry`` + state
+   serialization).
+2. Match latency: with every car eligible, ``--tasks`` requests at ``--task-rate``/s, plus background
+   telemetry at ``--background-rate``/s; latency = request produced -> its ASSIGN consumed from
+   tasks.assignments.v1 (same clock, same process).
+
+The bench starts its own Kafka broker (own ports and data dir) unless --use-running-stack is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from carnival.settings import Settings  # noqa: E402
+from processors.scheduler import Scheduler, SchedulerConfig  # noqa: E402
+from processors.scheduler.wiring_state import PartitionState  # noqa: E402
+from streams.kafka import Producer, make_consumer  # noqa: E402
+from streams.serde import AvroSerde, serde_from_settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TELEMETRY, REQUESTS, ASSIGNMENTS = "fleet.telemetry.v1", "tasks.requests.v1", "tasks.assignments.v1"
+REGIONS = [f"bench-r{i:02d}" for i in range(12)]
+METRICS_PORT = 48391
+WORKER_ENV = {
+    "CARNIVAL_SCHEDULER_LEASE_S": "3600",  # cars stay eligible through the latency phase
+    "CARNIVAL_SCHEDULER_CONFIRM_S": "3600",
+    "CARNIVAL_METRICS_PORT": str(METRICS_PORT),
+    "CARNIVAL_LOG_FORMAT": "json",
+    "CARNIVAL_LOG_LEVEL": "WARNING",
+}
+_TEL = re.compile(
+    r'^carnival_scheduler_events_processed_total\{kind="telemetry",result="ok"\} ([0-9.e+]+)$', re.M
+)
+
+
+def car(i: int) -> tuple[str, str]:
+    return f"BENCH{i:07d}", REGIONS[i % len(REGIONS)]
+
+
+def telemetry(i: int, ts: int, rnd: int) -> dict[str, Any]:
+    vin, region = car(i)
+    return {
+        "vin": vin, "ts": ts, "hw": "HW4" if i % 5 else "HW5", "region": region, "charge_state": "CHARGING",
+        "gear": "P", "soc_pct": 60.0 + (i % 30) + rnd * 0.3, "charge_limit_pct": 90.0,
+        "minutes_to_full": 120.0, "scheduled_departure": None, "at_home": i % 3 != 0, "opted_in": True,
+        "compute_temp_c": 45.0, "software_version": "2026.8.1",
+    }  # fmt: skip
+
+
+def encode_telemetry(serde: AvroSerde, n: int, cars: int, start_ms: int) -> list[tuple[str, bytes]]:
+    out = []
+    for k in range(n):
+        rnd, i = divmod(k, cars)
+        rec = telemetry(i, start_ms + rnd * 5_000 + i % 1000, rnd)
+        out.append((rec["vin"], serde.encode(TELEMETRY, rec)))
+    return out
+
+
+def produce_all(settings: Settings, topic: str, encoded: list[tuple[str, bytes]]) -> float:
+    t = time.perf_counter()
+    with Producer(settings) as producer:
+        for key, value in encoded:
+            producer.produce(topic, value, key)
+    assert producer.stats.failed == 0
+    return time.perf_counter() - t
+
+
+def bench_raw_consume(settings: Settings, n: int) -> float:
+    consumer = make_consumer(settings)
+    consumer.subscribe([TELEMETRY])
+    got, nbytes, t = 0, 0, time.perf_counter()
+    while got < n:
+        for msg in consumer.consume(10_000, 1.0):
+            if not msg.error():
+                got += 1
+                nbytes += len(msg.value())
+    rate = n / (time.perf_counter() - t)
+    consumer.close()
+    return rate
+
+
+def bench_in_process(encoded: list[tuple[str, bytes]]) -> float:
+    """Decode + on_telemetry + serialize the dirty state, per event, no Kafka (the worker's floor)."""
+    serde = AvroSerde(raw_timestamps=True)
+    state = PartitionState(0, Scheduler(SchedulerConfig(lease_s=3600, confirm_s=3600)))
+    sink: dict[bytes, bytes] = {}
+    t = time.perf_counter()
+    for k, (_, value) in enumerate(encoded):
+        state.scheduler.on_telemetry(serde.decode(TELEMETRY, value))
+        if k % 500 == 499:
+            state.persist(sink, lambda p, key, v: None)
+    state.persist(sink, lambda p, key, v: None)
+    return len(encoded) / (time.perf_counter() - t)
+
+
+def processed_telemetry() -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=0.5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    m = _TEL.search(text)
+    return float(m.group(1)) if m else 0.0
+
+
+def drain(proc: subprocess.Popen[bytes], n: int, timeout_s: float = 900) -> tuple[float, float]:
+    deadline = time.monotonic() + timeout_s
+    first: tuple[float, float] | None = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "worker died"
+        count = processed_telemetry()
+        now = time.perf_counter()
+        if count:
+            if first is None:
+                first = (now, count)
+            if count >= n:
+                elapsed = now - first[0]
+                return (count - first[1]) / max(elapsed, 1e-9), elapsed
+        time.sleep(0.1)
+    raise TimeoutError(f"worker processed {processed_telemetry()} of {n} telemetry events in {timeout_s} s")
+
+
+class Background(threading.Thread):
+    """Telemetry of the same cars at a steady rate (fresh timestamps), while tasks are matched."""
+
+    def __init__(self, settings: Settings, cars: int, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.cars, self.rate = settings, cars, rate
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        if not self.rate:
+            return
+        serde = serde_from_settings(self.settings)
+        with Producer(self.settings, **{"linger.ms": 5}) as producer:
+            t0 = time.perf_counter()
+            while not self.stop.is_set():
+                due = int((time.perf_counter() - t0) * self.rate)
+                while self.sent < due:
+                    rec = telemetry(self.sent % self.cars, int(time.time() * 1000), 40)
+                    producer.produce(TELEMETRY, serde.encode(TELEMETRY, rec), rec["vin"])
+                    self.sent += 1
+                producer.poll(0.005)
+
+
+def bench_latency(settings: Settings, tasks: int, rate: float) -> list[float]:
+    serde = serde_from_settings(settings)
+    consumer = make_consumer(settings, **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 5})
+    consumer.subscribe([ASSIGNMENTS])
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.1)
+    producer = Producer(settings, **{"linger.ms": 0})
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    tag = f"bt{int(time.time())}"
+    t0 = time.perf_counter()
+    i = 0
+    end = time.monotonic() + tasks / rate + 30
+    while len(latencies) < tasks and time.monotonic() < end:
+        while i < tasks and i <= (time.perf_counter() - t0) * rate:
+            task_id = f"{tag}-{i:05d}"
+            rec = {
+                "task_id": task_id, "ts": int(time.time() * 1000), "tenant": "bench", "kind": "browse",
+                "priority": i % 10, "est_duration_s": 600, "deadline": None, "min_hw": "HW4",
+                "region": REGIONS[i % len(REGIONS)], "min_soc_pct": None,
+            }  # fmt: skip
+            producer.produce(REQUESTS, serde.encode(REQUESTS, rec), task_id)
+            producer.poll(0)
+            sent[task_id] = time.time()
+            i += 1
+        for msg in consumer.consume(100, 0.002):
+            if msg.error() or msg.value() is None:
+                continue
+            received = time.time()
+            rec = serde.decode(ASSIGNMENTS, msg.value())
+            start = sent.pop(rec["task_id"], None) if rec["command"] == "ASSIGN" else None
+            if start is not None:
+                latencies.append((received - start) * 1000)
+    producer.close()
+    consumer.close()
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 10) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--cars", type=int, default=20_000)
+    ap.add_argument("--tasks", type=int, default=400)
+    ap.add_argument("--task-rate", type=float, default=20.0)
+    ap.add_argument("--background-rate", type=int, default=200)
+    ap.add_argument("--use-running-stack", action="store_true", help="use the stack CARNIVAL_* points at")
+    args = ap.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="carnival-bench-scheduler-"))
+    started: Settings | None = None
+    if not args.use_running_stack:
+        os.environ.update({
+            "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:48392", "CARNIVAL_KAFKA_CONTROLLER_PORT": "48393",
+            "CARNIVAL_CLICKHOUSE_EMBEDDED": "false", "CARNIVAL_DATA_DIR": str(workdir),
+        })  # fmt: skip
+        started = Settings()
+        from carnival.stack import kafka_broker
+        from streams.topics import apply_topics
+
+        kafka_broker.start_broker(started)
+        apply_topics(started)
+    settings = started or Settings()
+    proc: subprocess.Popen[bytes] | None = None
+    background: Background | None = None
+    try:
+        n, cars = args.events, args.cars
+        print(f"encoding {n:,} telemetry records of {cars:,} cars in {len(REGIONS)} regions ...", flush=True)
+        encoded = encode_telemetry(serde_from_settings(settings), n, cars, int(time.time() * 1000) - 60_000)
+        secs = produce_all(settings, TELEMETRY, encoded)
+        print(f"produced {n:,} in {secs:.2f} s ({n / secs:,.0f}/s)", flush=True)
+        raw = bench_raw_consume(settings, n)
+        inproc = bench_in_process(encoded[: min(n, 100_000)])
+        del encoded
+
+        print("starting the scheduler worker ...", flush=True)
+        log = open(workdir / "worker.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carnival.cli", "worker", "scheduler"],
+            env={**os.environ, **WORKER_ENV}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        rate, elapsed = drain(proc, n)
+
+        print(f"latency: {args.tasks} tasks at {args.task_rate}/s, {args.background_rate}/s background ...")
+        background = Background(settings, cars, args.background_rate)
+        background.start()
+        time.sleep(2)
+        lat = bench_latency(settings, args.tasks, args.task_rate)
+        background.stop.set()
+
+        print()
+        print(f"telemetry through the scheduler worker: {rate:>10,.0f} events/s  ({n:,} in {elapsed:.1f} s)")
+        print(f"  raw confluent-kafka consume (bytes):  {raw:>10,.0f} events/s")
+        print(f"  in-process decode+schedule+serialize: {inproc:>10,.0f} events/s  (no Kafka)")
+        print("  goal: >= 20,000 events/s per worker")
+        if lat:
+            print(f"match latency (request produced -> ASSIGN consumed), {len(lat)}/{args.tasks} tasks, "
+                  f"{cars:,} eligible cars:")  # fmt: skip
+            print(f"  p50 {pct(lat, 50):.1f} ms   p90 {pct(lat, 90):.1f} ms   p99 {pct(lat, 99):.1f} ms   "
+                  f"max {max(lat):.1f} ms   (goal: p99 < 100 ms)")  # fmt: skip
+        else:
+            print("match latency: no assignment seen")
+    finally:
+        if background is not None:
+            background.stop.set()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if started is not None:
+            from carnival.stack import kafka_broker
+
+            kafka_broker.stop_broker(started)
+
+
+if __name__ == "__main__":
+    main()
