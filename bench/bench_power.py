@@ -50,13 +50,16 @@ METRICS_PORT = 47591
 _PROCESSED = re.compile(r'^carnival_power_events_processed_total\{result="ok"\} ([0-9.e+]+)$', re.M)
 
 
-def measurement_events(sites: int, n: int, tag: str, start_s: float = 0.0) -> list[dict[str, Any]]:
-    """``n`` MEASUREMENT events, round-robin over sites and devices, 4 Hz per device in event time."""
+def measurement_events(
+    sites: int, n: int, tag: str, start_s: float = 0.0, period_s: float = 0.25
+) -> list[dict[str, Any]]:
+    """``n`` MEASUREMENT events, round-robin over sites and devices, one per device every ``period_s``
+    of event time (4 Hz by default)."""
     builders = [SiteEvents(f"bench-{tag}-{i:04d}") for i in range(sites)]
     out: list[dict[str, Any]] = []
     step = 0
     while len(out) < n:
-        t = start_s + step * 0.25
+        t = start_s + step * period_s
         for site in builders:
             for j, dev in enumerate(DEVICES):
                 out.append(site.measure(t + j * 0.01, device=dev, load_mw=10.0, frequency_hz=60.0))
@@ -188,12 +191,18 @@ def bench_worker_drain(proc: subprocess.Popen[bytes], n: int, timeout_s: float =
 
 
 class Background(threading.Thread):
-    """Steady MEASUREMENT traffic at ``rate`` events/s from ``sites`` sites until stopped."""
+    """Steady MEASUREMENT traffic at ``rate`` events/s from ``sites`` sites until stopped.
+
+    Event time advances with the wall clock (each device reports every ``len(DEVICES) * sites / rate``
+    seconds): at a lower rate than 4 Hz per device, 4 Hz event time would fall behind the sites' clocks
+    (extrapolated by processing time while a site is idle) and every event would be LATE, i.e. a dead
+    letter and a Kafka round trip per event instead of plain background traffic."""
 
     def __init__(self, settings: Settings, sites: int, rate: int) -> None:
         super().__init__(daemon=True)
         self.settings, self.rate = settings, rate
-        self.events = measurement_events(sites, rate * 120, "bg", start_s=1_000_000.0)  # up to 120 s of it
+        period = len(DEVICES) * sites / rate
+        self.events = measurement_events(sites, rate * 120, "bg", start_s=1_000_000.0, period_s=period)
         self.stop_flag = threading.Event()
         self.sent = 0
 

@@ -90,6 +90,7 @@ class SimConfig:
     tasks_per_hour: float = 400.0  # mean arrival rate over a weekday
     bursts_per_day: float = 1.5
     tenants: int = 12
+    task_duration_scale: float = 1.0  # multiplies every kind's median est_duration_s (benches: longer work)
     self_assign: bool = False  # run tasks on idle simulated cars without a matcher (load / demos)
 
     # Emulator

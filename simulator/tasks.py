@@ -171,7 +171,8 @@ class TaskSource:
         rng = rng or self.rng
         tenant = tenant or rng.choices(self.tenants, weights=self._weights)[0]
         kind = kind or rng.choice(tenant.kinds)
-        est = int(min(4 * 3600, max(10, rng.lognormvariate(math.log(KINDS[kind]), 0.8))))
+        median = KINDS[kind] * self.config.task_duration_scale
+        est = int(min(4 * 3600, max(10, rng.lognormvariate(math.log(median), 0.8))))
         priority = min(9, max(0, tenant.priority + rng.choice((-1, 0, 0, 0, 1))))
         deadline = None
         if rng.random() < tenant.deadline_share:

@@ -11,23 +11,30 @@ Run with ``carnival worker power``. Pieces:
   so held events are released, failed-transfer/start/stability timers fire and silent sites raise
   SITE_SILENT without new events.
 
-One batch, so that a SIGKILL at any moment loses nothing (at-least-once, no exactly_once):
+Per batch, in this order, so that a SIGKILL at any moment loses nothing (at-least-once, no
+exactly_once):
 
 1. decode every event and run it through its site's detector, in stream order (``run_batch``);
-2. send all outputs (incidents, alerts, dead letters) and wait until Kafka has acknowledged them all;
-3. then write the state of every site the batch touched to the table, once per site (RocksDB +
-   changelog, in the partition of the site's own input events), and wait until Kafka has the
-   changelog records;
-4. only then ack the batch's events (``Stream.noack_take``: manual acks); faust commits acked offsets
-   only.
+2. send the batch's outputs (incidents, alerts, dead letters) and wait until Kafka has acknowledged
+   them all (only batches that have outputs wait);
+3. the batch's events join the *unsaved* events and its sites the *dirty* sites.
 
-A crash before 3 replays the batch into detectors that have not seen it: the same records again
-(deterministic incident ids; the router dedups alerts by fingerprint). A crash after 3 replays it into
-detectors that drop every event as a duplicate (same device and seq); its outputs are durable. A
-failure inside a batch is never acked: the batch's events stay unacked, so the committed offset stays
-before them (see ``_fatal``). Timer-driven changes are persisted with the site's next batch (faust
-tables can only be written inside a stream iteration with a RocksDB store); after a crash they are
-derived again from the stored state, with the same incident ids.
+Checkpoint, every ``CHECKPOINT_S`` (or ``CHECKPOINT_EVENTS`` unsaved events), from the agent or, when
+no events come, from a timer:
+
+4. write the state of every dirty site to the table, once per site (RocksDB + changelog, in the
+   partition of the site's own last event, i.e. its input partition);
+5. when Kafka has acknowledged those changelog records, ack the unsaved events (manual acks with
+   ``Stream.noack_take``); faust commits acked offsets only, and flushes its producer before.
+
+So an event's offset is committed only after its outputs (2) and a state that includes it (4-5) are
+in Kafka, and a state is written only after the outputs of every event in it (2 precedes 3). A crash
+before 5 replays the unsaved events into detectors restored from the last checkpoint that have not
+seen them: the same records again (deterministic incident ids; the router dedups alerts by
+fingerprint). A crash after a state write replays events that state already holds into a detector
+that drops them as duplicates (same device and seq); their outputs are durable. A failure is never
+acked (see ``_fatal``). Timer-driven changes are persisted with the site's next checkpoint after an
+event of it; after a crash they are derived again from the stored state, with the same incident ids.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from processors.power.events import Output
 from processors.power.runtime import (
     BATCH_EVENTS,
     BATCH_SECONDS,
+    CHECKPOINT_SECONDS,
     DEAD_LETTERED,
     DETECTION_LATENCY,
     EVENTS_PROCESSED,
@@ -78,17 +86,30 @@ TABLE = "sites"
 TICK_S = 1.0
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.005
+CHECKPOINT_S = 0.5
+CHECKPOINT_EVENTS = 20_000
 MAX_UNCONFIRMED = 4
 """A batch is what arrived within ``BATCH_WITHIN_S`` (at low rates: one event, ≤ 5 ms of extra latency),
-or ``BATCH_MAX`` events at once under load, where the per-batch costs (Kafka round trips, one state
-write per site) spread over many events."""
+or ``BATCH_MAX`` events at once under load. Detection latency depends on batches only; the state is
+written per checkpoint (``CHECKPOINT_S``): at most one changelog record per site per checkpoint,
+however many events it had, and the offsets of its events are acked when those records are in Kafka
+(faust commits every ``broker_commit_interval`` = 1 s anyway)."""
 
 settings = get_settings()
 config = config_from_env()
 # A SIGKILLed worker's partitions move on after this long (faust's default is 60 s; a failover detector
 # that is down for a minute is itself an incident).
 SESSION_TIMEOUT_S = 10.0
-app = create_app(PROCESSOR, settings, broker_session_timeout=SESSION_TIMEOUT_S, producer_max_batch_size=262_144)
+# A checkpoint writes up to one state (~1-2 KB) per site at once; aiokafka sends one batch per
+# partition per request and makes the sender (and faust's producer buffer, and with it the consumer)
+# wait when a partition's batch is full: 256 KB batches instead of 16 KB.
+PRODUCER_MAX_BATCH_SIZE = 262_144
+app = create_app(
+    PROCESSOR,
+    settings,
+    broker_session_timeout=SESSION_TIMEOUT_S,
+    producer_max_batch_size=PRODUCER_MAX_BATCH_SIZE,
+)
 codec = AgentCodec(app, settings, PROCESSOR)
 events_topic = codec.topic(EVENTS_TOPIC)
 sites = app.Table(
@@ -193,29 +214,58 @@ def _write_state(site_id: str, event: faust.EventT, value: bytes) -> Awaitable[A
     return fut
 
 
-async def _confirm(
-    stream: faust.StreamT, events: Sequence[faust.EventT], changelog: list[Awaitable[Any]], after: Any
-) -> None:
-    """Ack a batch once its changelog records are acknowledged by Kafka (its outputs already are), and
-    not before the batch in front of it (acks in stream order). A failure here is fatal: see ``_fatal``."""
-    try:
-        if after is not None:
-            await after
-        for fut in changelog:
-            await fut
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        _fatal(exc)
-    for event in events:
-        await stream.ack(event)
+class _Unsaved:
+    """Events applied to the detectors whose states are not written yet, and their sites."""
+
+    def __init__(self) -> None:
+        self.events: list[faust.EventT] = []
+        self.dirty: dict[str, faust.EventT] = {}  # site_id -> its last event (the write's partition)
+        self.since = 0.0  # monotonic time of the first unsaved event
+
+    def add(self, events: Sequence[faust.EventT], touched: dict[str, faust.EventT]) -> None:
+        if not self.events:
+            self.since = time.monotonic()
+        self.events.extend(events)
+        self.dirty.update(touched)
+
+    def due(self) -> bool:
+        return bool(self.events) and (
+            len(self.events) >= CHECKPOINT_EVENTS or time.monotonic() - self.since >= CHECKPOINT_S
+        )
+
+    def of_site(self, site_id: str) -> list[tuple[dict[str, Any], int]]:
+        """The site's unsaved events again, decoded (only to rewind a detector after a bug)."""
+        if site_id not in self.dirty:
+            return []
+        out = []
+        wall = _wall_us()
+        for event in self.events:
+            msg = event.message
+            key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
+            if key == site_id:
+                try:
+                    out.append((codec.serde.decode(EVENTS_TOPIC, msg.value), _arrival_us(msg, wall)))
+                except SerializationError:
+                    continue
+        return out
+
+    def clear(self) -> None:
+        self.events = []
+        self.dirty = {}
 
 
-async def _process(events: Sequence[faust.EventT]) -> list[Awaitable[Any]]:
-    """Steps 1-3 of the module docstring for one batch; returns the changelog futures of its state
-    writes (the caller acks the batch when they are done)."""
+_unsaved = _Unsaved()
+_unconfirmed: deque[asyncio.Future[None]] = deque()
+_stream: faust.StreamT | None = None  # the agent's stream, to ack through
+
+
+async def _process(events: Sequence[faust.EventT]) -> None:
+    """Steps 1-3 of the module docstring for one batch."""
     started = time.perf_counter()
     wall = _wall_us()
+    _lags = [wall / 1e6 - e.message.timestamp for e in events if e.message.timestamp]
+    if _lags and max(_lags) > 0.05:
+        log.warning("dbg_lag", n=len(events), lag_max=round(max(_lags) * 1e3, 1), lag_min=round(min(_lags) * 1e3, 1))
     decode = codec.serde.decode
     items: list[tuple[str, dict[str, Any], int, faust.EventT]] = []
     rejected: list[tuple[Any, str, str]] = []
@@ -245,49 +295,84 @@ async def _process(events: Sequence[faust.EventT]) -> list[Awaitable[Any]]:
         _DEAD_DECODE.inc(undecodable)
 
     async with _lock:
-        run = run_batch(detectors, items, _enter)
-        try:
-            dead = rejected + [(event.message, kind, reason) for event, kind, reason in run.dead]
-            for _, kind, _ in run.dead:
-                DEAD_LETTERED.labels(kind=kind).inc()
-            if run.emissions or dead:
-                await _send([e for _, e in run.emissions], dead)
-                now = time.time()
-                for ts in {event.message.timestamp for event, _ in run.emissions}:
-                    if ts:
-                        DETECTION_LATENCY.observe(max(0.0, now - ts))
-            # Outputs are durable: now the states that produced them, once per site.
-            changelog = []
-            for site_id, event in run.touched.items():
-                det = detectors.peek(site_id)
-                if det is None:  # evicted by a failed tick meanwhile: the table keeps the last state
-                    continue
-                partition = event.message.partition
-                known = _site_partition.get(site_id)
-                if known is not None and known != partition:
-                    log.error("power_site_partition_changed", site_id=site_id, before=known, now=partition)
-                _site_partition[site_id] = partition
-                changelog.append(_write_state(site_id, event, encode_state(det)))
-            STATE_WRITES.inc(len(changelog))
-        except BaseException:
-            for site_id in run.touched:
-                detectors.evict(site_id)  # memory is ahead of what is durable
-            raise
+        run = run_batch(detectors, items, _enter, _unsaved.of_site)
+        dead = rejected + [(event.message, kind, reason) for event, kind, reason in run.dead]
+        for _, kind, _ in run.dead:
+            DEAD_LETTERED.labels(kind=kind).inc()
+        if run.emissions or dead:
+            _ts = time.time()
+            await _send([e for _, e in run.emissions], dead)
+            now = time.time()
+            for _ev, _ in run.emissions[:1]:
+                log.warning("dbg_emit", lag_in=round((wall/1e6 - _ev.message.timestamp)*1e3, 1), lock_wait=round((_ts - wall/1e6)*1e3, 1), send=round((now - _ts)*1e3, 1), n=len(events))
+            for ts in {event.message.timestamp for event, _ in run.emissions}:
+                if ts:
+                    DETECTION_LATENCY.observe(max(0.0, now - ts))
+        # The outputs are durable: the batch's states may be written from now on.
+        _unsaved.add(events, run.touched)
     for event in reversed(events):  # the last event of each partition is where the tick's clock stands
         msg = event.message
         if msg.partition not in _progress or _progress[msg.partition][0] < msg.offset:
             _progress[msg.partition] = (msg.offset, _arrival_us(msg, wall))
     BATCH_EVENTS.observe(len(events))
     BATCH_SECONDS.observe(time.perf_counter() - started)
-    return changelog
+
+
+async def _checkpoint() -> None:
+    """Steps 4-5: write every dirty site's state once, ack the unsaved events once Kafka has those
+    changelog records. The acks wait in the background (up to MAX_UNCONFIRMED checkpoints, acked in
+    order) while the agent goes on."""
+    async with _lock:  # not while a batch waits for its outputs: its states must not be written yet
+        if not _unsaved.events:
+            return
+        started = time.perf_counter()
+        changelog = []
+        for site_id, event in _unsaved.dirty.items():
+            det = detectors.peek(site_id)
+            if det is None:  # evicted by a failed tick: its state is derived again from the table
+                continue
+            partition = event.message.partition
+            known = _site_partition.get(site_id)
+            if known is not None and known != partition:
+                log.error("power_site_partition_changed", site_id=site_id, before=known, now=partition)
+            _site_partition[site_id] = partition
+            changelog.append(_write_state(site_id, event, encode_state(det)))
+        events = _unsaved.events
+        _unsaved.clear()
+        STATE_WRITES.inc(len(changelog))
+        CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        log.warning("dbg_ckpt", ms=round((time.perf_counter() - started) * 1e3, 1), n=len(changelog), ev=len(events))
+    while _unconfirmed and _unconfirmed[0].done():
+        _unconfirmed.popleft().result()
+    if len(_unconfirmed) >= MAX_UNCONFIRMED:
+        await _unconfirmed.popleft()
+    after = _unconfirmed[-1] if _unconfirmed else None
+    _unconfirmed.append(asyncio.ensure_future(_confirm(events, changelog, after)))
+
+
+async def _confirm(events: list[faust.EventT], changelog: list[Awaitable[Any]], after: Any) -> None:
+    """Ack a checkpoint's events once its changelog records are acknowledged by Kafka, and not before
+    the checkpoint in front of it. A record Kafka refused is fatal: see ``_fatal``."""
+    try:
+        if after is not None:
+            await after
+        for fut in changelog:
+            await fut
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _fatal(exc)
+    assert _stream is not None
+    for event in events:
+        await _stream.ack(event)
 
 
 def _fatal(exc: BaseException) -> None:
-    """A batch failed outside a detector (Kafka refused its outputs or state past the producer's own
-    retries, or a bug here). Its events must not be acked and nothing after them processed, or the
-    committed offset would move past events whose effects are not durable; faust would also go on
-    acking whatever the restarted agent takes. Exit like a SIGKILL: the next start replays from the
-    committed offset, which is the case the design already covers."""
+    """A batch or checkpoint failed outside a detector (Kafka refused outputs or state past the
+    producer's own retries, or a bug here). Its events must not be acked and nothing after them
+    processed, or the committed offset would move past events whose effects are not durable (and the
+    agent faust restarts would go on from the next events). Exit like a SIGKILL: the next start
+    replays from the committed offset, which is the case the design already covers."""
     log.critical("power_batch_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -298,27 +383,30 @@ def _fatal(exc: BaseException) -> None:
 async def detect(stream: faust.StreamT) -> None:
     # ``noack_take`` yields what arrived within BATCH_WITHIN_S (or BATCH_MAX events at once) and leaves
     # the acks to us. (``take_events`` acks its batch in a ``finally``, even when processing it failed.)
-    # While Kafka confirms a batch's changelog records the next batch is already processed: up to
-    # MAX_UNCONFIRMED batches wait for their confirmation (and their acks) at once.
-    unconfirmed: deque[asyncio.Task[None]] = deque()
-    try:
-        async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
-            try:
-                changelog = await _process(events)
-            except asyncio.CancelledError:
-                raise  # stopping: the batch is not acked, the next start (or owner) replays it
-            except Exception as exc:
-                _fatal(exc)
-            while unconfirmed and unconfirmed[0].done():
-                unconfirmed.popleft()
-            if len(unconfirmed) >= MAX_UNCONFIRMED:
-                await unconfirmed[0]
-                unconfirmed.popleft()
-            after = unconfirmed[-1] if unconfirmed else None
-            unconfirmed.append(asyncio.ensure_future(_confirm(stream, events, changelog, after)))
-    finally:
-        for task in unconfirmed:
-            task.cancel()  # not acked: replayed by whoever reads these partitions next
+    global _stream
+    _stream = stream
+    async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
+        try:
+            await _process(events)
+            if _unsaved.due():
+                await _checkpoint()
+        except asyncio.CancelledError:
+            raise  # stopping: unsaved events are not acked, the next start (or owner) replays them
+        except Exception as exc:
+            _fatal(exc)
+
+
+@app.timer(interval=CHECKPOINT_S / 2)
+async def checkpoint() -> None:
+    """Checkpoints when no events come (the agent checkpoints while they do). Also while rebalancing:
+    faust waits for every event taken to be acked before it gives partitions away."""
+    if _unsaved.due():
+        try:
+            await _checkpoint()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _fatal(exc)
 
 
 def _scan_sites() -> None:
@@ -343,6 +431,9 @@ async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
     global _scanned_actives
     async with _lock:
         detectors.clear()  # another worker may change them; reload from the table when they return
+        # faust waited for every taken event to be acked, so nothing is unsaved here; should a
+        # checkpoint have failed, its events stay unacked and are replayed by the next owner.
+        _unsaved.clear()
         _site_partition.clear()
         _progress.clear()
         _scanned_actives = None
@@ -359,6 +450,7 @@ async def _publish_tick(outputs: list[Output]) -> None:
 async def tick() -> None:
     if app.rebalancing or getattr(app, "in_recovery", False):
         return
+    _t0 = time.perf_counter()
     async with _lock:
         _scan_sites()
         wall = _wall_us()
@@ -392,6 +484,7 @@ async def tick() -> None:
                 log.exception("power_tick_publish_failed", sites=len(ticked))
                 for site_id in ticked:
                     detectors.evict(site_id)  # derive the same outputs again from the stored state
+    log.warning("dbg_tick", ms=round((time.perf_counter() - _t0) * 1e3, 1), n=len(detectors))
 
 
 log.info("power_worker_configured", config=config.to_dict(), partitions=settings.topic_partitions,
