@@ -6,10 +6,12 @@
    then start ``carnival worker power`` and time it draining them (its
    ``carnival_power_events_processed_total`` counter, polled every 100 ms, from its first processed event
    to the last). Baselines on the same records: raw confluent-kafka consume, raw aiokafka consume (the
-   client faust uses), and the worker's per-event work in one process without Kafka (Avro decode ->
-   detector -> state encode).
+   client faust uses), and the worker's work in one process without Kafka (Avro decode -> detector per
+   event, the dirty sites' states encoded every 10,000 events, as a checkpoint does). Also the worker's
+   CPU time per event (from /proc) and, from its metrics, how much of it is the agent's own code.
 2. Latency: with the worker caught up and a steady background of MEASUREMENT events
-   (``--background-rate``/s from the same sites), produce ``--triggers`` LOAD_SHED events (one new site
+   (``--background-rate``/s from ``--sites`` other sites, event time advancing with the wall clock),
+   produce ``--triggers`` LOAD_SHED events (one new site
    each, so the detector can release it at once) and time each from ``produce()`` to its FIRING alert
    read from ``alerts.v1``.
 
@@ -126,18 +128,24 @@ def bench_raw_aiokafka(settings: Settings, n: int) -> float:
 
 
 def bench_in_process(settings: Settings, encoded: list[tuple[str, bytes]]) -> float:
-    """The worker's per-event work without Kafka or faust: decode, detect, encode the state."""
+    """The worker's work without Kafka or faust: decode and detect per event, encode the states of the
+    sites touched since the last "checkpoint" every 10,000 events."""
     serde = serde_from_settings(settings)
     config = PowerConfig()
     dets: dict[str, Detector] = {}
+    dirty: set[str] = set()
     t0 = time.perf_counter()
-    for key, value in encoded:
+    for i, (key, value) in enumerate(encoded, 1):
         rec = serde.decode(TOPIC, value)
         det = dets.get(key)
         if det is None:
             det = dets[key] = Detector(key, config)
         det.on_event(rec, arrival_us=time.time_ns() // 1000)
-        encode_state(det)
+        dirty.add(key)
+        if i % 10_000 == 0 or i == len(encoded):
+            for site in dirty:
+                encode_state(dets[site])
+            dirty.clear()
     return len(encoded) / (time.perf_counter() - t0)
 
 
@@ -172,20 +180,29 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
     )
 
 
-def bench_worker_drain(proc: subprocess.Popen[bytes], n: int, timeout_s: float = 600) -> tuple[float, float]:
-    """(events/s, seconds from the worker's first processed event to the n-th)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_worker_drain(
+    proc: subprocess.Popen[bytes], n: int, timeout_s: float = 600
+) -> tuple[float, float, float]:
+    """(events/s, seconds from the worker's first processed event to the n-th, worker CPU seconds in
+    between)."""
     deadline = time.monotonic() + timeout_s
-    first: tuple[float, float] | None = None
+    first: tuple[float, float, float] | None = None
     while time.monotonic() < deadline:
         assert proc.poll() is None, "worker died"
         count = processed()
         now = time.perf_counter()
         if count:
             if first is None:
-                first = (now, count)
+                first = (now, count, cpu_seconds(proc.pid))
             if count >= n:
                 elapsed = now - first[0]
-                return (count - first[1]) / elapsed, elapsed
+                return (count - first[1]) / elapsed, elapsed, cpu_seconds(proc.pid) - first[2]
         time.sleep(0.1)
     raise TimeoutError(f"worker processed {processed()} of {n} events in {timeout_s} s")
 
@@ -317,9 +334,13 @@ def main() -> None:
 
         print("starting the power worker ...", flush=True)
         proc = start_worker(env, workdir / "worker.log")
-        rate, elapsed = bench_worker_drain(proc, n)
-        handled = metric("carnival_power_event_seconds_count") or 0
-        handle_us = (metric("carnival_power_event_seconds_sum") or 0) / max(handled, 1) * 1e6
+        rate, elapsed, cpu_s = bench_worker_drain(proc, n)
+        cpu_us = cpu_s / n * 1e6
+        batches = metric("carnival_power_batch_events_count") or 0
+        batch_events = metric("carnival_power_batch_events_sum") or 0
+        handle_us = (metric("carnival_power_batch_seconds_sum") or 0) / max(batch_events, 1) * 1e6
+        writes = metric("carnival_power_state_writes_total") or 0
+        checkpoints = metric("carnival_power_checkpoint_seconds_count") or 0
 
         print(f"latency: {args.triggers} triggers with {args.background_rate}/s background ...", flush=True)
         background = Background(settings, args.sites, args.background_rate)
@@ -336,9 +357,12 @@ def main() -> None:
         print("== power events/s (one worker, 2 shared cores)")
         print(f"  raw confluent-kafka consume          {raw_c:>10,.0f}/s")
         print(f"  raw aiokafka consume (faust's client) {raw_a:>9,.0f}/s")
-        print(f"  in-process decode+detect+state       {inproc:>10,.0f}/s   (no Kafka, no faust)")
+        print(f"  in-process decode+detect+checkpoints {inproc:>10,.0f}/s   (no Kafka, no faust)")
         print(f"  power worker drain                   {rate:>10,.0f}/s   ({n:,} events in {elapsed:.1f} s)")
-        print(f"  (worker time per event in the agent: {handle_us:.0f} µs mean; the rest is faust/aiokafka)")
+        mean_batch = batch_events / max(batches, 1)
+        print(f"  (worker CPU {cpu_us:.0f} µs per event, the agent's code {handle_us:.0f} µs of it, the rest")
+        print(f"   faust/aiokafka; {batches:,.0f} batches of {mean_batch:,.0f} events on average,")
+        print(f"   {writes:,.0f} state writes in {checkpoints:,.0f} checkpoints)")
         if latencies:
             print(
                 f"== detection latency, produce -> FIRING alert consumed ({len(latencies)} triggers, "

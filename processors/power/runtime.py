@@ -33,6 +33,7 @@ __all__ = [
     "config_from_env",
     "decode_state",
     "encode_state",
+    "rewind",
     "route",
     "run_batch",
 ]
@@ -333,15 +334,20 @@ def _rewind(
     unsaved: Callable[[str], Iterable[tuple[Mapping[str, Any], int]]] | None,
 ) -> None:
     """Rebuild a site's detector as it was before the event that broke it (see ``run_batch``)."""
-    cache.evict(site_id)
     if before_load is not None:
         before_load(source)
-    det = cache.get(site_id)
     replay = list(unsaved(site_id)) if unsaved is not None else []
     replay += [(record, arrival) for sid, record, arrival, _ in before if sid == site_id]
-    try:
-        for record, arrival in replay:
-            det.on_event(record, arrival_us=arrival)
-    except Exception:  # not deterministic after all: keep the saved state rather than a half one
-        log.exception("power_rewind_failed", site_id=site_id, events=len(replay))
-        cache.evict(site_id)
+    rewind(cache, site_id, replay)
+
+
+def rewind(cache: DetectorCache, site_id: str, replay: Iterable[tuple[Mapping[str, Any], int]]) -> None:
+    """Read a site's detector again from the table and apply ``replay``, its events that were applied
+    since its state was last written, ``(record, arrival_us)`` in the order they were applied; their
+    outputs are dropped (they were emitted the first time). Detectors are deterministic; should the
+    replay raise all the same, the exception propagates: the caller cannot keep a detector that lacks
+    events it will ack."""
+    cache.evict(site_id)
+    det = cache.get(site_id)
+    for record, arrival in replay:
+        det.on_event(record, arrival_us=arrival)

@@ -15,22 +15,23 @@ Per batch, in this order, so that a SIGKILL at any moment loses nothing (at-leas
 exactly_once):
 
 1. decode every event and run it through its site's detector, in stream order (``run_batch``);
-2. send the batch's outputs (incidents, alerts, dead letters) and wait until Kafka has acknowledged
-   them all (only batches that have outputs wait);
-3. the batch's events join the *unsaved* events and its sites the *dirty* sites.
+2. hand the batch's outputs (incidents, alerts, dead letters) to the producer, without waiting;
+3. the batch's events join the *unsaved* events, its sites the *dirty* sites, its outputs' delivery
+   futures the unsaved outputs.
 
 Checkpoint, every ``CHECKPOINT_S`` (or ``CHECKPOINT_EVENTS`` unsaved events), from the agent or, when
 no events come, from a timer:
 
-4. write the state of every dirty site to the table, once per site (RocksDB + changelog, in the
+4. wait until Kafka has acknowledged every output sent so far (normally long done);
+5. write the state of every dirty site to the table, once per site (RocksDB + changelog, in the
    partition of the site's own last event, i.e. its input partition);
-5. when Kafka has acknowledged those changelog records, ack the unsaved events (manual acks with
-   ``Stream.noack_take``); faust commits acked offsets only, and flushes its producer before.
+6. when Kafka has acknowledged those changelog records, ack the unsaved events (manual acks with
+   ``Stream.noack_take``); faust commits acked offsets only (and flushes its producer before).
 
-So an event's offset is committed only after its outputs (2) and a state that includes it (4-5) are
-in Kafka, and a state is written only after the outputs of every event in it (2 precedes 3). A crash
-before 5 replays the unsaved events into detectors restored from the last checkpoint that have not
-seen them: the same records again (deterministic incident ids; the router dedups alerts by
+4 and 5 hold the lock the agent takes per batch, so a state written never holds an event whose
+outputs are not in Kafka, and an event is acked only once its outputs and a state holding it are.
+A crash before 6 replays the unsaved events into detectors restored from the last checkpoint, which
+have not seen them: the same records again (deterministic incident ids; the router dedups alerts by
 fingerprint). A crash after a state write replays events that state already holds into a detector
 that drops them as duplicates (same device and seq); their outputs are durable. A failure is never
 acked (see ``_fatal``). Timer-driven changes are persisted with the site's next checkpoint after an
@@ -46,6 +47,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Sequence
+from functools import partial
 from typing import Any
 
 import faust
@@ -73,6 +75,7 @@ from processors.power.runtime import (
     Emission,
     config_from_env,
     encode_state,
+    rewind,
     route,
     run_batch,
 )
@@ -132,8 +135,9 @@ def _load(site_id: str) -> bytes | None:
 
 
 detectors = DetectorCache(config, _load, _wall_us)
-# The agent and the timer both touch detectors and publish; a batch's detect/publish/persist (which
-# awaits Kafka acks) must not interleave with a tick of the same detectors.
+# Batches, ticks and checkpoints all touch the detectors: a tick (which awaits its outputs' acks) must
+# not interleave with a batch, and a checkpoint must see no batch between checking that every output
+# is in Kafka and writing the states.
 _lock = asyncio.Lock()
 _scanned_actives: frozenset[Any] | None = None
 # Input partition -> (offset, record timestamp µs) of the last event processed; site -> its partition.
@@ -179,15 +183,21 @@ async def _partition_clock(partition: int, wall_us: int) -> int | None:
     return wall_us if position is None or highwater is None or position >= highwater else None
 
 
-async def _send(emissions: Sequence[Emission], dead: Sequence[tuple[Any, str, str]]) -> None:
-    """Send the records and dead letters, then wait until Kafka has acknowledged every one of them
-    (raises if a record could not be delivered)."""
+async def _send(
+    emissions: Sequence[tuple[float | None, Emission]], dead: Sequence[tuple[Any, str, str]]
+) -> list[asyncio.Future[Any]]:
+    """Hand the records (with the Kafka timestamp of the event that decided each, for the latency
+    metric) and dead letters to the producer; returns the records' delivery futures. Nothing waits for
+    Kafka here: the next checkpoint does, before it writes any state (``_outputs_durable``)."""
     futures = []
     encode = codec.serde.encode
-    for emission in emissions:
+    for decided_at, emission in emissions:
         topic = emission.topic
         value = encode(topic, emission.record)
-        futures.append(await codec.topic(topic).send(key=emission.key.encode(), value=value))
+        fut = await codec.topic(topic).send(key=emission.key.encode(), value=value)
+        if decided_at:
+            fut.add_done_callback(partial(_observe_latency, decided_at))
+        futures.append(fut)
         emission.count()
         if topic == INCIDENTS_TOPIC:
             rec = emission.record
@@ -195,11 +205,12 @@ async def _send(emissions: Sequence[Emission], dead: Sequence[tuple[Any, str, st
                      site_id=rec["site_id"], summary=rec["summary"])  # fmt: skip
     for msg, kind, reason in dead:
         await codec.dead_letter(msg, kind, reason)
-    # faust's Producer.flush: hands over what its buffer holds, then aiokafka's flush waits for every
-    # batch in flight (the dead letters too). The futures raise if a record was not delivered.
-    await app.producer.flush()
-    for fut in futures:
-        await fut
+    return futures
+
+
+def _observe_latency(decided_at: float, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        DETECTION_LATENCY.observe(max(0.0, time.time() - decided_at))
 
 
 def _write_state(site_id: str, event: faust.EventT, value: bytes) -> Awaitable[Any]:
@@ -215,18 +226,29 @@ def _write_state(site_id: str, event: faust.EventT, value: bytes) -> Awaitable[A
 
 
 class _Unsaved:
-    """Events applied to the detectors whose states are not written yet, and their sites."""
+    """What was applied to the detectors since the last checkpoint: its events (not acked), the sites
+    it touched (states not written), its outputs' delivery futures and how many dead letters it sent."""
 
     def __init__(self) -> None:
         self.events: list[faust.EventT] = []
         self.dirty: dict[str, faust.EventT] = {}  # site_id -> its last event (the write's partition)
+        self.outputs: list[asyncio.Future[Any]] = []
+        self.dead_letters = 0
         self.since = 0.0  # monotonic time of the first unsaved event
 
-    def add(self, events: Sequence[faust.EventT], touched: dict[str, faust.EventT]) -> None:
+    def add(
+        self,
+        events: Sequence[faust.EventT],
+        touched: dict[str, faust.EventT],
+        outputs: list[asyncio.Future[Any]],
+        dead_letters: int,
+    ) -> None:
         if not self.events:
             self.since = time.monotonic()
         self.events.extend(events)
         self.dirty.update(touched)
+        self.outputs.extend(outputs)
+        self.dead_letters += dead_letters
 
     def due(self) -> bool:
         return bool(self.events) and (
@@ -252,6 +274,8 @@ class _Unsaved:
     def clear(self) -> None:
         self.events = []
         self.dirty = {}
+        self.outputs = []
+        self.dead_letters = 0
 
 
 _unsaved = _Unsaved()
@@ -263,9 +287,6 @@ async def _process(events: Sequence[faust.EventT]) -> None:
     """Steps 1-3 of the module docstring for one batch."""
     started = time.perf_counter()
     wall = _wall_us()
-    _lags = [wall / 1e6 - e.message.timestamp for e in events if e.message.timestamp]
-    if _lags and max(_lags) > 0.05:
-        log.warning("dbg_lag", n=len(events), lag_max=round(max(_lags) * 1e3, 1), lag_min=round(min(_lags) * 1e3, 1))
     decode = codec.serde.decode
     items: list[tuple[str, dict[str, Any], int, faust.EventT]] = []
     rejected: list[tuple[Any, str, str]] = []
@@ -294,22 +315,16 @@ async def _process(events: Sequence[faust.EventT]) -> None:
     if undecodable:
         _DEAD_DECODE.inc(undecodable)
 
-    async with _lock:
+    async with _lock:  # no tick between a batch's detection and its outputs (same order as on_event)
         run = run_batch(detectors, items, _enter, _unsaved.of_site)
         dead = rejected + [(event.message, kind, reason) for event, kind, reason in run.dead]
         for _, kind, _ in run.dead:
             DEAD_LETTERED.labels(kind=kind).inc()
+        outputs: list[asyncio.Future[Any]] = []
         if run.emissions or dead:
-            _ts = time.time()
-            await _send([e for _, e in run.emissions], dead)
-            now = time.time()
-            for _ev, _ in run.emissions[:1]:
-                log.warning("dbg_emit", lag_in=round((wall/1e6 - _ev.message.timestamp)*1e3, 1), lock_wait=round((_ts - wall/1e6)*1e3, 1), send=round((now - _ts)*1e3, 1), n=len(events))
-            for ts in {event.message.timestamp for event, _ in run.emissions}:
-                if ts:
-                    DETECTION_LATENCY.observe(max(0.0, now - ts))
-        # The outputs are durable: the batch's states may be written from now on.
-        _unsaved.add(events, run.touched)
+            emissions = [(event.message.timestamp, e) for event, e in run.emissions]
+            outputs = await _send(emissions, dead)
+        _unsaved.add(events, run.touched, outputs, len(dead))
     for event in reversed(events):  # the last event of each partition is where the tick's clock stands
         msg = event.message
         if msg.partition not in _progress or _progress[msg.partition][0] < msg.offset:
@@ -318,19 +333,34 @@ async def _process(events: Sequence[faust.EventT]) -> None:
     BATCH_SECONDS.observe(time.perf_counter() - started)
 
 
+async def _outputs_durable(unsaved: _Unsaved) -> bool:
+    """Wait until Kafka has every output sent so far; False if a dead letter was sent meanwhile (the
+    caller checks again). Records raise if they were not delivered."""
+    dead_letters = unsaved.dead_letters
+    if dead_letters or any(not fut.done() for fut in unsaved.outputs):
+        # faust's Producer.flush: aiokafka's flush waits for every batch in flight, the dead letters
+        # (sent through codec.dead_letter, no future) included.
+        await app.producer.flush()
+    for fut in unsaved.outputs:
+        fut.result()
+    return unsaved.dead_letters == dead_letters and all(fut.done() for fut in unsaved.outputs)
+
+
 async def _checkpoint() -> None:
-    """Steps 4-5: write every dirty site's state once, ack the unsaved events once Kafka has those
-    changelog records. The acks wait in the background (up to MAX_UNCONFIRMED checkpoints, acked in
-    order) while the agent goes on."""
-    async with _lock:  # not while a batch waits for its outputs: its states must not be written yet
+    """Steps 4-5: once every output so far is in Kafka, write every dirty site's state once; ack the
+    unsaved events once Kafka has those changelog records too. The acks wait in the background (up
+    to MAX_UNCONFIRMED checkpoints, acked in order) while the agent goes on."""
+    await _outputs_durable(_unsaved)  # mostly long done: wait outside the lock, the agent goes on
+    async with _lock:  # nothing applied to the detectors while we make sure and write
         if not _unsaved.events:
             return
+        while not await _outputs_durable(_unsaved):
+            pass
         started = time.perf_counter()
         changelog = []
         for site_id, event in _unsaved.dirty.items():
-            det = detectors.peek(site_id)
-            if det is None:  # evicted by a failed tick: its state is derived again from the table
-                continue
+            _enter(event)
+            det = detectors.get(site_id)  # in memory (only a revoke drops detectors, and clears this)
             partition = event.message.partition
             known = _site_partition.get(site_id)
             if known is not None and known != partition:
@@ -341,7 +371,6 @@ async def _checkpoint() -> None:
         _unsaved.clear()
         STATE_WRITES.inc(len(changelog))
         CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
-        log.warning("dbg_ckpt", ms=round((time.perf_counter() - started) * 1e3, 1), n=len(changelog), ev=len(events))
     while _unconfirmed and _unconfirmed[0].done():
         _unconfirmed.popleft().result()
     if len(_unconfirmed) >= MAX_UNCONFIRMED:
@@ -421,7 +450,7 @@ def _scan_sites() -> None:
         site_id = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
         owned.add(site_id)
         detectors.get(site_id)
-    detectors.retain(owned)
+    detectors.retain(owned | set(_unsaved.dirty))  # dirty: new sites, not in the table yet
     _scanned_actives = actives
     log.info("power_sites_loaded", sites=len(detectors), active_topic_partitions=len(actives))
 
@@ -440,17 +469,28 @@ async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
 
 
 async def _publish_tick(outputs: list[Output]) -> None:
+    """Send what the timer decided and wait for Kafka's acks (on a failure the ticked detectors are
+    rewound, and derive the same outputs again)."""
     emissions, late = route(outputs)
     for _ in late:  # only on_event returns late events; nothing to dead-letter without a message
         DEAD_LETTERED.labels(kind=LATE).inc()
-    await _send(emissions, ())
+    for fut in await _send([(None, e) for e in emissions], ()):
+        await fut
+
+
+def _forget_tick(site_id: str) -> None:
+    """Undo what a tick did to a site (a bug in ``on_tick``, or its outputs not delivered): the state
+    in the table plus the site's unsaved events, so nothing unsaved is lost (``rewind``)."""
+    try:
+        rewind(detectors, site_id, _unsaved.of_site(site_id))
+    except Exception as exc:
+        _fatal(exc)
 
 
 @app.timer(interval=TICK_S)
 async def tick() -> None:
     if app.rebalancing or getattr(app, "in_recovery", False):
         return
-    _t0 = time.perf_counter()
     async with _lock:
         _scan_sites()
         wall = _wall_us()
@@ -472,7 +512,7 @@ async def tick() -> None:
                 out = det.on_tick(now)
             except Exception:
                 log.exception("power_tick_failed", site_id=site_id)
-                detectors.evict(site_id)
+                _forget_tick(site_id)
                 continue
             if out:
                 outputs.extend(out)
@@ -483,8 +523,7 @@ async def tick() -> None:
             except Exception:
                 log.exception("power_tick_publish_failed", sites=len(ticked))
                 for site_id in ticked:
-                    detectors.evict(site_id)  # derive the same outputs again from the stored state
-    log.warning("dbg_tick", ms=round((time.perf_counter() - _t0) * 1e3, 1), n=len(detectors))
+                    _forget_tick(site_id)  # derive the same outputs again
 
 
 log.info("power_worker_configured", config=config.to_dict(), partitions=settings.topic_partitions,

@@ -58,6 +58,7 @@ class WorkerKnobs:
 
     tick_s: float = 1.0  # how often the worker ticks each of its pool partitions (wall clock)
     batch_max: int = 2000  # most pool events processed as one batch (one producer flush per batch)
+    batch_within_s: float = 0.005  # longest a batch waits to fill (adds to match latency)
     hold_max: int = 16  # status reports held per task while its pool is unknown
     linger_s: float = 0.003  # producer batching delay per hop
     session_timeout_s: float = 10.0  # consumer group session: how long a dead worker keeps partitions

@@ -451,20 +451,9 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
 
 @app.agent(bypool_topic, concurrency=1)
 async def schedule(stream: faust.StreamT) -> None:
-    """Natural batching: take what is queued (up to ``batch_max``) and process it as one batch the
-    moment the queue runs dry, so a lone request waits for no timer and a backlog pays one producer
-    flush per batch. Events are acked by hand after their batch is persisted."""
-    events = stream.noack()
-    queue = events.channel.queue
-    pending: list[faust.EventT] = []
-    async for event in events.events():
-        pending.append(event)
-        if len(pending) < knobs.batch_max and not queue.empty():
-            continue
-        batch, pending = pending, []
-        await _schedule_batch(batch)
-        for done in batch:
-            await events.ack(done)
+    # take_events acks a batch's events only after this body returns, i.e. after they are persisted.
+    async for events in stream.take_events(knobs.batch_max, knobs.batch_within_s):
+        await _schedule_batch(list(events))
 
 
 # ---------------------------------------------------------------------------------- time, rebalance

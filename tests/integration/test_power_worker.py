@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from carnival.settings import Settings
@@ -544,6 +545,118 @@ def test_bad_records_are_dead_lettered(settings: Settings, worker: Worker, outpu
     }
     assert "VALIDATION" in kinds and len(kinds) == 2
     assert worker.alive()
+
+
+# -------------------------------------------------------------------------------------------- batches
+def test_batches_mixing_partitions_write_each_site_state_to_its_own_partition(
+    settings: Settings, worker: Worker, outputs: Outputs
+) -> None:
+    """Events of many sites, interleaved, so every batch mixes input partitions: each site's state goes
+    to the changelog partition of its own input events (faust takes it from the current event) and
+    holds everything up to its last event."""
+    group = [new_site(f"mix{i}") for i in range(24)]  # 24 sites over 6 partitions: all of them, surely
+    interleaved = []
+    for t in range(8):
+        interleaved += [site.measure(t * 0.5, device="ctl-1") for site in group]
+    interleaved += [marker(site, 5.0) for site in group]
+    produce(settings, interleaved)
+    for site in group:
+        outputs.wait_for(site.site_id, "LOAD_SHED", "OPEN")
+
+    def read(topic: str, keys: set[bytes]) -> dict[bytes, list[tuple[int, bytes]]]:
+        consumer = make_consumer(settings)
+        consumer.subscribe([topic])
+        found: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
+        idle_until = time.monotonic() + 5
+        try:
+            while time.monotonic() < idle_until:
+                msgs = consumer.consume(1000, 0.5)
+                if msgs:
+                    idle_until = time.monotonic() + 2
+                for msg in msgs:
+                    if not msg.error() and msg.key() in keys:
+                        found[msg.key()].append((msg.partition(), msg.value()))
+        finally:
+            consumer.close()
+        return found
+
+    keys = {site.site_id.encode() for site in group}
+    inputs = read("power.events.v1", keys)
+    input_partition = {key: {part for part, _ in recs} for key, recs in inputs.items()}
+    assert all(len(parts) == 1 for parts in input_partition.values())
+    assert len({next(iter(parts)) for parts in input_partition.values()}) > 1  # batches did mix partitions
+
+    deadline = time.monotonic() + 30  # states are written at the next checkpoint (well under a second)
+    while True:
+        changelog = read("carnival-power-sites-changelog", keys)
+        states_ = {key: orjson.loads(recs[-1][1]) for key, recs in changelog.items() if recs[-1][1]}
+        done = [key for key, st in states_.items() if st.get("stats", {}).get("events") == 9]
+        if len(done) == len(keys) or time.monotonic() > deadline:
+            break
+    assert sorted(done) == sorted(keys), f"states with all 9 events: {len(done)} of {len(keys)}"
+    for key, recs in changelog.items():
+        assert {part for part, _ in recs} == input_partition[key], key
+        restored = Detector.from_dict(orjson.loads(recs[-1][1]), PowerConfig())
+        assert restored.site_id == key.decode()
+
+
+def test_a_detector_that_raises_is_rewound_without_the_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_batch`` (what the agent runs per batch, no Kafka): an event that breaks a detector is
+    dead-lettered as PROCESSING and leaves no trace. The site's detector is rebuilt from its stored
+    state plus its unsaved events (an earlier batch) plus this batch's earlier events; other sites are
+    untouched, and the outputs are those of delivery without the broken event."""
+    from processors.power.runtime import DetectorCache, encode_state, run_batch
+
+    a, b = new_site("rewind-a"), new_site("rewind-b")
+    first = heartbeat(a, 0, 3) + heartbeat(b, 0, 3)
+    second = heartbeat(a, 4, 8) + [marker(a, 9.0)] + heartbeat(b, 4, 8) + [marker(b, 9.0)]
+    broken = second[2]  # a's heartbeat at 6 s
+    table: dict[str, bytes] = {}
+    config = PowerConfig()
+    cache = DetectorCache(config, table.get, lambda: 0)
+    original = Detector.on_event
+
+    def on_event(self: Detector, record: Any, arrival_us: int | None = None) -> list[Any]:
+        if record is broken:
+            self.open["corrupted"] = True  # half-applied: this must not survive
+            raise ZeroDivisionError("detector bug")
+        return original(self, record, arrival_us)
+
+    monkeypatch.setattr(Detector, "on_event", on_event)
+    items = lambda events: [(e["site_id"], e, e["ts"], i) for i, e in enumerate(events)]  # noqa: E731
+    run1 = run_batch(cache, items(first))
+    assert run1.ok == len(first) and not run1.dead
+    replayed: list[str] = []
+
+    def unsaved(site_id: str) -> list[tuple[dict[str, Any], int]]:
+        replayed.append(site_id)
+        return [(e, e["ts"]) for e in first if e["site_id"] == site_id]
+
+    run2 = run_batch(cache, items(second), unsaved=unsaved)
+    assert replayed == [a.site_id]
+    assert [(src, kind) for src, kind, _ in run2.dead] == [(2, "PROCESSING")]
+    assert run2.failed == 1 and run2.ok == len(second) - 1
+    assert set(run2.touched) == {a.site_id, b.site_id}
+
+    monkeypatch.setattr(Detector, "on_event", original)
+    for site in (a, b):
+        ref = Detector(site.site_id, config)
+        expected = [
+            o.to_record()["incident_id"] + "/" + o.to_record()["state"]
+            for e in first + second
+            if e is not broken and e["site_id"] == site.site_id
+            for o in ref.on_event(e, e["ts"])
+            if isinstance(o, Incident)
+        ]
+        got = cache.get(site.site_id)
+        assert "corrupted" not in got.open
+        assert encode_state(got) == encode_state(ref)
+        emitted = [
+            em.record["incident_id"] + "/" + em.record["state"]
+            for _, em in run1.emissions + run2.emissions
+            if em.topic == "power.incidents.v1" and em.record["site_id"] == site.site_id
+        ]
+        assert emitted == expected and any("/LOAD_SHED/" in i for i in emitted)
 
 
 # ------------------------------------------------------------------------------------------ restart
