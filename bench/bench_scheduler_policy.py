@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = r[key] / q[key] if q[key] > 0 else float("inf")
             print(f"{p}: {key} random/{p}: {ratio:.2f}x (goal >= 2x)")
         print(f"{p}: mean wait {p}/random: {q['wait_mean_s'] / max(r['wait_mean_s'], 1e-9):.2f} (goal <= 1)")
-        print(f"{p}: p95 wait {p}/random: {q['wait_p95_s'] / max(r['wait_p95_s'], 1e-9):.2f}")
+        print(f"{p}: p95 wait {p} vs random: {q['wait_p95_s']:.0f} s vs {r['wait_p95_s']:.0f} s")
     return 0
 
 

@@ -218,16 +218,27 @@ def query(sql: str, fmt: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- demo
 @main.command()
-@click.option("--cars", default=600, show_default=True, help="Simulated cars.")
+@click.option("--cars", default=300, show_default=True, help="Simulated cars.")
 @click.option("--sites", default=3, show_default=True, help="Simulated datacenter sites.")
+@click.option(
+    "--start",
+    default="2025-01-06T14:00:00Z",
+    show_default=True,
+    help="Simulated start (the default spans the evening grid peaks of every region).",
+)
 @click.option("--duration", default="12h", show_default=True, help="Simulated time to run.")
-@click.option("--speed", default=720.0, show_default=True, help="Simulated seconds per wall second.")
+@click.option("--speed", default=240.0, show_default=True, help="Simulated seconds per wall second.")
 @click.option("--seed", default=7, show_default=True)
-def demo(cars: int, sites: int, duration: str, speed: float, seed: int) -> None:
-    """The main job: the whole pipeline on a simulated fleet, then the analyst report."""
+def demo(cars: int, sites: int, start: str, duration: str, speed: float, seed: int) -> None:
+    """The main job: the whole pipeline on a simulated fleet, then the analyst report.
+
+    Starts the stack if needed, runs every processor, drives them with `carnival simulate` (cars,
+    tasks, the emulator runtime answering assignments, site power with injected faults), waits for
+    ClickHouse to catch up and prints what analysts see. The stack keeps running afterwards.
+    """
     from carnival.demo import run_demo
 
-    sys.exit(run_demo(_settings(), cars, duration, speed, seed, sites))
+    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites))
 
 
 # -------------------------------------------------------------------------------------------- alerts

@@ -106,23 +106,34 @@ def stop_workers(proc: subprocess.Popen[bytes]) -> None:
     click.echo("workers: stopped")
 
 
-def wait_for_sink(settings: Settings, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
-    """Block until the sink group has committed everything on every sunk topic; return the final lag."""
-    from sinks.config import SINK_TABLES as TABLE_FOR_TOPIC
+def processor_inputs() -> dict[str, list[str]]:
+    """Consumer group -> the topics it reads, for every processor the demo runs."""
+    from sinks.config import SINK_TABLES
+
+    return {
+        "carnival-scheduler": ["fleet.telemetry.v1", "tasks.requests.v1", "tasks.status.v1"],
+        "carnival-power": ["power.events.v1"],
+        SINK_GROUP: sorted(SINK_TABLES),
+    }
+
+
+def wait_for_processors(settings: Settings, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
+    """Block until every processor has committed everything it reads (twice in a row, since the
+    sink lands what the others emit); return the records still behind at the deadline."""
     from streams.lag import group_lag
 
-    topics = sorted(TABLE_FOR_TOPIC)
     deadline = time.monotonic() + timeout_s
-    total = -1
-    while time.monotonic() < deadline:
+    behind, clean_rounds = -1, 0
+    while time.monotonic() < deadline and clean_rounds < 2:
         try:
-            total = sum(group_lag(settings, SINK_GROUP, topics).values())
-        except Exception as exc:  # noqa: BLE001 - the group may not exist for a moment
-            log.info("sink_lag_unknown", error=str(exc))
-        if total == 0:
-            return 0
+            lags = {g: sum(group_lag(settings, g, ts).values()) for g, ts in processor_inputs().items()}
+            behind = sum(lags.values())
+            log.info("pipeline_lag", **lags)
+        except Exception as exc:  # noqa: BLE001 - a group may not exist for a moment
+            log.info("pipeline_lag_unknown", error=str(exc))
+        clean_rounds = clean_rounds + 1 if behind == 0 else 0
         time.sleep(2)
-    return total
+    return behind
 
 
 def print_report(settings: Settings) -> None:
@@ -138,7 +149,9 @@ def print_report(settings: Settings) -> None:
             click.echo(f"(query failed: {exc})")
 
 
-def run_demo(settings: Settings, cars: int, duration: str, speed: float, seed: int, sites: int) -> int:
+def run_demo(
+    settings: Settings, cars: int, start: str, duration: str, speed: float, seed: int, sites: int
+) -> int:
     from carnival.stack.errors import StackError
     from carnival.stack.lifecycle import stack_status, stack_up
 
@@ -162,6 +175,8 @@ def run_demo(settings: Settings, cars: int, duration: str, speed: float, seed: i
             str(cars),
             "--sites",
             str(sites),
+            "--start",
+            start,
             "--duration",
             duration,
             "--speed",
@@ -174,10 +189,10 @@ def run_demo(settings: Settings, cars: int, duration: str, speed: float, seed: i
         if sim.returncode != 0:
             click.secho("error: the simulator failed", fg="red", err=True)
             return 1
-        click.echo("waiting for the ClickHouse sink to catch up ...")
-        lag = wait_for_sink(settings)
+        click.echo("waiting for the processors and the ClickHouse sink to catch up ...")
+        lag = wait_for_processors(settings)
         if lag:
-            click.secho(f"warning: the sink is still {lag} records behind", fg="yellow", err=True)
+            click.secho(f"warning: the pipeline is still {lag} records behind", fg="yellow", err=True)
         print_report(settings)
     finally:
         stop_workers(workers)

@@ -98,11 +98,6 @@ class SchedulerConfig:
     departure_sigma_s: float = 600.0  # noise of a scheduled departure (owners leave early or late)
     history_decay: float = 0.9  # weight kept by older sessions at each new one in the same bucket
     history_prior_weight: float = 1.0  # pseudo-sessions of the prior when blending with history
-    # exit hazard by half-hour of the local week, from the car's own finished sessions (prediction.py)
-    exit_prior_rate_per_h: float = 0.05  # exits per parked hour before any history
-    exit_prior_weight_h: float = 1.0  # pseudo parked hours shrinking a half-hour bin toward its parent
-    exit_car_weight_h: float = 10.0  # pseudo parked hours shrinking the car's overall rate to the prior
-    exit_blend_h: float = 2.0  # S_hist = w S_exit + (1-w) S_len, w = parked hours / (parked hours + this)
     region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS
     default_utc_offset_h: float = 0.0
 

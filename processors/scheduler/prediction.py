@@ -3,28 +3,15 @@
 The model (telemetry and the car's own history only), as competing exit causes whose survival
 functions multiply: ``P(stay >= d) = S_hist(d) * S_dep(d) * S_full(d)``.
 
-1. **Habit** ``S_hist`` blends two views of the car's own history, weighted by how much of it there is
-   (``w = exposure / (exposure + exit_blend_h)``): ``S_hist = w * S_exit + (1 - w) * S_len``.
-
-   a. ``S_exit``, *when* this car leaves: a piecewise-constant exit hazard per half-hour of the local
-      day, weekdays and weekends apart (96 bins), estimated as decayed (events, hours parked) per bin
-      from the finished sessions (each session adds its parked hours to every half-hour it covered and
-      one event to the half-hour it ended in). Each bin is shrunk toward the same half-hour on any day,
-      that toward the car's overall exit rate, that toward ``exit_prior_rate_per_h``. Then
-      ``S_exit(d) = exp(-integral of the hazard over [now, now + d])``. This is what captures a
-      commuter leaving at 07:30 whatever time it plugged in, a home worker's daytime errands after
-      days parked, and nights when nobody leaves. Measured on simulated fleets it ranks nodes much
-      better than the session-length view alone (AUC of "stays >= d" 0.74-0.79 -> 0.82-0.89).
-   b. ``S_len``, *how long* its sessions last: the length of a plug-in session is log-normal. Its
-      parameters come from the car's own history of finished sessions, kept per 4-hour block of the
-      local week (42 buckets, each an exponentially decayed mean and variance of ``ln(duration)``, so
-      3 floats per bucket seen), per 4-hour block of the day (6) and for the whole week (1): at most 49
-      small entries per car. Each level is shrunk toward the coarser one by pseudo-counts: prior ->
-      car-wide -> time of day -> week block. The prior depends on ``at_home`` and the local start hour:
-      home in the evening/night lasts until the next morning, home in the day about 2.5 h, work (away,
-      weekday morning) about 7 h, any other away charge about 1 h, unknown 2 h. Given the session
-      already lasted ``a`` seconds the estimate is conditional: ``S(a + d) / S(a)``. It is what a car
-      with little history gets.
+1. **Habit** ``S_hist``: the length of a plug-in session is log-normal. Its parameters come from the car's
+   own history of finished sessions, kept per 4-hour block of the local week (42 buckets, each an
+   exponentially decayed mean and variance of ``ln(duration)``, so 3 floats per bucket seen), per
+   4-hour block of the day (6) and for the whole week (1): at most 49 small entries per car. Each level
+   is shrunk toward the coarser one by pseudo-counts: prior -> car-wide -> time of day -> week block.
+   The prior depends on ``at_home`` and the local start hour: home in the evening/night lasts until
+   the next morning, home in the day about 2.5 h, work (away, weekday morning) about 7 h, any other
+   away charge about 1 h, unknown 2 h. Given the session already lasted ``a`` seconds the estimate is
+   conditional: ``S(a + d) / S(a)``.
 2. **Scheduled departure** ``S_dep``: trusted, with noise. The node is lost ``departure_guard_s``
    before the departure (the guard preempts), and owners leave early or late with a normal error of
    ``departure_sigma_s``: ``S_dep(d) = 1 - Phi((now + d - (dep - guard)) / sigma)``. A departure that
@@ -51,10 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IdleHistory",
     "bucket_of",
-    "exit_bin",
-    "exit_survival",
     "habit_params",
-    "habit_survival",
     "idle_until",
     "prior_params",
     "stay_probability",
@@ -69,11 +53,6 @@ _PRIOR_SIGMA = 0.8
 _ALL = -1  # key of the all-week aggregate
 _TOD = 100  # keys 100..105: the same 4-hour block of the day, any weekday
 _PER_DAY = 24 // BUCKET_HOURS
-EXIT_SLOT_MIN = 30  # resolution of the exit hazard
-_SLOTS = 24 * 60 // EXIT_SLOT_MIN  # per day type
-_SLOT_MS = EXIT_SLOT_MIN * 60_000
-EXIT_DECAY = 0.95  # weight kept by all older exit counts and parked hours at each new session
-_MAX_EXPOSURE_MS = 14 * 86_400_000  # a session longer than this adds exposure for its last 14 days only
 
 
 def _norm_sf(z: float) -> float:
@@ -88,13 +67,6 @@ def _local_hours(ts_ms: int, offset_h: float) -> float:
 
 def bucket_of(ts_ms: int, offset_h: float) -> int:
     return int(_local_hours(ts_ms, offset_h) // BUCKET_HOURS) % N_BUCKETS
-
-
-def exit_bin(ts_ms: int, offset_h: float) -> int:
-    """Exit-hazard bin of a local time: half-hour of the day, + ``_SLOTS`` on Saturday and Sunday."""
-    how = _local_hours(ts_ms, offset_h)
-    slot = int((how % 24.0) * 60.0 // EXIT_SLOT_MIN) % _SLOTS
-    return slot + (_SLOTS if how >= 120.0 else 0)
 
 
 def prior_params(start_ms: int, offset_h: float, at_home: bool | None) -> tuple[float, float]:
@@ -118,31 +90,17 @@ def prior_params(start_ms: int, offset_h: float, at_home: bool | None) -> tuple[
 
 
 class IdleHistory:
-    """The car's own history of plug-in sessions.
+    """Decayed per-bucket statistics of ln(plug-in session duration): ``{bucket: [weight, mean, var]}``."""
 
-    ``stats``: decayed per-bucket statistics of ln(session duration), ``{bucket: [weight, mean, var]}``.
-    ``exits``: decayed exit counts and parked hours per half-hour bin, ``{bin: [events, hours]}``.
-    """
+    __slots__ = ("stats", "sessions")
 
-    __slots__ = ("stats", "sessions", "exits", "_rates")
-
-    def __init__(
-        self,
-        stats: dict[int, list[float]] | None = None,
-        sessions: int = 0,
-        exits: dict[int, list[float]] | None = None,
-    ) -> None:
+    def __init__(self, stats: dict[int, list[float]] | None = None, sessions: int = 0) -> None:
         self.stats: dict[int, list[float]] = stats if stats is not None else {}
         self.sessions = sessions
-        self.exits: dict[int, list[float]] = exits if exits is not None else {}
-        self._rates: tuple[Any, list[float]] | None = None  # cache of the shrunk hazard per bin
 
-    def add(
-        self, start_ms: int, duration_s: float, offset_h: float, decay: float, exit_decay: float = EXIT_DECAY
-    ) -> None:
+    def add(self, start_ms: int, duration_s: float, offset_h: float, decay: float) -> None:
         if duration_s <= 0:
             return
-        self._add_exit(start_ms, start_ms + int(duration_s * 1000), offset_h, exit_decay)
         x = math.log(max(duration_s, 60.0))
         bucket = bucket_of(start_ms, offset_h)
         for key in (bucket, _TOD + bucket % _PER_DAY, _ALL):
@@ -154,44 +112,6 @@ class IdleHistory:
             var = (1.0 - a) * (var + a * delta * delta)
             self.stats[key] = [w, mu, var]
         self.sessions += 1
-
-    def _add_exit(self, start_ms: int, end_ms: int, offset_h: float, decay: float) -> None:
-        exits = self.exits
-        for row in exits.values():
-            row[0] *= decay
-            row[1] *= decay
-        t = max(start_ms, end_ms - _MAX_EXPOSURE_MS)
-        off_ms = int(offset_h * _MS_H)
-        while t < end_ms:
-            nxt = min(end_ms, ((t + off_ms) // _SLOT_MS + 1) * _SLOT_MS - off_ms)
-            row = exits.setdefault(exit_bin(t, offset_h), [0.0, 0.0])
-            row[1] += (nxt - t) / _MS_H
-            t = nxt
-        exits.setdefault(exit_bin(end_ms - 1, offset_h), [0.0, 0.0])[0] += 1.0
-        self._rates = None
-
-    def exposure_h(self) -> float:
-        return sum(row[1] for row in self.exits.values())
-
-    def exit_rates(self, prior_rate: float, k_bin: float, k_car: float) -> list[float]:
-        """Shrunk exit hazard (per hour) of every bin: bin -> same half-hour any day -> car -> prior."""
-        key = (prior_rate, k_bin, k_car)
-        if self._rates is not None and self._rates[0] == key:
-            return self._rates[1]
-        ev = [0.0] * (2 * _SLOTS)
-        hours = [0.0] * (2 * _SLOTS)
-        for b, (e, x) in self.exits.items():
-            if 0 <= b < 2 * _SLOTS:
-                ev[b], hours[b] = e, x
-        car = (sum(ev) + k_car * prior_rate) / (sum(hours) + k_car)
-        rates = [0.0] * (2 * _SLOTS)
-        for slot in range(_SLOTS):
-            we = slot + _SLOTS
-            pooled = (ev[slot] + ev[we] + k_bin * car) / (hours[slot] + hours[we] + k_bin)
-            rates[slot] = (ev[slot] + k_bin * pooled) / (hours[slot] + k_bin)
-            rates[we] = (ev[we] + k_bin * pooled) / (hours[we] + k_bin)
-        self._rates = (key, rates)
-        return rates
 
     def params(self, bucket: int, prior: tuple[float, float], k: float) -> tuple[float, float]:
         """(mu, sigma): prior -> car-wide -> same time of day -> same block of the week, each level
@@ -210,7 +130,6 @@ class IdleHistory:
         return {
             "n": self.sessions,
             "b": [[k, w, m, v] for k, (w, m, v) in sorted(self.stats.items())],
-            "x": [[k, e, h] for k, (e, h) in sorted(self.exits.items())],
         }
 
     @classmethod
@@ -218,9 +137,7 @@ class IdleHistory:
         if not d:
             return cls()
         return cls(
-            {int(row[0]): [float(row[1]), float(row[2]), float(row[3])] for row in d["b"]},
-            int(d["n"]),
-            {int(row[0]): [float(row[1]), float(row[2])] for row in d.get("x", ())},  # absent: older state
+            {int(row[0]): [float(row[1]), float(row[2]), float(row[3])] for row in d["b"]}, int(d["n"])
         )
 
 
@@ -245,36 +162,11 @@ def _ln_sf(t: float, mu: float, sigma: float) -> float:
     return _norm_sf((math.log(t) - mu) / sigma)
 
 
-def exit_survival(
-    history: IdleHistory, duration_s: float, now_ms: int, offset_h: float, cfg: SchedulerConfig
-) -> float:
-    """``S_exit``: exp(-integral of the car's exit hazard by half-hour of the local week over the task)."""
-    rates = history.exit_rates(cfg.exit_prior_rate_per_h, cfg.exit_prior_weight_h, cfg.exit_car_weight_h)
-    off_ms = int(offset_h * _MS_H)
-    t, end, cum = now_ms, now_ms + int(duration_s * 1000), 0.0
-    while t < end and cum < 50.0:
-        nxt = min(end, ((t + off_ms) // _SLOT_MS + 1) * _SLOT_MS - off_ms)
-        cum += rates[exit_bin(t, offset_h)] * (nxt - t) / _MS_H
-        t = nxt
-    return math.exp(-cum)
-
-
-def habit_survival(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
-    """``S_hist``: the exit-hazard view blended with the session-length view by the history's weight."""
-    mu, sigma, elapsed = habit_params(node, now_ms, cfg)
-    s_a = _ln_sf(elapsed, mu, sigma)
-    s_len = min(1.0, _ln_sf(elapsed + duration_s, mu, sigma) / s_a) if s_a > 1e-12 else 1.0
-    exposure = node.history.exposure_h() if node.history.exits else 0.0
-    if exposure <= 0.0:
-        return s_len
-    w = exposure / (exposure + cfg.exit_blend_h)
-    s_exit = exit_survival(node.history, duration_s, now_ms, cfg.utc_offset_h(node.region), cfg)
-    return w * s_exit + (1.0 - w) * s_len
-
-
 def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
     """P(the node is still idle ``duration_s`` seconds after ``now_ms``)."""
-    p = habit_survival(node, duration_s, now_ms, cfg)
+    mu, sigma, elapsed = habit_params(node, now_ms, cfg)
+    s_a = _ln_sf(elapsed, mu, sigma)
+    p = min(1.0, _ln_sf(elapsed + duration_s, mu, sigma) / s_a) if s_a > 1e-12 else 1.0
     dep = node.scheduled_departure
     if dep is not None:
         guard_ms = cfg.departure_guard_s * 1000.0
