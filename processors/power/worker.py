@@ -107,11 +107,17 @@ SESSION_TIMEOUT_S = 10.0
 # partition per request and makes the sender (and faust's producer buffer, and with it the consumer)
 # wait when a partition's batch is full: 256 KB batches instead of 16 KB.
 PRODUCER_MAX_BATCH_SIZE = 262_144
+# Events are acked a checkpoint at a time, thousands at once under load: faust's count-triggered
+# commit (``broker_commit_every``, 500 acks) would then run inline in its message drain loop at every
+# checkpoint and hold up the delivery of events for a producer flush and a commit round trip. Commits
+# come from the 1 s ``broker_commit_interval`` timer instead, which runs beside it.
+COMMIT_EVERY = 10_000_000
 app = create_app(
     PROCESSOR,
     settings,
     broker_session_timeout=SESSION_TIMEOUT_S,
     producer_max_batch_size=PRODUCER_MAX_BATCH_SIZE,
+    broker_commit_every=COMMIT_EVERY,
 )
 codec = AgentCodec(app, settings, PROCESSOR)
 events_topic = codec.topic(EVENTS_TOPIC)
@@ -139,6 +145,7 @@ detectors = DetectorCache(config, _load, _wall_us)
 # not interleave with a batch, and a checkpoint must see no batch between checking that every output
 # is in Kafka and writing the states.
 _lock = asyncio.Lock()
+_checkpoint_lock = asyncio.Lock()
 _scanned_actives: frozenset[Any] | None = None
 # Input partition -> (offset, record timestamp µs) of the last event processed; site -> its partition.
 _progress: dict[int, tuple[int, int]] = {}
@@ -213,16 +220,40 @@ def _observe_latency(decided_at: float, fut: asyncio.Future[Any]) -> None:
         DETECTION_LATENCY.observe(max(0.0, time.time() - decided_at))
 
 
-def _write_state(site_id: str, event: faust.EventT, value: bytes) -> Awaitable[Any]:
-    """Write a site's state to the table with the site's own event current: RocksDB (the partition's
-    database) and the changelog (the event's partition, i.e. the site's input partition). This is
-    ``Table.__setitem__`` (``on_key_set`` + store write) except that the changelog future is returned,
-    so that the batch is acked only once Kafka has the record; the key TTL and table sensors it skips
-    are unused here."""
+def _store_state(site_id: str, event: faust.EventT, value: bytes) -> None:
+    """Write a site's state to the table's RocksDB store, in the database of the site's partition (the
+    store takes it from the current event). Its changelog record is sent by ``_send_changelog``."""
     _enter(event)
-    fut = sites.send_changelog(event.message.partition, site_id, value)
     sites.data[site_id] = value
-    return fut
+
+
+async def _send_changelog(states: list[tuple[str, int, bytes]]) -> list[Awaitable[Any]]:
+    """Send the changelog records of stored states (site_id, input partition, value) to the site's own
+    partition; returns their delivery futures.
+
+    ``table[key] = value`` is ``Table.on_key_set`` (``send_changelog`` + key TTL + sensors) + the
+    store write; this is the same minus the unused TTL and sensors, with two differences:
+    ``send_changelog`` puts the record in faust's ``ProducerBuffer``, which hands records to aiokafka
+    one at a time and makes faust's consumer stop delivering events while it holds over 100 of them
+    (``ProducerBuffer.wait_until_ebb``) -- a checkpoint of hundreds of states would stall detection
+    -- and it does not return the delivery future to wait for. The record carries the table's own
+    callback, which stores the changelog offset in RocksDB for recovery, as ``send_changelog`` does.
+    Yields to the event loop now and then so that batches go on while a big checkpoint is sent."""
+    topic = sites.changelog_topic
+    futures = []
+    for i, (site_id, partition, value) in enumerate(states, 1):
+        fut = await topic.send(
+            key=site_id,
+            value=value,
+            partition=partition,
+            key_serializer=sites.key_serializer,
+            value_serializer=sites.value_serializer,
+            callback=sites._on_changelog_sent,
+        )
+        futures.append(fut)
+        if i % 64 == 0:
+            await asyncio.sleep(0)
+    return futures
 
 
 class _Unsaved:
@@ -347,36 +378,40 @@ async def _outputs_durable(unsaved: _Unsaved) -> bool:
 
 
 async def _checkpoint() -> None:
-    """Steps 4-5: once every output so far is in Kafka, write every dirty site's state once; ack the
-    unsaved events once Kafka has those changelog records too. The acks wait in the background (up
-    to MAX_UNCONFIRMED checkpoints, acked in order) while the agent goes on."""
-    await _outputs_durable(_unsaved)  # mostly long done: wait outside the lock, the agent goes on
-    async with _lock:  # nothing applied to the detectors while we make sure and write
-        if not _unsaved.events:
-            return
-        while not await _outputs_durable(_unsaved):
-            pass
-        started = time.perf_counter()
-        changelog = []
-        for site_id, event in _unsaved.dirty.items():
-            _enter(event)
-            det = detectors.get(site_id)  # in memory (only a revoke drops detectors, and clears this)
-            partition = event.message.partition
-            known = _site_partition.get(site_id)
-            if known is not None and known != partition:
-                log.error("power_site_partition_changed", site_id=site_id, before=known, now=partition)
-            _site_partition[site_id] = partition
-            changelog.append(_write_state(site_id, event, encode_state(det)))
-        events = _unsaved.events
-        _unsaved.clear()
-        STATE_WRITES.inc(len(changelog))
+    """Steps 4-6: once every output so far is in Kafka, store every dirty site's state once and send
+    its changelog record; ack the unsaved events once Kafka has those records too. The acks wait in
+    the background (up to MAX_UNCONFIRMED checkpoints, acked in order) while the agent goes on."""
+    async with _checkpoint_lock:  # the agent and the timer: one checkpoint at a time, in order
+        await _outputs_durable(_unsaved)  # mostly long done: wait outside the lock, batches go on
+        async with _lock:  # no batch applied between making sure and storing
+            if not _unsaved.events:
+                return
+            while not await _outputs_durable(_unsaved):
+                pass
+            started = time.perf_counter()
+            states = []
+            for site_id, event in _unsaved.dirty.items():
+                _enter(event)
+                det = detectors.get(site_id)  # in memory (a revoke drops detectors, and clears this)
+                partition = event.message.partition
+                known = _site_partition.get(site_id)
+                if known is not None and known != partition:
+                    log.error("power_site_partition_changed", site_id=site_id, before=known, now=partition)
+                _site_partition[site_id] = partition
+                value = encode_state(det)
+                _store_state(site_id, event, value)
+                states.append((site_id, partition, value))
+            events = _unsaved.events
+            _unsaved.clear()
+        changelog = await _send_changelog(states)
+        STATE_WRITES.inc(len(states))
         CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
-    while _unconfirmed and _unconfirmed[0].done():
-        _unconfirmed.popleft().result()
-    if len(_unconfirmed) >= MAX_UNCONFIRMED:
-        await _unconfirmed.popleft()
-    after = _unconfirmed[-1] if _unconfirmed else None
-    _unconfirmed.append(asyncio.ensure_future(_confirm(events, changelog, after)))
+        while _unconfirmed and _unconfirmed[0].done():
+            _unconfirmed.popleft().result()
+        if len(_unconfirmed) >= MAX_UNCONFIRMED:
+            await _unconfirmed.popleft()
+        after = _unconfirmed[-1] if _unconfirmed else None
+        _unconfirmed.append(asyncio.ensure_future(_confirm(events, changelog, after)))
 
 
 async def _confirm(events: list[faust.EventT], changelog: list[Awaitable[Any]], after: Any) -> None:

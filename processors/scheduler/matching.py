@@ -612,7 +612,9 @@ class Scheduler:
         if not names or names == [task.pool]:  # nowhere else to go (yet): look again later
             task.hops += 1
             self._dirty_tasks.add(task.task_id)
-            self._push(self._spill_at(task), "spill", task.task_id)
+            # The backoff caps at 32x, so _spill_at stops moving: never schedule at or before now.
+            later = max(self._spill_at(task), now + int(self.cfg.spill_after_s * 1000))
+            self._push(later, "spill", task.task_id)
             return
         nxt = names[(names.index(task.pool) + 1) % len(names)] if task.pool in names else names[0]
         self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)

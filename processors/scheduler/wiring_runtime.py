@@ -62,6 +62,8 @@ class WorkerKnobs:
     hold_max: int = 16  # status reports held per task while its pool is unknown
     linger_s: float = 0.003  # producer batching delay per hop
     session_timeout_s: float = 10.0  # consumer group session: how long a dead worker keeps partitions
+    route_batch_max: int = 5000  # telemetry records routed per producer flush + offset commit
+    route_linger_ms: float = 1.0  # the telemetry router's producer batching delay
 
 
 _KNOBS = {f.name for f in dataclasses.fields(WorkerKnobs)}

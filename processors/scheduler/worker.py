@@ -65,6 +65,7 @@ from processors.scheduler.matching import Scheduler, pool_for_request
 from processors.scheduler.records import HANDOFF as HANDOFF_TOPIC
 from processors.scheduler.records import LIFECYCLE_TOPIC, Out
 from processors.scheduler.tasks import assignment_id_for
+from processors.scheduler.wiring_router import BatchProducer, TelemetryRouter
 from processors.scheduler.wiring_runtime import (
     BATCH_SECONDS,
     BATCH_SIZE,
@@ -133,7 +134,6 @@ app = create_app(
 codec = AgentCodec(app, settings, PROCESSOR)
 serde = AvroSerde(codec.serde.registry, raw_timestamps=True)  # epoch-ms ints, as the scheduler wants
 
-telemetry_topic = codec.topic(TELEMETRY_TOPIC)
 task_topics = app.topic(
     REQUESTS_TOPIC, STATUS_TOPIC, LIFECYCLE_TOPIC,
     key_type=bytes, value_type=bytes,
@@ -148,6 +148,7 @@ state_table = app.Table(
     partitions=PARTITIONS, store="memory://scheduler", extra_topic_configs=_CHANGELOG_CONFIG,
     help="<partition>/n/<vin>, <partition>/t/<task_id>, journal: the pool schedulers' state",
 )  # fmt: skip
+STATE_CHANGELOG = f"{app.conf.id}-state-changelog"  # faust's name for table ``state``'s changelog
 routes = app.Table(
     "routes", default=None, key_type=bytes, value_type=bytes,
     partitions=PARTITIONS, store="memory://scheduler", extra_topic_configs=_CHANGELOG_CONFIG,
@@ -202,21 +203,35 @@ def _region(value: bytes) -> str:
     return str(serde.decode(TELEMETRY_TOPIC, value)["region"] or "")
 
 
-@app.agent(telemetry_topic, concurrency=1)
-async def route_telemetry(stream: faust.StreamT) -> None:
-    routed = ROUTED.labels(topic=TELEMETRY_TOPIC)
-    async for event in stream.events():
-        msg = event.message
-        try:
-            pool = _region(msg.value)
-        except SerializationError as exc:
-            DEAD_LETTERED.labels(kind=exc.kind).inc()
-            await codec.dead_letter(msg, exc.kind, str(exc))
-            continue
-        await bypool_topic.send(
-            key=pool.encode(), value=pack(TELEMETRY, msg.value, msg.partition, msg.offset)
-        )
-        routed.inc()
+def _start_router() -> TelemetryRouter:
+    router = TelemetryRouter(
+        settings, _region, serde.encode, session_timeout_s=knobs.session_timeout_s,
+        batch_max=knobs.route_batch_max, linger_ms=knobs.route_linger_ms, processor=PROCESSOR,
+    )  # fmt: skip
+    router.start()
+    return router
+
+
+_router: TelemetryRouter | None = None
+
+
+@app.task
+async def _run_router() -> None:
+    """The telemetry route runs in a thread (``wiring_router``); stop the worker if it dies."""
+    global _router
+    _router = _start_router()
+    while not app.should_stop:
+        await asyncio.sleep(0.5)
+        if not _router.is_alive() and not _router.stopping.is_set():
+            log.error("scheduler_router_died", error=repr(_router.failed))
+            await app.crash(RuntimeError(f"telemetry router died: {_router.failed!r}"))
+            return
+
+
+@app.on_before_shutdown.connect
+async def _stop_router(sender: Any, **kwargs: Any) -> None:
+    if _router is not None:
+        await asyncio.to_thread(_router.stop)
 
 
 def _route_of(task_id: str) -> dict[str, Any]:
@@ -328,14 +343,25 @@ def _rebuild(partition: int) -> PartitionState:
     return state
 
 
+_batch_producer: BatchProducer | None = None
+
+
+def _out() -> BatchProducer:
+    global _batch_producer
+    if _batch_producer is None:
+        _batch_producer = BatchProducer(settings, linger_ms=knobs.linger_s * 1000)
+    return _batch_producer
+
+
 def _send_changelog(partition: int, key: bytes, value: bytes | None) -> None:
+    """One record of table ``state``'s changelog (faust's own topic, which it restores from), written
+    through our producer: flushed before the batch is acked, so before faust commits its inputs."""
     store = _store()
     if value is None:
         store._key_partition.pop(key, None)
-        state_table.send_changelog(partition, key, None, value_serializer="raw")
     else:
         store._key_partition[key] = partition  # so faust drops it when the partition goes elsewhere
-        state_table.send_changelog(partition, key, value)
+    _out().produce(STATE_CHANGELOG, key, value, partition)
 
 
 def _dispatch(sched: Scheduler, env: Envelope, pool: str) -> list[Out]:
@@ -423,22 +449,30 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
             outs.extend(o)
             dead.extend(d)
         emitted: Counter[str] = Counter()
+        out_producer, encode = _out(), codec.serde.encode
+        via_faust = bool(dead)
         for out in outs:
             if out.topic == HANDOFF_TOPIC:
                 await bypool_topic.send(key=out.key.encode(), value=pack(HANDOFF, orjson.dumps(out.value)))
+                via_faust = True
             else:
-                await codec.send(out.topic, out.key, out.value)
+                out_producer.produce(out.topic, out.key.encode(), encode(out.topic, out.value))
             emitted[out.topic] += 1
         for source, kind, error in dead:
             DEAD_LETTERED.labels(kind=kind).inc()
             await codec.dead_letter(source, kind, error)
-        if outs or dead:
-            await app.producer.flush()  # outputs durable before the state that produced them
+        # Outputs durable before the state that produced them.
+        if via_faust:
+            await app.producer.flush()
+        if outs:
+            await asyncio.to_thread(out_producer.flush)
         for partition in by_partition:
             state = states[partition]
             state.persist(_store().data, _send_changelog)
             for what, n in state.counter_deltas():
                 DECISIONS.labels(what=what).inc(n)
+        # State durable before faust acks the batch and may commit its input offsets.
+        await asyncio.to_thread(out_producer.flush)
     except BaseException:
         for partition in by_partition:  # memory is ahead of what is durable: restore from the table
             states.pop(partition, None)

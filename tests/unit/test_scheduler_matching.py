@@ -164,6 +164,18 @@ def test_any_region_task_spills_to_the_next_pool() -> None:
     assert h.holder("any") == "W"
 
 
+def test_any_region_task_with_one_pool_waits_without_spinning() -> None:
+    # Regression: past the 32x backoff cap the spill timer re-fired at the same instant forever.
+    h = Harness(cfg(pools=("us-east",), spill_after_s=60))
+    h.s.on_request(req("lonely", T0, region=None), pool="us-east")
+    for hour in range(1, 6):
+        h.tick(T0 + hour * 3600 * S)  # returns: each tick handles a bounded number of timers
+    assert h.s.queue("us-east") == ["lonely"]
+    h.tel("E", T0 + 5 * 3600 * S + 1, region="us-east")
+    h.tick(T0 + 5 * 3600 * S + 2)
+    assert h.holder("lonely") == "E"
+
+
 def test_spill_to_a_pool_of_another_instance_is_a_handoff() -> None:
     config = cfg(pools=("us-east", "us-west"), local_pools=frozenset({"us-east"}), spill_after_s=60)
     a, b = Scheduler(config), Scheduler(cfg(pools=("us-east", "us-west"), local_pools=frozenset({"us-west"})))

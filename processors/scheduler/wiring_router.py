@@ -1,0 +1,187 @@
+"""The telemetry route of the scheduler worker on plain confluent-kafka, in a thread of the worker.
+
+``fleet.telemetry.v1`` (key vin) -> ``carnival-scheduler-bypool`` (key = region), envelope ``T``. In
+faust this hop cost two Python-level Kafka operations per event (aiokafka fetch + faust send through its
+producer buffer, a future per message); here librdkafka batches both sides in C and the Python work per
+record is a region peek and a ``produce`` call.
+
+At-least-once, the same guarantee faust gave: a batch of records is consumed, produced, the producer is
+flushed (every record acknowledged by all replicas), and only then are the batch's input offsets
+committed (synchronously, before the next ``consume``, so a rebalance never hands over a partition with
+routed-but-uncommitted records). A crash replays at most the uncommitted batch: duplicates on the pool
+topic, which the scheduler ignores (same vin and ts = duplicate, older ts = late). Order per vin is kept:
+one input partition is routed by one thread, and the idempotent producer keeps per-partition order.
+
+Consumer group ``carnival-scheduler-router`` (its own group: the router is stateless, so its partitions
+may be split differently from the faust group's), same session timeout as the faust consumer so a
+SIGKILLed worker's telemetry partitions move to the others as fast as its pool partitions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Producer as RawProducer
+
+from carnival.metrics import RECORDS_REJECTED
+from carnival.settings import Settings
+from processors.scheduler.wiring_runtime import (
+    BYPOOL_TOPIC,
+    DEAD_LETTERED,
+    ROUTED,
+    TELEMETRY,
+    TELEMETRY_TOPIC,
+    pack,
+)
+from streams.deadletter import deadletter_record
+from streams.exceptions import SerializationError
+from streams.kafka import Producer, make_consumer, producer_config
+from streams.topics import DEADLETTER_TOPIC
+
+log = structlog.get_logger(__name__)
+
+ROUTER_GROUP = "carnival-scheduler-router"
+
+
+class TelemetryRouter(threading.Thread):
+    """Consume telemetry, produce it to the pool topic keyed by region, commit after the flush."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        region_of: Callable[[bytes], str],
+        encode: Callable[[str, dict[str, Any]], bytes],
+        *,
+        session_timeout_s: float = 10.0,
+        batch_max: int = 5000,
+        linger_ms: float = 1.0,
+        processor: str = "scheduler",
+    ) -> None:
+        super().__init__(name="scheduler-telemetry-router", daemon=True)
+        self.settings = settings
+        self.region_of = region_of
+        self.encode = encode
+        self.session_timeout_s = session_timeout_s
+        self.batch_max = batch_max
+        self.linger_ms = linger_ms
+        self.processor = processor
+        self.stopping = threading.Event()
+        self.failed: BaseException | None = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # the worker's watchdog sees it (``failed``) and stops the process
+            self.failed = exc
+            log.exception("scheduler_router_failed")
+
+    def _run(self) -> None:
+        session_ms = int(self.session_timeout_s * 1000)
+        consumer = make_consumer(
+            self.settings,
+            group_id=ROUTER_GROUP,
+            **{
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(session_ms // 4, 100),
+                "fetch.wait.max.ms": 10,
+                "partition.assignment.strategy": "cooperative-sticky",
+            },
+        )
+        producer = Producer(self.settings, **{"linger.ms": self.linger_ms, "compression.type": "none"})
+        consumer.subscribe([TELEMETRY_TOPIC])
+        routed = ROUTED.labels(topic=TELEMETRY_TOPIC)
+        log.info("scheduler_router_started", group=ROUTER_GROUP)
+        try:
+            while not self.stopping.is_set():
+                first = consumer.poll(0.1)  # returns as soon as one record is there
+                if first is None:
+                    continue
+                msgs = [first, *consumer.consume(self.batch_max - 1, 0)]
+                positions: dict[tuple[str, int], int] = {}
+                n = 0
+                for msg in msgs:
+                    if msg.error():
+                        log.warning("scheduler_router_consume_error", error=str(msg.error()))
+                        continue
+                    value, part, off = msg.value(), msg.partition(), msg.offset()
+                    positions[(msg.topic(), part)] = off + 1
+                    try:
+                        pool = self.region_of(value)
+                    except SerializationError as exc:
+                        self._dead_letter(producer, msg, exc.kind, str(exc))
+                        continue
+                    producer.produce(BYPOOL_TOPIC, pack(TELEMETRY, value, part, off), pool.encode())
+                    n += 1
+                if not positions:
+                    continue
+                while producer.flush(10.0):  # all acknowledged before the offsets move past them
+                    if self.stopping.is_set():
+                        return  # not committed: replayed by whoever gets the partitions
+                try:
+                    consumer.commit(
+                        offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                        asynchronous=False,
+                    )
+                except KafkaException as exc:  # e.g. revoked meanwhile: the new owner replays them
+                    log.warning("scheduler_router_commit_failed", error=str(exc))
+                routed.inc(n)
+        finally:
+            producer.flush(10.0)
+            consumer.close()  # leaves the group: the partitions move now, not after the session timeout
+            log.info("scheduler_router_stopped")
+
+    def _dead_letter(self, producer: Producer, msg: Any, kind: str, error: str) -> None:
+        DEAD_LETTERED.labels(kind=kind).inc()
+        RECORDS_REJECTED.labels(topic=msg.topic(), kind=kind).inc()
+        log.warning("record_dead_lettered", topic=msg.topic(), partition=msg.partition(),
+                    offset=msg.offset(), kind=kind, error=error, processor=self.processor)  # fmt: skip
+        record = deadletter_record(
+            msg.topic(), kind, error, value=msg.value(), key=msg.key(),
+            partition=msg.partition(), offset=msg.offset(), processor=self.processor,
+        )  # fmt: skip
+        producer.produce(DEADLETTER_TOPIC, self.encode(DEADLETTER_TOPIC, record), msg.topic().encode())
+
+
+
+class BatchProducer:
+    """confluent-kafka producer of the ``schedule`` agent's outputs and state-changelog records.
+
+    faust's producer costs tens of µs of Python per record (a future, a buffer slot, a callback); here a
+    record is one ``produce`` call and a batch ends with one ``flush`` (waited for in a thread, so the
+    event loop keeps fetching and heart-beating). Idempotent, acks from all replicas, order kept per
+    partition. Any delivery failure fails the batch (``flush`` raises), like a failed faust send did.
+    """
+
+    def __init__(self, settings: Settings, linger_ms: float = 1.0) -> None:
+        config = producer_config(settings, **{"linger.ms": linger_ms, "compression.type": "none",
+                                              "delivery.report.only.error": True})  # fmt: skip
+        self._producer = RawProducer(config)
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition=partition, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Block until every record is acknowledged; raise if any failed. Run it off the event loop."""
+        remaining = self._producer.flush(timeout)
+        if self._errors or remaining:
+            errors, self._errors = self._errors, []
+            raise KafkaException(f"{remaining} records unacknowledged, failed: {errors[:5]}")
