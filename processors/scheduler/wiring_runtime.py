@@ -64,6 +64,8 @@ class WorkerKnobs:
     session_timeout_s: float = 10.0  # consumer group session: how long a dead worker keeps partitions
     route_batch_max: int = 5000  # telemetry records routed per producer flush + offset commit
     route_linger_ms: float = 1.0  # the telemetry router's producer batching delay
+    gc_freeze_s: float = 10.0  # freeze the surviving heap this often (0 = off; see worker._gc_maintenance)
+    gc_full_s: float = 1800.0  # full collection of everything, frozen too, this often (0 = never)
 
 
 _KNOBS = {f.name for f in dataclasses.fields(WorkerKnobs)}

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import gc
 import time
 from collections import Counter, defaultdict
 from types import SimpleNamespace
@@ -175,7 +176,22 @@ _faust_first_start = app.on_first_start
 
 async def _on_first_start() -> None:
     await asyncio.to_thread(_declare_bypool_topic)
+    _chain_producer_flush()
     await _faust_first_start()
+
+
+def _chain_producer_flush() -> None:
+    """faust flushes its producer before it commits input offsets (and before ``schedule`` returns
+    from a batch with hand-offs or dead letters); make that flush wait for ``_out()`` too, so no input
+    offset is committed before the state records and outputs of its batch are acknowledged."""
+    producer = app.producer
+    faust_flush = producer.flush
+
+    async def _flush_all() -> None:
+        await faust_flush()
+        await asyncio.to_thread(_out().flush)
+
+    producer.flush = _flush_all  # type: ignore[method-assign]
 
 
 app.on_first_start = _on_first_start  # type: ignore[method-assign]
@@ -436,6 +452,9 @@ def _run_partition(
             return outs, dead
 
 
+SLOW_BATCH_S = 0.05
+
+
 async def _schedule_batch(events: list[faust.EventT]) -> None:
     started = time.perf_counter()
     by_partition: dict[int, list[faust.EventT]] = defaultdict(list)
@@ -462,17 +481,21 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
             DEAD_LETTERED.labels(kind=kind).inc()
             await codec.dead_letter(source, kind, error)
         # Outputs durable before the state that produced them.
+        t_run = time.perf_counter()
+        # Outputs durable before the state that produced them. The same flush also settles the state
+        # records of earlier batches; a batch without outputs does not wait for the broker at all.
         if via_faust:
-            await app.producer.flush()
-        if outs:
+            await app.producer.flush()  # (patched: flushes ``out_producer`` too)
+        elif outs:
             await asyncio.to_thread(out_producer.flush)
+        t_out = time.perf_counter()
         for partition in by_partition:
             state = states[partition]
             state.persist(_store().data, _send_changelog)
             for what, n in state.counter_deltas():
                 DECISIONS.labels(what=what).inc(n)
-        # State durable before faust acks the batch and may commit its input offsets.
-        await asyncio.to_thread(out_producer.flush)
+        # The state records are in flight when faust acks the batch: faust flushes its producer before
+        # it commits input offsets, and that flush waits for ``out_producer`` too (``_flush_all``).
     except BaseException:
         for partition in by_partition:  # memory is ahead of what is durable: restore from the table
             states.pop(partition, None)
@@ -480,7 +503,13 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
     for topic, n in emitted.items():
         OUTPUTS.labels(topic=topic).inc(n)
     BATCH_SIZE.observe(len(events))
-    BATCH_SECONDS.observe(time.perf_counter() - started)
+    ended = time.perf_counter()
+    BATCH_SECONDS.observe(ended - started)
+    if ended - started > SLOW_BATCH_S:
+        log.info("scheduler_slow_batch", events=len(events), outputs=len(outs),
+                    ms=round((ended - started) * 1000, 1), run_ms=round((t_run - started) * 1000, 1),
+                    flush_outputs_ms=round((t_out - t_run) * 1000, 1),
+                    persist_ms=round((ended - t_out) * 1000, 1))  # fmt: skip
 
 
 @app.agent(bypool_topic, concurrency=1)
@@ -495,8 +524,30 @@ def _owned_partitions() -> list[int]:
     return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == BYPOOL_TOPIC)
 
 
+_gc_state = {"frozen_at": time.monotonic(), "full_at": time.monotonic()}
+
+
+def _gc_maintenance() -> None:
+    """Keep the cyclic GC off the scheduler state. 20k nodes are millions of long-lived objects, and a
+    full (generation 2) collection walks all of them: 100+ ms on this machine, straight into the match
+    latency tail. So the surviving heap is frozen (``gc.freeze``: out of the collector's view) every
+    ``gc_freeze_s`` after a cheap young collection; a full collection of everything runs once per
+    ``gc_full_s`` to reclaim cycles that died while frozen (rare: state is acyclic dicts and lists)."""
+    now = time.monotonic()
+    if knobs.gc_full_s and now - _gc_state["full_at"] >= knobs.gc_full_s:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        _gc_state["full_at"] = _gc_state["frozen_at"] = now
+    elif knobs.gc_freeze_s and now - _gc_state["frozen_at"] >= knobs.gc_freeze_s:
+        gc.collect(1)
+        gc.freeze()
+        _gc_state["frozen_at"] = now
+
+
 @app.timer(interval=knobs.tick_s)
 async def tick() -> None:
+    _gc_maintenance()
     if app.rebalancing or not app.tables.recovery.completed.is_set():
         return
     now = time.time_ns() // 1_000_000
@@ -526,3 +577,4 @@ async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
 log.info("scheduler_worker_configured", partitions=PARTITIONS, knobs=dataclasses.asdict(knobs),
          ranking=config.ranking, pools=list(config.pools), lease_s=config.lease_s,
          claim_timeout_s=config.claim_timeout_s, deadletter_topic=DEADLETTER_TOPIC)  # fmt: skip
+

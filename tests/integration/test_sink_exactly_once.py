@@ -1,7 +1,7 @@
 """The sink lands every Kafka record exactly once although it is SIGKILLed again and again mid-stream.
 
 200k records (telemetry + emulator actions, unique ids) are produced while the sink runs as a real
-subprocess (``python -m sinks.worker``) that is SIGKILLed every 1.5-3 s and restarted; afterwards the
+subprocess (``python -m sinks.worker``) that is SIGKILLed repeatedly (each time soon after it landed rows) and restarted; afterwards the
 rows in ClickHouse are compared with the delivery reports: same ids, same (partition, offset), once.
 """
 
@@ -154,7 +154,14 @@ def test_sigkill_repeatedly_every_record_exactly_once(
     landed_at_kill = []
     try:
         for _ in range(KILLS):
-            time.sleep(rng.uniform(1.5, 3.0))
+            # Kill only once this incarnation has landed something (a slow start on a busy machine would
+            # otherwise kill it before its first insert), then at a random moment shortly after.
+            before = landed_at_kill[-1] if landed_at_kill else 0
+            progress_deadline = time.monotonic() + 60
+            while _landed(client, run) <= before and time.monotonic() < progress_deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.2, 1.5))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             landed_at_kill.append(_landed(client, run))
