@@ -1,8 +1,9 @@
 """The sink lands every Kafka record exactly once although it is SIGKILLed again and again mid-stream.
 
 200k records (telemetry + emulator actions, unique ids) are produced while the sink runs as a real
-subprocess (``python -m sinks.worker``) that is SIGKILLed repeatedly (each time soon after it landed rows) and restarted; afterwards the
-rows in ClickHouse are compared with the delivery reports: same ids, same (partition, offset), once.
+subprocess (``python -m sinks.worker``) that is SIGKILLed repeatedly, each time soon after it landed
+rows, and restarted; afterwards the rows in ClickHouse are compared with the delivery reports: same
+ids, same (partition, offset), once.
 """
 
 from __future__ import annotations
