@@ -25,6 +25,7 @@ from fastavro import schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
 import schemas
+from streams.avro_codegen import zigzag
 from streams.exceptions import SerializationError
 from streams.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 
@@ -115,17 +116,6 @@ class WriterSchemas:
         buf = BytesIO()
         schemaless_writer(buf, schemas.schema_for(topic), record)
         return ws, buf.getvalue()
-
-
-def zigzag(n: int) -> bytes:
-    """Avro's long encoding."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def datum_prefix(topic: str, partition: int) -> bytes:

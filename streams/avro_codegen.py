@@ -22,7 +22,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNITS = {"timestamp-millis": timedelta(milliseconds=1), "timestamp-micros": timedelta(microseconds=1)}
 
 
-def _zigzag(n: int) -> bytes:
+def zigzag(n: int) -> bytes:
+    """Avro's long encoding (zigzag varint)."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n > 0x7F:
@@ -36,7 +37,7 @@ class _Gen:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.env: dict[str, Any] = {
-            "_z": _zigzag,
+            "_z": zigzag,
             "_d": struct.Struct("<d").pack,
             "_f": struct.Struct("<f").pack,
             "_EPOCH": _EPOCH,
@@ -71,7 +72,7 @@ class _Gen:
                 named[t["name"]] = t
                 if "namespace" in t:
                     named[f"{t['namespace']}.{t['name']}"] = t
-                table = {s: bytes([i * 2]) if i < 64 else _zigzag(i) for i, s in enumerate(t["symbols"])}
+                table = {s: bytes([i * 2]) if i < 64 else zigzag(i) for i, s in enumerate(t["symbols"])}
                 add(f"{ind}o += {self.name('e', table)}[{var}]")
                 return
             logical = t.get("logicalType")

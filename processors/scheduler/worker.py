@@ -189,7 +189,7 @@ def _chain_producer_flush() -> None:
 
     async def _flush_all() -> None:
         await faust_flush()
-        await asyncio.to_thread(_out().flush)
+        await _settle_state_writes()
 
     producer.flush = _flush_all  # type: ignore[method-assign]
 
@@ -369,15 +369,12 @@ def _out() -> BatchProducer:
     return _batch_producer
 
 
-def _send_changelog(partition: int, key: bytes, value: bytes | None) -> None:
-    """One record of table ``state``'s changelog (faust's own topic, which it restores from), written
-    through our producer: flushed before the batch is acked, so before faust commits its inputs."""
-    store = _store()
+def _track_key(partition: int, key: bytes, value: bytes | None) -> None:
+    """faust's memory store maps keys to partitions, to drop them when a partition goes elsewhere."""
     if value is None:
-        store._key_partition.pop(key, None)
+        _store()._key_partition.pop(key, None)
     else:
-        store._key_partition[key] = partition  # so faust drops it when the partition goes elsewhere
-    _out().produce(STATE_CHANGELOG, key, value, partition)
+        _store()._key_partition[key] = partition
 
 
 def _dispatch(sched: Scheduler, env: Envelope, pool: str) -> list[Out]:
@@ -453,9 +450,41 @@ def _run_partition(
 
 
 SLOW_BATCH_S = 0.05
+MAX_PENDING_WRITES = 16  # batches whose state write may wait for their outputs' acks (backpressure)
+
+# The state write of the last batch: a task that waits for the batch's outputs to be acknowledged,
+# then produces its state records (after those of every earlier batch: it awaits the previous one).
+_pending_write: asyncio.Future[None] | None = None
+_pending_count = 0
+
+
+async def _write_state(
+    previous: asyncio.Future[None] | None, wait_outputs: bool, writes: list[tuple[int, bytes, bytes | None]]
+) -> None:
+    global _pending_count
+    try:
+        if previous is not None:
+            await previous  # journal order: batch k's records after batch k-1's (fails if it failed)
+        if wait_outputs:
+            await asyncio.to_thread(_out().flush)  # outputs durable before the state that produced them
+        producer = _out()
+        for partition, key, value in writes:
+            producer.produce(STATE_CHANGELOG, key, value, partition)
+    finally:
+        _pending_count -= 1
+
+
+async def _settle_state_writes() -> None:
+    """Every state write queued so far produced and acknowledged (raises if one failed)."""
+    if _pending_write is not None:
+        await asyncio.shield(_pending_write)
+    await asyncio.to_thread(_out().flush)
 
 
 async def _schedule_batch(events: list[faust.EventT]) -> None:
+    global _pending_write, _pending_count
+    if _pending_write is not None and _pending_write.done() and _pending_write.exception():
+        raise RuntimeError("a state write failed") from _pending_write.exception()
     started = time.perf_counter()
     by_partition: dict[int, list[faust.EventT]] = defaultdict(list)
     for event in events:
@@ -480,22 +509,29 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
         for source, kind, error in dead:
             DEAD_LETTERED.labels(kind=kind).inc()
             await codec.dead_letter(source, kind, error)
-        # Outputs durable before the state that produced them.
-        t_run = time.perf_counter()
-        # Outputs durable before the state that produced them. The same flush also settles the state
-        # records of earlier batches; a batch without outputs does not wait for the broker at all.
-        if via_faust:
-            await app.producer.flush()  # (patched: flushes ``out_producer`` too)
-        elif outs:
-            await asyncio.to_thread(out_producer.flush)
-        t_out = time.perf_counter()
+        if via_faust:  # (rare) hand-offs and dead letters went through faust's producer: wait here
+            await app.producer.flush()  # (chained: settles ``out_producer`` and earlier state writes)
+        writes: list[tuple[int, bytes, bytes | None]] = []
+
+        def _record(partition: int, key: bytes, value: bytes | None) -> None:
+            _track_key(partition, key, value)
+            writes.append((partition, key, value))
+
         for partition in by_partition:
             state = states[partition]
-            state.persist(_store().data, _send_changelog)
+            state.persist(_store().data, _record)  # the table now; the changelog once outputs are acked
             for what, n in state.counter_deltas():
                 DECISIONS.labels(what=what).inc(n)
-        # The state records are in flight when faust acks the batch: faust flushes its producer before
-        # it commits input offsets, and that flush waits for ``out_producer`` too (``_flush_all``).
+        if writes or (outs and not via_faust):
+            # Not awaited: the next batch runs while this one's outputs travel. Its events are acked when
+            # this returns, but faust commits their offsets only after its producer flush, which settles
+            # every queued state write first (``_flush_all``); a crash before that replays the batch.
+            _pending_count += 1
+            _pending_write = asyncio.ensure_future(
+                _write_state(_pending_write, bool(outs) and not via_faust, writes)
+            )
+        if _pending_count > MAX_PENDING_WRITES and _pending_write is not None:
+            await asyncio.shield(_pending_write)  # the broker is behind: stop running ahead of it
     except BaseException:
         for partition in by_partition:  # memory is ahead of what is durable: restore from the table
             states.pop(partition, None)
@@ -507,9 +543,7 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
     BATCH_SECONDS.observe(ended - started)
     if ended - started > SLOW_BATCH_S:
         log.info("scheduler_slow_batch", events=len(events), outputs=len(outs),
-                    ms=round((ended - started) * 1000, 1), run_ms=round((t_run - started) * 1000, 1),
-                    flush_outputs_ms=round((t_out - t_run) * 1000, 1),
-                    persist_ms=round((ended - t_out) * 1000, 1))  # fmt: skip
+                 ms=round((ended - started) * 1000, 1), pending_writes=_pending_count)  # fmt: skip
 
 
 @app.agent(bypool_topic, concurrency=1)
@@ -562,7 +596,9 @@ async def tick() -> None:
 
 @app.on_partitions_revoked.connect
 async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-    # faust has waited for in-flight batches (persisted before acked); rebuild from the table later.
+    # faust has waited for in-flight batches; their state writes are settled by the commit faust makes
+    # on revoke (its producer flush is chained to ours) and, to be sure, here. Rebuild from the table later.
+    await _settle_state_writes()
     dropped = sorted(states)
     states.clear()
     log.info("scheduler_partitions_revoked", dropped=dropped)
