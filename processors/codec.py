@@ -42,7 +42,7 @@ class AgentCodec:
         """The decoded record of ``event``, or None after dead-lettering it."""
         msg = event.message
         try:
-            record = self.serde.decode(msg.topic, msg.value)
+            record = self.serde.decode(msg.topic, msg.value or b"")  # a tombstone is BAD_MAGIC
         except SerializationError as exc:
             await self.dead_letter(msg, exc.kind, str(exc))
             return None

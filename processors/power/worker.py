@@ -48,7 +48,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
 import structlog
@@ -201,7 +201,8 @@ async def _send(
     for decided_at, emission in emissions:
         topic = emission.topic
         value = encode(topic, emission.record)
-        fut = await codec.topic(topic).send(key=emission.key.encode(), value=value)
+        sent = await codec.topic(topic).send(key=emission.key.encode(), value=value)
+        fut = cast("asyncio.Future[Any]", sent)  # aiokafka's delivery future
         if decided_at:
             fut.add_done_callback(partial(_observe_latency, decided_at))
         futures.append(fut)
@@ -239,16 +240,17 @@ async def _send_changelog(states: list[tuple[str, int, bytes]]) -> list[Awaitabl
     -- and it does not return the delivery future to wait for. The record carries the table's own
     callback, which stores the changelog offset in RocksDB for recovery, as ``send_changelog`` does.
     Yields to the event loop now and then so that batches go on while a big checkpoint is sent."""
-    topic = sites.changelog_topic
+    table: Any = sites  # faust.Table; ``TableT`` does not declare the serializers and the callback
+    topic = table.changelog_topic
     futures = []
     for i, (site_id, partition, value) in enumerate(states, 1):
         fut = await topic.send(
             key=site_id,
             value=value,
             partition=partition,
-            key_serializer=sites.key_serializer,
-            value_serializer=sites.value_serializer,
-            callback=sites._on_changelog_sent,
+            key_serializer=table.key_serializer,
+            value_serializer=table.value_serializer,
+            callback=table._on_changelog_sent,
         )
         futures.append(fut)
         if i % 64 == 0:
@@ -297,7 +299,7 @@ class _Unsaved:
             key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
             if key == site_id:
                 try:
-                    out.append((codec.serde.decode(EVENTS_TOPIC, msg.value), _arrival_us(msg, wall)))
+                    out.append((codec.serde.decode(EVENTS_TOPIC, msg.value or b""), _arrival_us(msg, wall)))
                 except SerializationError:
                     continue
         return out
@@ -325,15 +327,14 @@ async def _process(events: Sequence[faust.EventT]) -> None:
     for event in events:
         msg = event.message
         try:
-            record = decode(EVENTS_TOPIC, msg.value)
+            record = decode(EVENTS_TOPIC, msg.value or b"")  # a tombstone: BAD_MAGIC dead letter
         except SerializationError as exc:
             undecodable += 1
             rejected.append((msg, exc.kind, str(exc)))
             continue
         site_id = record.get("site_id")
-        key = msg.key
-        if isinstance(key, bytes):
-            key = key.decode("utf-8", "replace")
+        raw_key = msg.key
+        key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key
         if not isinstance(site_id, str) or not site_id or key != site_id:
             # A misrouted event would run in another partition's detector: refuse it.
             _DEAD_VALIDATION.inc()
@@ -449,7 +450,8 @@ async def detect(stream: faust.StreamT) -> None:
     # the acks to us. (``take_events`` acks its batch in a ``finally``, even when processing it failed.)
     global _stream
     _stream = stream
-    async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
+    batches = cast(faust.Stream, stream).noack_take(BATCH_MAX, within=BATCH_WITHIN_S)  # not on StreamT
+    async for events in batches:
         try:
             await _process(events)
             if _unsaved.due():

@@ -509,6 +509,7 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
         for source, kind, error in dead:
             DEAD_LETTERED.labels(kind=kind).inc()
             await codec.dead_letter(source, kind, error)
+        t_run = time.perf_counter()
         if via_faust:  # (rare) hand-offs and dead letters went through faust's producer: wait here
             await app.producer.flush()  # (chained: settles ``out_producer`` and earlier state writes)
         writes: list[tuple[int, bytes, bytes | None]] = []
@@ -543,7 +544,8 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
     BATCH_SECONDS.observe(ended - started)
     if ended - started > SLOW_BATCH_S:
         log.info("scheduler_slow_batch", events=len(events), outputs=len(outs),
-                 ms=round((ended - started) * 1000, 1), pending_writes=_pending_count)  # fmt: skip
+                 ms=round((ended - started) * 1000, 1), run_ms=round((t_run - started) * 1000, 1),
+                 via_faust=via_faust, pending_writes=_pending_count)  # fmt: skip
 
 
 @app.agent(bypool_topic, concurrency=1)
@@ -614,3 +616,15 @@ log.info("scheduler_worker_configured", partitions=PARTITIONS, knobs=dataclasses
          ranking=config.ranking, pools=list(config.pools), lease_s=config.lease_s,
          claim_timeout_s=config.claim_timeout_s, deadletter_topic=DEADLETTER_TOPIC)  # fmt: skip
 
+
+_gc_t0 = [0.0]  # EXPERIMENT
+
+
+def _gc_cb(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_t0[0] = time.perf_counter()
+    elif (ms := (time.perf_counter() - _gc_t0[0]) * 1000) > 20:
+        log.warning("gc_pause", ms=round(ms, 1), generation=info["generation"])
+
+
+gc.callbacks.append(_gc_cb)
