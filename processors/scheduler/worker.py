@@ -7,17 +7,21 @@ agent that keeps an in-memory ``Scheduler`` per partition of that topic.
 
 Agents (all concurrency 1):
 
-* ``route_telemetry``  fleet.telemetry.v1 (key vin) -> bypool, key = region. Reads the region without a
-  full Avro decode when the writer schema allows it; undecodable records go to deadletter.v1.
+* telemetry router   fleet.telemetry.v1 (key vin) -> bypool, key = region: NOT a faust agent but a
+  confluent-kafka thread (``wiring_router.TelemetryRouter``, its own consumer group), consume -> produce
+  -> flush -> commit. Reads the region without a full Avro decode when the writer schema allows it;
+  undecodable records go to deadletter.v1.
 * ``route_tasks``      tasks.requests.v1, tasks.status.v1, tasks.lifecycle.v1 (all keyed by task_id, so
   co-partitioned) with table ``routes`` (task_id -> pool, latest attempt, held statuses):
   a request goes to ``pool_for_request``; a lifecycle record (our own output) tells which pool holds
   the task and which assignment attempts exist; a status goes to that pool once its assignment_id is
   one of the task's attempts (or the task is finished), and is held in the table until then.
 * ``schedule``         bypool -> ``Scheduler`` of the event's partition -> outputs. Batches of events:
-  decide (pure, in memory), publish every output and wait for Kafka's acks, then persist the batch's
-  state changes to table ``state`` (journal first, see ``wiring_state``), then faust acks the events
-  and commits (it flushes the changelog before committing).
+  decide (pure, in memory), produce every output, apply the batch's state changes to table ``state``
+  and queue their changelog records (journal first, see ``wiring_state``) to ``_StateWriter``, which
+  produces them once the outputs are acknowledged. Outputs and changelog go through one confluent-kafka
+  producer (``BatchProducer``). faust acks the events when the body returns and commits their offsets
+  only after its producer flush, which is chained to settle every queued state write.
 * timer ``tick``       every ``tick_s``, a tick record (wall-clock ms) to each bypool partition this worker
   owns: leases, claim timeouts, deadlines and spills run in the owning agent, in stream order, and a
   replay after a crash sees the same ticks.
@@ -32,11 +36,11 @@ whose changelog records a SIGKILL lost, so after a restart its state would be ah
 that another worker restores from after a rebalance: two different pasts, and a task assigned twice.)
 
 Partition assignment: faust revokes all partitions on a rebalance after waiting for in-flight batches
-(they persist before they are acked). The revoke signal drops every in-memory ``Scheduler``; the next
-event of a partition rebuilds it with ``Scheduler.from_parts`` from the table, which faust has
-recovered by then (streams resume only after recovery completes). ``local_pools`` of a partition's
-scheduler are the configured pools that hash to it, so any-region tasks hand off to other partitions
-through the bypool topic.
+(their state writes are settled by the revoke's commit and by the revoke handler). The revoke signal
+drops every in-memory ``Scheduler``; the next event of a partition rebuilds it with
+``Scheduler.from_parts`` from the table, which faust has recovered by then (streams resume only after
+recovery completes). ``local_pools`` of a partition's scheduler are the configured pools that hash to
+it, so any-region tasks hand off to other partitions through the bypool topic.
 """
 
 from __future__ import annotations
@@ -450,41 +454,77 @@ def _run_partition(
 
 
 SLOW_BATCH_S = 0.05
-MAX_PENDING_WRITES = 16  # batches whose state write may wait for their outputs' acks (backpressure)
+MAX_PENDING_WRITES = 64  # batches whose state write may wait for their outputs' acks (backpressure)
 
-# The state write of the last batch: a task that waits for the batch's outputs to be acknowledged,
-# then produces its state records (after those of every earlier batch: it awaits the previous one).
-_pending_write: asyncio.Future[None] | None = None
-_pending_count = 0
+class _StateWriter:
+    """Writes each batch's state records once the batch's outputs are acknowledged, in batch order,
+    off the agent's path. One flush covers every batch queued before it (their outputs were produced
+    before they were queued), so a slow broker costs one round trip per wake-up, not per batch."""
 
+    def __init__(self) -> None:
+        self.queue: list[tuple[bool, list[tuple[int, bytes, bytes | None]], asyncio.Future[None]]] = []
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.last: asyncio.Future[None] | None = None
+        self.failed: BaseException | None = None
 
-async def _write_state(
-    previous: asyncio.Future[None] | None, wait_outputs: bool, writes: list[tuple[int, bytes, bytes | None]]
-) -> None:
-    global _pending_count
-    try:
-        if previous is not None:
-            await previous  # journal order: batch k's records after batch k-1's (fails if it failed)
-        if wait_outputs:
-            await asyncio.to_thread(_out().flush)  # outputs durable before the state that produced them
+    def put(self, wait_outputs: bool, writes: list[tuple[int, bytes, bytes | None]]) -> None:
+        if self.failed is not None:
+            raise RuntimeError("a state write failed") from self.failed
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.append((wait_outputs, writes, done))
+        self.last = done
+        self.wake.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
         producer = _out()
-        for partition, key, value in writes:
-            producer.produce(STATE_CHANGELOG, key, value, partition)
-    finally:
-        _pending_count -= 1
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            items, self.queue = self.queue, []
+            try:
+                if any(wait for wait, _, _ in items):
+                    await asyncio.to_thread(producer.flush)  # outputs durable before their state
+                for _, writes, _ in items:
+                    for partition, key, value in writes:
+                        producer.produce(STATE_CHANGELOG, key, value, partition)
+            except BaseException as exc:
+                self.failed = exc
+                for _, _, done in items + self.queue:
+                    if not done.done():
+                        done.set_exception(exc)
+                        done.exception()  # retrieved here; settle() re-raises
+                raise
+            for _, _, done in items:
+                done.set_result(None)
+
+    async def settle(self) -> None:
+        """Every write queued so far produced and acknowledged (raises if one failed)."""
+        if self.failed is not None:
+            raise RuntimeError("a state write failed") from self.failed
+        if self.last is not None:
+            await asyncio.shield(self.last)
+        await asyncio.to_thread(_out().flush)
+
+
+_writer: _StateWriter | None = None
+
+
+def _state_writer() -> _StateWriter:
+    global _writer
+    if _writer is None:
+        _writer = _StateWriter()
+    return _writer
 
 
 async def _settle_state_writes() -> None:
-    """Every state write queued so far produced and acknowledged (raises if one failed)."""
-    if _pending_write is not None:
-        await asyncio.shield(_pending_write)
-    await asyncio.to_thread(_out().flush)
+    await _state_writer().settle()
 
 
 async def _schedule_batch(events: list[faust.EventT]) -> None:
-    global _pending_write, _pending_count
-    if _pending_write is not None and _pending_write.done() and _pending_write.exception():
-        raise RuntimeError("a state write failed") from _pending_write.exception()
+    writer = _state_writer()
     started = time.perf_counter()
     by_partition: dict[int, list[faust.EventT]] = defaultdict(list)
     for event in events:
@@ -512,6 +552,7 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
         t_run = time.perf_counter()
         if via_faust:  # (rare) hand-offs and dead letters went through faust's producer: wait here
             await app.producer.flush()  # (chained: settles ``out_producer`` and earlier state writes)
+        t_flushed = time.perf_counter()
         writes: list[tuple[int, bytes, bytes | None]] = []
 
         def _record(partition: int, key: bytes, value: bytes | None) -> None:
@@ -523,16 +564,14 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
             state.persist(_store().data, _record)  # the table now; the changelog once outputs are acked
             for what, n in state.counter_deltas():
                 DECISIONS.labels(what=what).inc(n)
+        t_persisted = time.perf_counter()
         if writes or (outs and not via_faust):
             # Not awaited: the next batch runs while this one's outputs travel. Its events are acked when
             # this returns, but faust commits their offsets only after its producer flush, which settles
             # every queued state write first (``_flush_all``); a crash before that replays the batch.
-            _pending_count += 1
-            _pending_write = asyncio.ensure_future(
-                _write_state(_pending_write, bool(outs) and not via_faust, writes)
-            )
-        if _pending_count > MAX_PENDING_WRITES and _pending_write is not None:
-            await asyncio.shield(_pending_write)  # the broker is behind: stop running ahead of it
+            writer.put(bool(outs) and not via_faust, writes)
+        if len(writer.queue) > MAX_PENDING_WRITES:
+            await writer.settle()  # the broker is behind: stop running ahead of it
     except BaseException:
         for partition in by_partition:  # memory is ahead of what is durable: restore from the table
             states.pop(partition, None)
@@ -545,7 +584,9 @@ async def _schedule_batch(events: list[faust.EventT]) -> None:
     if ended - started > SLOW_BATCH_S:
         log.info("scheduler_slow_batch", events=len(events), outputs=len(outs),
                  ms=round((ended - started) * 1000, 1), run_ms=round((t_run - started) * 1000, 1),
-                 via_faust=via_faust, pending_writes=_pending_count)  # fmt: skip
+                 faust_flush_ms=round((t_flushed - t_run) * 1000, 1), writes=len(writes),
+                 persist_ms=round((t_persisted - t_flushed) * 1000, 1),
+                 pending_writes=len(writer.queue))  # fmt: skip
 
 
 @app.agent(bypool_topic, concurrency=1)
@@ -617,14 +658,3 @@ log.info("scheduler_worker_configured", partitions=PARTITIONS, knobs=dataclasses
          claim_timeout_s=config.claim_timeout_s, deadletter_topic=DEADLETTER_TOPIC)  # fmt: skip
 
 
-_gc_t0 = [0.0]  # EXPERIMENT
-
-
-def _gc_cb(phase: str, info: dict[str, int]) -> None:
-    if phase == "start":
-        _gc_t0[0] = time.perf_counter()
-    elif (ms := (time.perf_counter() - _gc_t0[0]) * 1000) > 20:
-        log.warning("gc_pause", ms=round(ms, 1), generation=info["generation"])
-
-
-gc.callbacks.append(_gc_cb)
