@@ -183,17 +183,14 @@ class PartitionState:
     def event_time_of_tick(self, wall_ms: int) -> int:
         """The event time a wall-clock tick stands for (event time drives every decision: SPEC).
 
-        Live traffic (event time within ``LIVE_SKEW_MS`` of the wall clock) ticks at the wall clock. A
-        simulated or replayed past advances by the wall time elapsed since the record that last moved
-        the clock (replayed records carry the same Kafka timestamps, so replays map alike), and stays
-        where it is before this incarnation has seen such a record.
+        Replayed after a crash, the same records carry the same Kafka timestamps, so ticks map to the
+        same event times. Before any record of this incarnation, a tick only moves a clock that is
+        already near the wall clock (live traffic); a replayed or simulated past stays where it is.
         """
         clock = self.scheduler.clock
-        if abs(wall_ms - clock) <= LIVE_SKEW_MS:  # live traffic: event time is the wall clock
-            return max(clock, wall_ms)
-        if self.clock_wall_ms is not None:  # a simulated or replayed past: advance by elapsed wall time
+        if self.clock_wall_ms is not None:
             return clock + max(0, wall_ms - self.clock_wall_ms)
-        return clock
+        return max(clock, wall_ms) if abs(wall_ms - clock) <= LIVE_SKEW_MS else clock
 
     def observe(self, clock_before: int, record_wall_ms: int) -> None:
         """Call after a non-tick record: remember its wall time if it advanced the event-time clock."""
