@@ -164,9 +164,6 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
     return out
 
 
-LIVE_SKEW_MS = 15 * 60 * 1000  # event time this close to the wall clock counts as live traffic
-
-
 class PartitionState:
     """The in-memory ``Scheduler`` of one partition of the pool stream, and how it is persisted."""
 
@@ -176,26 +173,6 @@ class PartitionState:
         self.seq = seq
         self.persisted_clock = scheduler.clock
         self.reported: dict[str, int] = {}
-        # Wall time (Kafka timestamp) of the record that last advanced the event-time clock: a wall-clock
-        # tick advances event time by the wall time elapsed since then, never to the wall clock itself.
-        self.clock_wall_ms: int | None = None
-
-    def event_time_of_tick(self, wall_ms: int) -> int:
-        """The event time a wall-clock tick stands for (event time drives every decision: SPEC).
-
-        Replayed after a crash, the same records carry the same Kafka timestamps, so ticks map to the
-        same event times. Before any record of this incarnation, a tick only moves a clock that is
-        already near the wall clock (live traffic); a replayed or simulated past stays where it is.
-        """
-        clock = self.scheduler.clock
-        if self.clock_wall_ms is not None:
-            return clock + max(0, wall_ms - self.clock_wall_ms)
-        return max(clock, wall_ms) if abs(wall_ms - clock) <= LIVE_SKEW_MS else clock
-
-    def observe(self, clock_before: int, record_wall_ms: int) -> None:
-        """Call after a non-tick record: remember its wall time if it advanced the event-time clock."""
-        if self.scheduler.clock > clock_before:
-            self.clock_wall_ms = record_wall_ms
 
     @classmethod
     def rebuild(

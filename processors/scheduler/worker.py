@@ -66,7 +66,7 @@ from processors.app import create_app
 from processors.codec import AgentCodec
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.exceptions import InvalidRecord
-from processors.scheduler.matching import pool_for_request
+from processors.scheduler.matching import Scheduler, pool_for_request
 from processors.scheduler.records import HANDOFF as HANDOFF_TOPIC
 from processors.scheduler.records import LIFECYCLE_TOPIC, Out
 from processors.scheduler.tasks import assignment_id_for
@@ -381,13 +381,12 @@ def _track_key(partition: int, key: bytes, value: bytes | None) -> None:
         _store()._key_partition[key] = partition
 
 
-def _dispatch(state: PartitionState, env: Envelope, pool: str) -> list[Out]:
-    sched = state.scheduler
+def _dispatch(sched: Scheduler, env: Envelope, pool: str) -> list[Out]:
     kind = env.kind
     if kind == TELEMETRY:
         return sched.on_telemetry(serde.decode(TELEMETRY_TOPIC, env.payload))
     if kind == TICK:
-        return sched.on_tick(state.event_time_of_tick(tick_ms(env.payload)))
+        return sched.on_tick(tick_ms(env.payload))
     if kind == REQUEST:
         return sched.on_request(serde.decode(REQUESTS_TOPIC, env.payload), pool=pool)
     if kind == STATUS:
@@ -438,10 +437,7 @@ def _run_partition(
                 continue
             key = event.message.key
             try:
-                clock_before = sched.clock
-                outs.extend(_dispatch(state, env, key.decode() if isinstance(key, bytes) else str(key or "")))
-                if env.kind != TICK:
-                    state.observe(clock_before, int(event.message.timestamp * 1000))
+                outs.extend(_dispatch(sched, env, key.decode() if isinstance(key, bytes) else str(key or "")))
                 results[(label, "ok")] += 1
             except (InvalidRecord, SerializationError) as exc:
                 dead.append((_as_source(event, env), exc.kind, str(exc)))

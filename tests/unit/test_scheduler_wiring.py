@@ -159,22 +159,3 @@ def test_local_pools_partition_the_configured_pools() -> None:
     assert all(partition_of(x, 6) == p for p, o in enumerate(owned) for x in (o or ()))
     assert local_pools_of(cfg(), 0, 6) is None
     assert partition_of("us-west", 6) == partition_of("us-west", 6)
-
-
-def test_wall_clock_ticks_advance_event_time_by_elapsed_wall_time_only() -> None:
-    # A simulated (or replayed) past: event time 2025, wall clock far later. Ticks must not jump the
-    # scheduler's clock to the wall clock (every lease would expire at once).
-    state = PartitionState(0, Scheduler(cfg()))
-    wall = T0 + 500 * 24 * 3600 * S
-    assert state.event_time_of_tick(wall) == state.scheduler.clock  # no record seen yet: no jump
-    before = state.scheduler.clock
-    state.scheduler.on_telemetry(tel("V", T0))
-    state.observe(before, wall)
-    assert state.event_time_of_tick(wall + 30 * S) == T0 + 30 * S
-    assert state.event_time_of_tick(wall - 5 * S) == T0  # never backwards
-
-
-def test_live_traffic_ticks_follow_the_wall_clock_before_any_record() -> None:
-    state = PartitionState(0, Scheduler(cfg()))
-    state.scheduler.on_telemetry(tel("V", T0))
-    assert state.event_time_of_tick(T0 + 2 * MIN) == T0 + 2 * MIN  # live: within the skew allowance
