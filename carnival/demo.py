@@ -111,7 +111,8 @@ def processor_inputs() -> dict[str, list[str]]:
     from sinks.config import SINK_TABLES
 
     return {
-        "carnival-scheduler": ["fleet.telemetry.v1", "tasks.requests.v1", "tasks.status.v1"],
+        "carnival-scheduler-router": ["fleet.telemetry.v1"],  # telemetry is routed by its own group
+        "carnival-scheduler": ["tasks.requests.v1", "tasks.status.v1"],
         "carnival-power": ["power.events.v1"],
         SINK_GROUP: sorted(SINK_TABLES),
     }
