@@ -6,7 +6,6 @@ the environment, the in-memory detector cache, output routing and the worker's P
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -16,6 +15,7 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
+from processors.envconfig import json_config, parse_value
 from processors.power.alerts import alert_for_incident
 from processors.power.config import PowerConfig
 from processors.power.detector import Detector
@@ -90,32 +90,13 @@ DETECTORS_LOADED = Counter(
 
 
 # -- configuration --------------------------------------------------------------------------------
-def _parse(name: str, raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        lowered = raw.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off"}:
-            return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a boolean, got {raw!r}")
-    try:
-        return int(raw) if isinstance(default, int) else float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
-
-
 def config_from_env(environ: Mapping[str, str] | None = None) -> PowerConfig:
     """``PowerConfig`` from ``CARNIVAL_POWER_CONFIG`` (JSON) and ``CARNIVAL_POWER_<FIELD>`` variables.
 
     Unknown ``CARNIVAL_POWER_*`` names are an error, so a typo does not silently keep a default.
     """
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if env.get(CONFIG_ENV):
-        loaded = json.loads(env[CONFIG_ENV])
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{CONFIG_ENV} must be a JSON object")
-        values.update(loaded)
+    values = json_config(env, CONFIG_ENV)
     defaults = {f.name: f.default for f in fields(PowerConfig)}
     for var, raw in env.items():
         if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
@@ -123,7 +104,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> PowerConfig:
         name = var[len(ENV_PREFIX) :].lower()
         if name not in defaults:
             raise ValueError(f"unknown power detector setting {var}")
-        values[name] = _parse(name, raw, defaults[name])
+        values[name] = parse_value(var, raw, defaults[name])
     return PowerConfig.from_mapping(values)
 
 

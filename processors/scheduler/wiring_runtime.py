@@ -6,7 +6,6 @@ fast region peek for telemetry routing, and the worker's Prometheus metrics.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import struct
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Gauge, Histogram
 
+from processors.envconfig import json_config, parse_value
 from processors.scheduler.config import SchedulerConfig
 
 __all__ = [
@@ -72,24 +72,6 @@ _KNOBS = {f.name for f in dataclasses.fields(WorkerKnobs)}
 _TUPLE_FIELDS = {"pools", "plugged_states", "preempt_reasons", "local_pools"}
 
 
-def _parse(name: str, raw: str, default: Any) -> Any:
-    if name in _TUPLE_FIELDS:
-        return [p.strip() for p in raw.split(",") if p.strip()]
-    if isinstance(default, bool):
-        lowered = raw.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off"}:
-            return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a boolean, got {raw!r}")
-    if isinstance(default, str):
-        return raw
-    try:
-        return int(raw) if isinstance(default, int) else float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
-
-
 def _env_values(env: Mapping[str, str], names: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for var, raw in env.items():
@@ -97,7 +79,7 @@ def _env_values(env: Mapping[str, str], names: dict[str, Any]) -> dict[str, Any]
             continue
         name = var[len(ENV_PREFIX) :].lower()
         if name in names:
-            values[name] = _parse(name, raw, names[name])
+            values[name] = parse_value(var, raw, names[name], is_list=name in _TUPLE_FIELDS)
         elif name not in _KNOBS and name not in _SCHED_DEFAULTS:
             raise ValueError(f"unknown scheduler setting {var}")
     return values
@@ -112,12 +94,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> SchedulerConfig
     Unknown ``CARNIVAL_SCHEDULER_*`` names are an error, so a typo does not silently keep a default.
     """
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if env.get(CONFIG_ENV):
-        loaded = json.loads(env[CONFIG_ENV])
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{CONFIG_ENV} must be a JSON object")
-        values.update(loaded)
+    values = json_config(env, CONFIG_ENV)
     values.update(_env_values(env, _SCHED_DEFAULTS))
     return SchedulerConfig.from_mapping(values)
 
