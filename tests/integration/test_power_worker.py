@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -24,10 +21,11 @@ from typing import Any
 
 import orjson
 import pytest
+from worker_process import WorkerProcess
 
 from carnival.settings import Settings
 from processors.power import Detector, Incident, PowerConfig
-from processors.power.scenario import SiteEvents
+from processors.power.scenario import SiteEvents, rich_failover_timeline
 from streams.kafka import Producer, make_consumer
 from streams.serde import serde_from_settings
 
@@ -36,49 +34,14 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SILENT_AFTER_S = 4.0
 WORKER_ENV = {"CARNIVAL_POWER_SILENT_AFTER_S": str(SILENT_AFTER_S)}
-DEVICES = ("meter-1", "sts-1", "ats-1", "gen-1", "gen-2", "bat-1", "ctl-1")
 
 
 # ------------------------------------------------------------------------------------------ plumbing
-class Worker:
+class Worker(WorkerProcess):
     """`python -m carnival.cli worker power` in a subprocess, logs to a file."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.log_dir / f"power-worker-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "carnival.cli", "worker", "power"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self) -> str:
-        path = self.log_dir / f"power-worker-{self.starts}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        super().__init__("power", env, log_dir)
 
 
 class Outputs:
@@ -366,36 +329,6 @@ def test_blip_is_not_a_failover(settings: Settings, worker: Worker, outputs: Out
 
 
 # -------------------------------------------------------------------------------------- robustness
-def rich_timeline(site: SiteEvents) -> list[dict[str, Any]]:
-    """A failover touching most rules, every device reporting at 4 Hz (as in the unit tests)."""
-    key: list[tuple[float, str, str, dict[str, Any]]] = [
-        (1.0, "meter-1", "SOURCE_LOST", {"source_from": "GRID"}),
-        (1.0042, "sts-1", "TRANSFER", {"source_from": "GRID", "source_to": "BATTERY"}),
-        (1.5, "gen-1", "GEN_START", {}),
-        (1.5, "gen-2", "GEN_START", {}),
-        (6.0, "gen-2", "GEN_FAIL", {"detail": "breaker trip"}),
-        (9.0, "bat-1", "MEASUREMENT", {"battery_soc_pct": 9.0}),
-        (9.5, "ctl-1", "LOAD_SHED", {"load_mw": 7.5}),
-        (12.0, "gen-1", "GEN_RUNNING", {"gens_online": 1}),
-        (12.5, "ats-1", "TRANSFER", {"source_from": "BATTERY", "source_to": "GENERATOR"}),
-        (13.0, "gen-1", "MEASUREMENT", {"frequency_hz": 57.5, "voltage_pu": 0.88}),
-        (14.0, "bat-1", "MEASUREMENT", {"battery_soc_pct": 15.0}),
-        (40.0, "meter-1", "SOURCE_RESTORED", {"source_to": "GRID"}),
-        (60.0, "ats-1", "TRANSFER", {"source_from": "GENERATOR", "source_to": "GRID"}),
-        (75.0, "meter-1", "SOURCE_LOST", {"source_from": "GRID"}),
-        (75.0041, "sts-1", "TRANSFER", {"source_from": "GRID", "source_to": "BATTERY"}),
-        (90.0, "sts-1", "TRANSFER", {"source_from": "BATTERY", "source_to": "GRID"}),
-    ]
-    plan = list(key)
-    t = 0.0
-    while t <= 130.0:
-        for i, dev in enumerate(DEVICES):
-            plan.append((t + i * 0.01, dev, "MEASUREMENT", {"load_mw": 10.0} if dev == "ctl-1" else {}))
-        t += 0.25
-    plan.sort(key=lambda p: p[0])
-    return [site.event(d, et, at, **f) for at, d, et, f in plan]
-
-
 def shuffle_with_duplicates(
     events: list[dict[str, Any]], rng: random.Random, lateness_us: int
 ) -> list[dict[str, Any]]:
@@ -444,8 +377,9 @@ def test_out_of_order_and_duplicate_delivery_give_the_same_incidents(
     settings: Settings, worker: Worker, outputs: Outputs
 ) -> None:
     ordered, shuffled = new_site("inorder"), new_site("shuffled")
-    events_a = rich_timeline(ordered)
-    events_b = shuffle_with_duplicates(rich_timeline(shuffled), random.Random(5), PowerConfig().lateness_us)
+    events_a = rich_failover_timeline(ordered)
+    lateness_us = PowerConfig().lateness_us
+    events_b = shuffle_with_duplicates(rich_failover_timeline(shuffled), random.Random(5), lateness_us)
     assert len(events_b) > len(events_a) + 100
     expected = [
         comparable(r, ordered.site_id) for r in expected_incidents(settings, events_a, ordered.site_id)

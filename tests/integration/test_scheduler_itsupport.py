@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from worker_process import WorkerProcess
 
 from carnival.settings import Settings
 from streams.kafka import Producer, make_consumer
@@ -39,47 +38,11 @@ def tag(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ worker
-class SchedWorker:
+class SchedWorker(WorkerProcess):
     """`python -m carnival.cli worker scheduler` in a subprocess, logs to a file."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, name: str = "w") -> None:
-        self.env, self.log_dir, self.name = env, log_dir, name
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"scheduler-{self.name}-{self.starts}.log"
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "carnival.cli", "worker", "scheduler"],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_text()[-n:]
+        super().__init__("scheduler", env, log_dir, name)
 
 
 def worker_env(stack_env: dict[str, str], **scheduler: Any) -> dict[str, str]:
