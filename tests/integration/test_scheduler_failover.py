@@ -131,13 +131,24 @@ def _tasks(prefix: str, regions: list[str], n: int, any_every: int = 5) -> list[
 
 
 def _wait_up(worker: SchedWorker, outputs: Outputs, feed: Feed, region: str) -> None:
-    """Until the worker processes a fresh record (it is in the group and has recovered)."""
+    """Until the worker processes a fresh record (it is in the group and has recovered).
+
+    The probe is resent every 10 s: while the worker still replays older records of the shared topic,
+    its clock lags, and a live probe counts as too far in the future until the first tick catches up."""
     from test_scheduler_itsupport import tel
 
-    probe = tag("up")
-    feed.telemetry(tel(f"{region}-{probe}", region, opted_in=False))
+    probes: list[str] = []
+    deadline = time.monotonic() + 120
     try:
-        outputs.wait(lambda: outputs.node(f"{region}-{probe}"), timeout_s=120, what="worker up")
+        while True:
+            probes.append(f"{region}-{tag('up')}")
+            feed.telemetry(tel(probes[-1], region, opted_in=False))
+            try:
+                outputs.wait(lambda: any(outputs.node(p) for p in probes), timeout_s=10, what="worker up")
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
     except AssertionError:
         pytest.fail(f"scheduler worker did not come up:\n{worker.log_tail()}")
 
