@@ -116,6 +116,7 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.cfg = config or DEFAULT_CONFIG
         self.clock = 0  # event-time clock (ms): max of event times and ticks seen
+        self.record_clock = 0  # max event time of records alone (ticks excluded): the worker's tick anchor
         self.nodes: dict[str, NodeState] = {}
         self.tasks: dict[str, Task] = {}
         self.counters: Counter[str] = Counter()  # for metrics; not persisted
@@ -127,14 +128,22 @@ class Scheduler:
 
     # ------------------------------------------------------------------ public event handlers
 
-    def on_telemetry(self, rec: dict[str, Any], now: int | None = None) -> list[Out]:
+    def on_telemetry(
+        self, rec: dict[str, Any], now: int | None = None, arrival_ms: int | None = None
+    ) -> list[Out]:
+        """``arrival_ms``: when the record reached Kafka (wall clock), if known. An event cannot be
+        later than its arrival, so a live record is accepted even while the clock lags (replaying an
+        older backlog); a far-future timestamp (a broken car clock) is rejected either way."""
         vin = rec.get("vin")
         if not vin or rec.get("ts") is None:
             raise InvalidRecord("missing_field", "telemetry needs vin and ts")
         ts = to_ms(rec["ts"])
-        if self.clock > 0 and ts > self.clock + self.cfg.max_future_skew_s * 1000:
+        horizon = max(self.clock, arrival_ms or 0)
+        if horizon > 0 and ts > horizon + self.cfg.max_future_skew_s * 1000:
             self.counters["telemetry_future"] += 1
-            raise InvalidRecord("future_timestamp", f"ts {ts} is ahead of the scheduler clock {self.clock}")
+            raise InvalidRecord(
+                "future_timestamp", f"ts {ts} is ahead of the scheduler clock {self.clock} and its arrival"
+            )
         now = self._advance(ts if now is None else to_ms(now))
         out: list[Out] = []
         node = self.nodes.get(vin)
@@ -260,7 +269,7 @@ class Scheduler:
 
     def on_tick(self, now: Any) -> list[Out]:
         """Advance the clock to ``now`` (ms or datetime) and run everything that became due."""
-        now = self._advance(to_ms(now))
+        now = self._advance(to_ms(now), from_record=False)
         out: list[Out] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -271,7 +280,7 @@ class Scheduler:
 
     def on_handoff(self, task_dict: dict[str, Any], now: int | None = None) -> list[Out]:
         """Receive an any-region task another instance handed to one of our pools."""
-        now = self._advance(self.clock if now is None else to_ms(now))
+        now = self._advance(self.clock if now is None else to_ms(now), from_record=False)
         task = Task.from_dict(task_dict)
         old = self.tasks.get(task.task_id)
         # A task may come back to a pool it left (MOVED); a redelivered copy of an older hand-off
@@ -392,7 +401,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals: time
 
-    def _advance(self, t: int) -> int:
+    def _advance(self, t: int, from_record: bool = True) -> int:
+        if from_record and t > self.record_clock:
+            self.record_clock = t
         if t > self.clock:
             self.clock = t
         return self.clock

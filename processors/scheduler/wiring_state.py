@@ -9,7 +9,7 @@ partition's state is found by prefix and keys of two partitions never collide:
 * ``<p>/n/<vin>``      a node dict (``NodeState.to_dict``), orjson
 * ``<p>/t/<task_id>``  a task dict (``Task.to_dict``), orjson; deleted when the scheduler forgets it
 * ``<p>/j<i>``         journal chunk i of the last batch (``J`` + seq + framed key/value pairs)
-* ``<p>/jh``           journal header: ``{"seq", "n", "clock"}`` (orjson)
+* ``<p>/jh``           journal header: ``{"seq", "n", "clock", "anchor"}`` (orjson; anchor: see ``TickClock``)
 
 Atomicity. One batch of events changes many keys, and a SIGKILL can stop the changelog writes half
 way (they go out in several producer batches). A half-written batch would restore an impossible
@@ -35,7 +35,7 @@ import orjson
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.matching import Scheduler
 
-__all__ = ["JOURNAL_CHUNK_BYTES", "PartitionState", "decode_chunk", "encode_chunks", "restore"]
+__all__ = ["JOURNAL_CHUNK_BYTES", "PartitionState", "TickClock", "decode_chunk", "encode_chunks", "restore"]
 
 JOURNAL_CHUNK_BYTES = 512 * 1024
 _DELETED = 0xFFFFFFFF
@@ -115,6 +115,7 @@ class Restored:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock: int = 0
+    anchor: tuple[int, int] | None = None
     seq: int = 0
     journal_applied: bool = False
     keys: int = 0
@@ -144,6 +145,9 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
             chunks[key] = value
     if header is not None:
         out.clock, out.seq = int(header["clock"]), int(header["seq"])
+        if header.get("anchor"):
+            event_ms, wall_ms = header["anchor"]
+            out.anchor = (int(event_ms), int(wall_ms))
         wanted = [chunks.get(chunk_key(partition, i)) for i in range(int(header["n"]))]
         decoded = [decode_chunk(c) for c in wanted if c is not None]
         if len(decoded) == len(wanted) and all(seq == out.seq for seq, _ in decoded):
@@ -164,15 +168,61 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
     return out
 
 
+@dataclass
+class TickClock:
+    """The event time a wall-clock tick stands for, on one partition of the pool stream.
+
+    SPEC: event time, not arrival time, drives every decision. Records move the scheduler's clock to
+    their event time, so while records flow, ticks add nothing: they only run the timers already due.
+    A tick matters when a partition goes quiet (a silent fleet must still lose its leases and its
+    tasks must still hit their deadlines), so from the newest record's event time the clock runs on at
+    wall-clock rate from that record's arrival: ``anchor event + (tick wall - anchor arrival)``. A
+    simulated or replayed past (event time far behind, or running faster than, the wall clock) is
+    therefore never pushed to the wall clock, which would expire every lease at once.
+
+    Both times come from the log (the record's Kafka timestamp, the tick's payload), so a replay after
+    a crash maps every tick to the same event time; the anchor is persisted with the clock.
+    """
+
+    event_ms: int | None = None  # newest record event time seen on the partition
+    wall_ms: int | None = None  # its arrival (Kafka timestamp of the pool-stream record)
+
+    def observe(self, event_ms: int, wall_ms: int) -> None:
+        if self.event_ms is None or event_ms > self.event_ms:
+            self.event_ms, self.wall_ms = event_ms, wall_ms
+
+    def at(self, tick_wall_ms: int) -> int | None:
+        """The event time of a tick sent at ``tick_wall_ms``; None before any record (nothing to run)."""
+        if self.event_ms is None or self.wall_ms is None:
+            return None
+        return self.event_ms + max(0, tick_wall_ms - self.wall_ms)
+
+    def as_header(self) -> list[int] | None:
+        return None if self.event_ms is None else [self.event_ms, int(self.wall_ms or 0)]
+
+
 class PartitionState:
     """The in-memory ``Scheduler`` of one partition of the pool stream, and how it is persisted."""
 
-    def __init__(self, partition: int, scheduler: Scheduler, seq: int = 0) -> None:
+    def __init__(
+        self, partition: int, scheduler: Scheduler, seq: int = 0, anchor: tuple[int, int] | None = None
+    ) -> None:
         self.partition = partition
         self.scheduler = scheduler
         self.seq = seq
         self.persisted_clock = scheduler.clock
         self.reported: dict[str, int] = {}
+        self.ticks = TickClock(*anchor) if anchor else TickClock()
+        self.persisted_anchor = self.ticks.as_header()
+
+    def observe_record(self, arrival_ms: int) -> None:
+        """Call after each non-tick record with its arrival (Kafka timestamp, ms)."""
+        self.ticks.observe(self.scheduler.record_clock, arrival_ms)
+
+    def tick_time(self, tick_wall_ms: int) -> int:
+        """The event time to run a tick at (never behind the scheduler's clock)."""
+        at = self.ticks.at(tick_wall_ms)
+        return self.scheduler.clock if at is None else max(at, self.scheduler.clock)
 
     @classmethod
     def rebuild(
@@ -180,7 +230,7 @@ class PartitionState:
     ) -> tuple[PartitionState, Restored]:
         restored = restore(partition, items)
         sched = Scheduler.from_parts(restored.nodes.values(), restored.tasks.values(), restored.clock, config)
-        return cls(partition, sched, restored.seq), restored
+        return cls(partition, sched, restored.seq, restored.anchor), restored
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         """The keys the scheduler changed since the last call, serialized (None = delete)."""
@@ -200,14 +250,15 @@ class PartitionState:
         Returns the number of changed keys. Nothing is written when neither state nor clock moved.
         """
         entries = self.changes()
-        clock = self.scheduler.clock
-        if not entries and clock == self.persisted_clock:
+        clock, anchor = self.scheduler.clock, self.ticks.as_header()
+        if not entries and clock == self.persisted_clock and anchor == self.persisted_anchor:
             return 0
         p = self.partition
         self.seq += 1
         chunks = encode_chunks(self.seq, entries) if entries else []
         writes: list[tuple[bytes, bytes | None]] = [(chunk_key(p, i), c) for i, c in enumerate(chunks)]
-        writes.append((header_key(p), orjson.dumps({"seq": self.seq, "n": len(chunks), "clock": clock})))
+        header = {"seq": self.seq, "n": len(chunks), "clock": clock, "anchor": anchor}
+        writes.append((header_key(p), orjson.dumps(header)))
         writes.extend(entries)
         for key, value in writes:
             if value is None:
@@ -215,7 +266,7 @@ class PartitionState:
             else:
                 data[key] = value
             send(p, key, value)
-        self.persisted_clock = clock
+        self.persisted_clock, self.persisted_anchor = clock, anchor
         return len(entries)
 
     def counter_deltas(self) -> Iterator[tuple[str, int]]:

@@ -24,7 +24,9 @@ Agents (all concurrency 1):
   only after its producer flush, which is chained to settle every queued state write.
 * timer ``tick``       every ``tick_s``, a tick record (wall-clock ms) to each bypool partition this worker
   owns: leases, claim timeouts, deadlines and spills run in the owning agent, in stream order, and a
-  replay after a crash sees the same ticks.
+  replay after a crash sees the same ticks. A tick runs at event time (``wiring_state.TickClock``): the
+  newest record's event time plus the wall time since that record arrived, never the wall clock itself,
+  so a simulated or replayed past keeps its own clock.
 
 Tables: ``state`` (changelog ``carnival-scheduler-state-changelog``) holds node and task dicts under
 ``<partition>/n/<vin>`` and ``<partition>/t/<task_id>``; written with an explicit changelog partition =
@@ -66,7 +68,7 @@ from processors.app import create_app
 from processors.codec import AgentCodec
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.exceptions import InvalidRecord
-from processors.scheduler.matching import Scheduler, pool_for_request
+from processors.scheduler.matching import pool_for_request
 from processors.scheduler.records import HANDOFF as HANDOFF_TOPIC
 from processors.scheduler.records import LIFECYCLE_TOPIC, Out
 from processors.scheduler.tasks import assignment_id_for
@@ -381,12 +383,13 @@ def _track_key(partition: int, key: bytes, value: bytes | None) -> None:
         _store()._key_partition[key] = partition
 
 
-def _dispatch(sched: Scheduler, env: Envelope, pool: str) -> list[Out]:
+def _dispatch(state: PartitionState, env: Envelope, pool: str, arrival_ms: int) -> list[Out]:
+    sched = state.scheduler
     kind = env.kind
     if kind == TELEMETRY:
-        return sched.on_telemetry(serde.decode(TELEMETRY_TOPIC, env.payload))
+        return sched.on_telemetry(serde.decode(TELEMETRY_TOPIC, env.payload), arrival_ms=arrival_ms)
     if kind == TICK:
-        return sched.on_tick(tick_ms(env.payload))
+        return sched.on_tick(state.tick_time(tick_ms(env.payload)))
     if kind == REQUEST:
         return sched.on_request(serde.decode(REQUESTS_TOPIC, env.payload), pool=pool)
     if kind == STATUS:
@@ -418,7 +421,6 @@ def _run_partition(
     broken: dict[int, Exception] = {}
     while True:
         state = states.get(partition) or _rebuild(partition)
-        sched = state.scheduler
         outs: list[Out] = []
         dead: list[tuple[Any, str, str]] = []
         results: Counter[tuple[str, str]] = Counter()
@@ -436,8 +438,12 @@ def _run_partition(
                 results[(label, "failed")] += 1
                 continue
             key = event.message.key
+            arrival_ms = int(event.message.timestamp * 1000)
             try:
-                outs.extend(_dispatch(sched, env, key.decode() if isinstance(key, bytes) else str(key or "")))
+                pool = key.decode() if isinstance(key, bytes) else str(key or "")
+                outs.extend(_dispatch(state, env, pool, arrival_ms))
+                if env.kind != TICK:
+                    state.observe_record(arrival_ms)
                 results[(label, "ok")] += 1
             except (InvalidRecord, SerializationError) as exc:
                 dead.append((_as_source(event, env), exc.kind, str(exc)))

@@ -4,9 +4,10 @@ the region peek; and the duplicate hand-off / request guards the partitioned wir
 from __future__ import annotations
 
 import pytest
-from test_scheduler_support import MIN, T0, S, cfg, req, tel
+from test_scheduler_support import MIN, T0, H, S, cfg, req, tel
 
 from processors.scheduler import Scheduler
+from processors.scheduler.exceptions import InvalidRecord
 from processors.scheduler.wiring_runtime import (
     HANDOFF,
     TELEMETRY,
@@ -159,3 +160,74 @@ def test_local_pools_partition_the_configured_pools() -> None:
     assert all(partition_of(x, 6) == p for p, o in enumerate(owned) for x in (o or ()))
     assert local_pools_of(cfg(), 0, 6) is None
     assert partition_of("us-west", 6) == partition_of("us-west", 6)
+
+
+# ------------------------------------------------------------------ tick clock (event time, SPEC)
+
+DAY = 24 * 60 * MIN
+WALL = T0 + 500 * DAY  # the wall clock during a simulated or replayed past: far later than event time
+
+
+def test_ticks_during_a_simulated_past_do_not_jump_to_the_wall_clock() -> None:
+    """The main job's defect: wall-clock ticks used to expire every lease of a simulated fleet."""
+    state = PartitionState(0, Scheduler(cfg(lease_s=90)))
+    assert state.tick_time(WALL) == 0  # no record yet: nothing to run, and no jump
+    state.scheduler.on_telemetry(tel("V", T0), arrival_ms=WALL)
+    state.observe_record(WALL)
+    state.scheduler.on_tick(state.tick_time(WALL + 500))
+    assert state.scheduler.clock == T0 + 500
+    assert state.scheduler.nodes["V"].eligible, state.scheduler.nodes["V"].reason
+
+
+def test_a_quiet_partition_runs_on_at_wall_rate_from_its_newest_record() -> None:
+    state = PartitionState(0, Scheduler(cfg(lease_s=90)))
+    state.scheduler.on_telemetry(tel("V", T0), arrival_ms=WALL)
+    state.observe_record(WALL)
+    for second in range(1, 121):  # two minutes of ticks, no records
+        state.scheduler.on_tick(state.tick_time(WALL + second * S))
+    # Exactly two minutes of event time, not a sum of tick offsets: ticks never feed the anchor.
+    assert state.scheduler.clock == T0 + 2 * MIN
+    assert state.scheduler.nodes["V"].reason == "LEASE_EXPIRED"
+
+
+def test_accelerated_event_time_outruns_the_ticks() -> None:
+    """At 240x, records move the clock; a tick between them never sets it back or ahead of them."""
+    state = PartitionState(0, Scheduler(cfg(lease_s=90)))
+    for i in range(10):
+        ts, arrival = T0 + i * 60 * S, WALL + i * 250  # a simulated minute every 250 wall ms
+        state.scheduler.on_telemetry(tel("V", ts), arrival_ms=arrival)
+        state.observe_record(arrival)
+        state.scheduler.on_tick(state.tick_time(arrival + 100))
+        assert state.scheduler.clock == ts + 100
+    assert state.scheduler.nodes["V"].eligible
+
+
+def test_an_older_record_does_not_move_the_tick_anchor() -> None:
+    state = PartitionState(0, Scheduler(cfg()))
+    state.scheduler.on_telemetry(tel("A", T0), arrival_ms=WALL)
+    state.observe_record(WALL)
+    state.scheduler.on_telemetry(tel("B", T0 - 10 * MIN), arrival_ms=WALL + 5 * S)  # a late car
+    state.observe_record(WALL + 5 * S)
+    assert state.tick_time(WALL + 10 * S) == T0 + 10 * S
+
+
+def test_the_tick_anchor_survives_a_restore() -> None:
+    state = PartitionState(2, Scheduler(cfg()))
+    log = Changelog()
+    state.scheduler.on_telemetry(tel("V", T0), arrival_ms=WALL)
+    state.observe_record(WALL)
+    state.persist(log.data, log.send)
+    again, restored = PartitionState.rebuild(2, log.replay(len(log.log)).items(), cfg())
+    assert restored.anchor == (T0, WALL)
+    assert again.tick_time(WALL + 30 * S) == T0 + 30 * S
+
+
+def test_live_telemetry_is_accepted_while_the_clock_lags_behind_a_replayed_backlog() -> None:
+    s = Scheduler(cfg(max_future_skew_s=300))
+    s.on_telemetry(tel("OLD", T0), arrival_ms=T0 + 2 * H)  # an old record, arriving two hours later
+    s.on_telemetry(tel("LIVE", T0 + 2 * H), arrival_ms=T0 + 2 * H)  # live: no later than its arrival
+    assert s.clock == T0 + 2 * H
+    with pytest.raises(InvalidRecord, match="ahead"):
+        s.on_telemetry(tel("BROKEN", T0 + 5 * H), arrival_ms=T0 + 2 * H + S)  # a broken car clock
+    with pytest.raises(InvalidRecord, match="ahead"):  # without an arrival time: the clock alone
+        s.on_telemetry(tel("Y", T0 + 9 * H))
