@@ -57,7 +57,7 @@ from faust.types import TP
 
 from carnival.metrics import RECORDS_CONSUMED
 from carnival.settings import get_settings
-from processors.app import create_app
+from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
 from processors.power.events import Output
 from processors.power.runtime import (
@@ -129,6 +129,17 @@ sites = app.Table(
     partitions=settings.topic_partitions,
     help="site_id -> failover detector state (orjson)",
 )
+
+_faust_first_start = app.on_first_start
+
+
+async def _on_first_start() -> None:
+    # The changelog exists with its partitions before the consumer subscribes (see the function).
+    await asyncio.to_thread(declare_internal_topics, settings, app)
+    await _faust_first_start()
+
+
+app.on_first_start = _on_first_start  # type: ignore[method-assign]
 
 
 def _wall_us() -> int:

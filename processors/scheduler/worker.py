@@ -59,12 +59,10 @@ from typing import Any
 import faust
 import orjson
 import structlog
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import NewTopic
 
 import schemas
 from carnival.settings import get_settings
-from processors.app import create_app
+from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.exceptions import InvalidRecord
@@ -108,7 +106,6 @@ from processors.scheduler.wiring_runtime import (
 from processors.scheduler.wiring_state import PartitionState
 from streams.deadletter import PROCESSING
 from streams.exceptions import SerializationError
-from streams.kafka import make_admin
 from streams.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from streams.topics import DEADLETTER_TOPIC
 
@@ -163,25 +160,14 @@ routes = app.Table(
 )  # fmt: skip
 
 
-def _declare_bypool_topic() -> None:
-    """Create the pool topic before the consumer joins its group. faust declares internal topics only
-    while subscribing; on a fresh cluster the first assignment then misses the new topic and nothing
-    triggers another rebalance for minutes (metadata refresh), so its partitions stay unassigned."""
-    spec = NewTopic(BYPOOL_TOPIC, num_partitions=PARTITIONS, replication_factor=settings.topic_replication)
-    admin = make_admin(settings)  # keep a reference: a collected client fails its futures
-    for fut in admin.create_topics([spec], request_timeout=30).values():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-
-
 _faust_first_start = app.on_first_start
 
 
 async def _on_first_start() -> None:
-    await asyncio.to_thread(_declare_bypool_topic)
+    # Before the consumer joins: on a fresh cluster faust's first assignment would miss a pool topic it
+    # creates while subscribing (nothing triggers another rebalance for minutes), and its metadata
+    # snapshot could hold a changelog with 0 partitions (``declare_internal_topics``).
+    await asyncio.to_thread(declare_internal_topics, settings, app, (BYPOOL_TOPIC,))
     _chain_producer_flush()
     await _faust_first_start()
 
