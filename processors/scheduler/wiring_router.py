@@ -1,9 +1,11 @@
 """The telemetry route of the scheduler worker on plain confluent-kafka, in a thread of the worker.
 
-``fleet.telemetry.v1`` (key vin) -> ``carnival-scheduler-bypool`` (key = region), envelope ``T``. In
-faust this hop cost two Python-level Kafka operations per event (aiokafka fetch + faust send through its
-producer buffer, a future per message); here librdkafka batches both sides in C and the Python work per
-record is a region peek and a ``produce`` call.
+``fleet.telemetry.v1`` (key vin) -> ``carnival-scheduler-bypool`` (key = region), envelope ``B``: the
+records of one pool in a consumed batch are packed, in order, up to ``pack_max`` per pool-topic record
+(``T`` for a single one). In faust this hop cost two Python-level Kafka operations per event (aiokafka
+fetch + faust send through its producer buffer, a future per message); here librdkafka batches both
+sides in C, the Python work per record is a region peek and a list append, and the scheduler's faust
+agent handles one pool-topic record per pack instead of per telemetry record.
 
 At-least-once, the same guarantee faust gave: a batch of records is consumed, produced, the producer is
 flushed (every record acknowledged by all replicas), and only then are the batch's input offsets
@@ -36,6 +38,7 @@ from processors.scheduler.wiring_runtime import (
     TELEMETRY,
     TELEMETRY_TOPIC,
     pack,
+    pack_batch,
 )
 from streams.deadletter import deadletter_record
 from streams.exceptions import SerializationError
@@ -58,6 +61,7 @@ class TelemetryRouter(threading.Thread):
         *,
         session_timeout_s: float = 10.0,
         batch_max: int = 5000,
+        pack_max: int = 200,
         linger_ms: float = 1.0,
         processor: str = "scheduler",
     ) -> None:
@@ -67,6 +71,7 @@ class TelemetryRouter(threading.Thread):
         self.encode = encode
         self.session_timeout_s = session_timeout_s
         self.batch_max = batch_max
+        self.pack_max = max(1, pack_max)
         self.linger_ms = linger_ms
         self.processor = processor
         self.stopping = threading.Event()
@@ -107,6 +112,7 @@ class TelemetryRouter(threading.Thread):
                     continue
                 msgs = [first, *consumer.consume(self.batch_max - 1, 0)]
                 positions: dict[tuple[str, int], int] = {}
+                packs: dict[str, list[tuple[bytes, int, int]]] = {}
                 n = 0
                 for msg in msgs:
                     if msg.error():
@@ -119,8 +125,13 @@ class TelemetryRouter(threading.Thread):
                     except SerializationError as exc:
                         self._dead_letter(producer, msg, exc.kind, str(exc))
                         continue
-                    producer.produce(BYPOOL_TOPIC, pack(TELEMETRY, value, part, off), pool.encode())
+                    items = packs.setdefault(pool, [])
+                    items.append((value, part, off))
+                    if len(items) >= self.pack_max:
+                        self._produce_pack(producer, pool, packs.pop(pool))
                     n += 1
+                for pool, items in packs.items():
+                    self._produce_pack(producer, pool, items)
                 if not positions:
                     continue
                 while producer.flush(10.0):  # all acknowledged before the offsets move past them
@@ -139,6 +150,15 @@ class TelemetryRouter(threading.Thread):
             consumer.close()  # leaves the group: the partitions move now, not after the session timeout
             log.info("scheduler_router_stopped")
 
+    @staticmethod
+    def _produce_pack(producer: Producer, pool: str, items: list[tuple[bytes, int, int]]) -> None:
+        """One record keeps the envelope a single telemetry record always had (replay compatible)."""
+        if len(items) == 1:
+            value, part, off = items[0]
+            producer.produce(BYPOOL_TOPIC, pack(TELEMETRY, value, part, off), pool.encode())
+        else:
+            producer.produce(BYPOOL_TOPIC, pack_batch(items), pool.encode())
+
     def _dead_letter(self, producer: Producer, msg: Any, kind: str, error: str) -> None:
         DEAD_LETTERED.labels(kind=kind).inc()
         RECORDS_REJECTED.labels(topic=msg.topic(), kind=kind).inc()
@@ -149,7 +169,6 @@ class TelemetryRouter(threading.Thread):
             partition=msg.partition(), offset=msg.offset(), processor=self.processor,
         )  # fmt: skip
         producer.produce(DEADLETTER_TOPIC, self.encode(DEADLETTER_TOPIC, record), msg.topic().encode())
-
 
 
 class BatchProducer:

@@ -91,6 +91,7 @@ from processors.scheduler.wiring_runtime import (
     STATUS,
     STATUS_TOPIC,
     TELEMETRY,
+    TELEMETRY_BATCH,
     TELEMETRY_TOPIC,
     TICK,
     Envelope,
@@ -102,6 +103,7 @@ from processors.scheduler.wiring_runtime import (
     peek_region,
     tick_ms,
     unpack,
+    unpack_batch,
 )
 from processors.scheduler.wiring_state import PartitionState
 from streams.deadletter import PROCESSING
@@ -214,7 +216,8 @@ def _region(value: bytes) -> str:
 def _start_router() -> TelemetryRouter:
     router = TelemetryRouter(
         settings, _region, serde.encode, session_timeout_s=knobs.session_timeout_s,
-        batch_max=knobs.route_batch_max, linger_ms=knobs.route_linger_ms, processor=PROCESSOR,
+        batch_max=knobs.route_batch_max, pack_max=knobs.route_pack_max, linger_ms=knobs.route_linger_ms,
+        processor=PROCESSOR,
     )  # fmt: skip
     router.start()
     return router
@@ -398,6 +401,23 @@ def _as_source(event: faust.EventT, env: Envelope | None) -> Any:
                            offset=env.source_offset, key=msg.key, value=env.payload)  # fmt: skip
 
 
+def _expand(events: list[faust.EventT]) -> list[tuple[faust.EventT, Envelope | None, str | None]]:
+    """One item per scheduler input: telemetry packs (``TELEMETRY_BATCH``) are opened; an undecodable
+    pool record is an item with no envelope and the error."""
+    items: list[tuple[faust.EventT, Envelope | None, str | None]] = []
+    for event in events:
+        try:
+            env = unpack(event.message.value)
+            if env.kind == TELEMETRY_BATCH:
+                items.extend((event, sub, None) for sub in unpack_batch(env.payload))
+                continue
+        except ValueError as exc:
+            items.append((event, None, str(exc)))
+            continue
+        items.append((event, env, None))
+    return items
+
+
 def _run_partition(
     partition: int, events: list[faust.EventT]
 ) -> tuple[list[Out], list[tuple[Any, str, str]]]:
@@ -405,16 +425,15 @@ def _run_partition(
     dead-lettered and the partition is rebuilt from the table and re-run without it, so the
     half-applied record leaves no trace (decisions are deterministic: the re-run repeats the rest)."""
     broken: dict[int, Exception] = {}
+    items = _expand(events)
     while True:
         state = states.get(partition) or _rebuild(partition)
         outs: list[Out] = []
         dead: list[tuple[Any, str, str]] = []
         results: Counter[tuple[str, str]] = Counter()
-        for i, event in enumerate(events):
-            try:
-                env = unpack(event.message.value)
-            except ValueError as exc:
-                dead.append((event.message, "DECODE", str(exc)))
+        for i, (event, env, undecodable) in enumerate(items):
+            if env is None:
+                dead.append((event.message, "DECODE", undecodable or "undecodable pool record"))
                 results[("unknown", "invalid")] += 1
                 continue
             label = _KIND_LABEL.get(env.kind, "unknown")
@@ -447,6 +466,7 @@ def _run_partition(
 
 SLOW_BATCH_S = 0.05
 MAX_PENDING_WRITES = 64  # batches whose state write may wait for their outputs' acks (backpressure)
+
 
 class _StateWriter:
     """Writes each batch's state records once the batch's outputs are acknowledged, in batch order,
@@ -648,5 +668,3 @@ async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
 log.info("scheduler_worker_configured", partitions=PARTITIONS, knobs=dataclasses.asdict(knobs),
          ranking=config.ranking, pools=list(config.pools), lease_s=config.lease_s,
          claim_timeout_s=config.claim_timeout_s, deadletter_topic=DEADLETTER_TOPIC)  # fmt: skip
-
-

@@ -11,15 +11,18 @@ from processors.scheduler.exceptions import InvalidRecord
 from processors.scheduler.wiring_runtime import (
     HANDOFF,
     TELEMETRY,
+    TELEMETRY_BATCH,
     config_from_env,
     knobs_from_env,
     local_pools_of,
     pack,
+    pack_batch,
     pack_tick,
     partition_of,
     peek_region,
     tick_ms,
     unpack,
+    unpack_batch,
 )
 from processors.scheduler.wiring_state import PartitionState, decode_chunk, encode_chunks, restore
 from streams.serde import AvroSerde
@@ -231,3 +234,15 @@ def test_live_telemetry_is_accepted_while_the_clock_lags_behind_a_replayed_backl
         s.on_telemetry(tel("BROKEN", T0 + 5 * H), arrival_ms=T0 + 2 * H + S)  # a broken car clock
     with pytest.raises(InvalidRecord, match="ahead"):  # without an arrival time: the clock alone
         s.on_telemetry(tel("Y", T0 + 9 * H))
+
+
+def test_telemetry_packs_keep_order_and_sources() -> None:
+    items = [(b"body-a", 3, 10), (b"", 3, 11), (b"body-c" * 50, 5, 7)]
+    env = unpack(pack_batch(items))
+    assert env.kind == TELEMETRY_BATCH
+    subs = unpack_batch(env.payload)
+    assert [(e.kind, e.payload, e.source_partition, e.source_offset) for e in subs] == [
+        (TELEMETRY, body, part, off) for body, part, off in items
+    ]
+    with pytest.raises(ValueError, match="truncated"):
+        unpack_batch(env.payload[:-1])
