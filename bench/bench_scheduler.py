@@ -9,7 +9,8 @@
    Baselines: a raw confluent-kafka consumer reading the same records (bytes only), and the worker's
    per-event work in one process without Kafka (Avro decode + ``Scheduler.on_telemetry`` + state
    serialization).
-2. Match latency: with every car eligible, ``--tasks`` requests at ``--task-rate``/s, plus background
+2. Match latency: once the worker has committed everything of phase 1 (steady, not still writing the
+   backlog's state), with every car eligible, ``--tasks`` requests at ``--task-rate``/s, plus background
    telemetry at ``--background-rate``/s; latency = request produced -> its ASSIGN consumed from
    tasks.assignments.v1 (same clock, same process).
 
@@ -41,6 +42,7 @@ from streams.serde import AvroSerde, serde_from_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TELEMETRY, REQUESTS, ASSIGNMENTS = "fleet.telemetry.v1", "tasks.requests.v1", "tasks.assignments.v1"
+BYPOOL = "carnival-scheduler-bypool"
 REGIONS = [f"bench-r{i:02d}" for i in range(12)]
 METRICS_PORT = 48391
 WORKER_ENV = {
@@ -140,6 +142,21 @@ def drain(proc: subprocess.Popen[bytes], n: int, timeout_s: float = 900) -> tupl
                 return (count - first[1]) / max(elapsed, 1e-9), elapsed
         time.sleep(0.25)  # a scrape costs the worker ~1 ms of CPU: not too often
     raise TimeoutError(f"worker processed {processed_telemetry()} of {n} telemetry events in {timeout_s} s")
+
+
+def wait_settled(settings: Settings, timeout_s: float = 120) -> float:
+    """Wait until the worker has committed all it read (pool topic included): its state writes of the
+    throughput phase are durable, so the latency phase starts on a steady worker. Returns seconds."""
+    from streams.lag import group_lag
+
+    t = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lag = group_lag(settings, "carnival-scheduler", [BYPOOL])
+        if sum(lag.values()) == 0:
+            break
+        time.sleep(0.25)
+    return time.perf_counter() - t
 
 
 class Background(threading.Thread):
@@ -274,6 +291,8 @@ def main() -> None:
             env={**os.environ, **WORKER_ENV}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         rate, elapsed = drain(proc, n)
+        settle_s = wait_settled(settings)
+        print(f"worker settled (pool topic all committed) {settle_s:.1f} s after the drain", flush=True)
 
         print(f"latency: {args.tasks} tasks at {args.task_rate}/s, {args.background_rate}/s background ...")
         background = Background(settings, cars, args.background_rate)
