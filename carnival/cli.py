@@ -229,16 +229,25 @@ def query(sql: str, fmt: str) -> None:
 @click.option("--duration", default="12h", show_default=True, help="Simulated time to run.")
 @click.option("--speed", default=240.0, show_default=True, help="Simulated seconds per wall second.")
 @click.option("--seed", default=7, show_default=True)
-def demo(cars: int, sites: int, start: str, duration: str, speed: float, seed: int) -> None:
+@click.option(
+    "--tasks-per-hour",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Mean weekday task arrivals per hour [0.4 per car: about what the fleet's idle cars can serve].",
+)
+def demo(
+    cars: int, sites: int, start: str, duration: str, speed: float, seed: int, tasks_per_hour: float | None
+) -> None:
     """The main job: the whole pipeline on a simulated fleet, then the analyst report.
 
     Starts the stack if needed, runs every processor, drives them with `carnival simulate` (cars,
     tasks, the emulator runtime answering assignments, site power with injected faults), waits for
     ClickHouse to catch up and prints what analysts see. The stack keeps running afterwards.
     """
-    from carnival.demo import run_demo
+    from carnival.demo import TASKS_PER_CAR_HOUR, run_demo
 
-    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites))
+    rate = TASKS_PER_CAR_HOUR * cars if tasks_per_hour is None else tasks_per_hour
+    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites, rate))
 
 
 # -------------------------------------------------------------------------------------------- alerts
