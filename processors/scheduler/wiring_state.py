@@ -115,7 +115,7 @@ class Restored:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock: int = 0
-    anchor: tuple[int, int] | None = None
+    anchor: tuple[int, ...] | None = None
     seq: int = 0
     journal_applied: bool = False
     keys: int = 0
@@ -146,8 +146,7 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
     if header is not None:
         out.clock, out.seq = int(header["clock"]), int(header["seq"])
         if header.get("anchor"):
-            event_ms, wall_ms = header["anchor"]
-            out.anchor = (int(event_ms), int(wall_ms))
+            out.anchor = tuple(int(v) for v in header["anchor"])  # event, arrival[, last wall]
         wanted = [chunks.get(chunk_key(partition, i)) for i in range(int(header["n"]))]
         decoded = [decode_chunk(c) for c in wanted if c is not None]
         if len(decoded) == len(wanted) and all(seq == out.seq for seq, _ in decoded):
@@ -168,6 +167,9 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
     return out
 
 
+OUTAGE_MS = 30_000  # no pool record at all for this long: no worker was running (ticks come every tick_s)
+
+
 @dataclass
 class TickClock:
     """The event time a wall-clock tick stands for, on one partition of the pool stream.
@@ -182,10 +184,25 @@ class TickClock:
 
     Both times come from the log (the record's Kafka timestamp, the tick's payload), so a replay after
     a crash maps every tick to the same event time; the anchor is persisted with the clock.
+
+    The worker's own downtime is not the fleet's silence: while any worker runs, the partition gets a
+    tick every ``tick_s``, so a gap of more than ``OUTAGE_MS`` between consecutive pool records means no
+    worker ran. That gap is left out (the anchor's arrival moves by it); otherwise the first tick after
+    an hour's outage would jump the clock an hour, ahead of the hour of telemetry still to be routed,
+    and expire every lease and claim. The gap is read from the log too, so replays agree.
     """
 
     event_ms: int | None = None  # newest record event time seen on the partition
-    wall_ms: int | None = None  # its arrival (Kafka timestamp of the pool-stream record)
+    wall_ms: int | None = None  # its arrival (Kafka timestamp of the pool-stream record), outages left out
+    last_wall_ms: int | None = None  # latest wall time of any pool record (tick or not)
+
+    def seen(self, wall_ms: int) -> None:
+        """Call for every pool record, in stream order, with its wall time (before ``at``/``observe``)."""
+        last = self.last_wall_ms
+        if last is not None and self.wall_ms is not None and wall_ms - last > OUTAGE_MS:
+            self.wall_ms += wall_ms - last
+        if last is None or wall_ms > last:
+            self.last_wall_ms = wall_ms
 
     def observe(self, event_ms: int, wall_ms: int) -> None:
         if self.event_ms is None or event_ms > self.event_ms:
@@ -198,14 +215,16 @@ class TickClock:
         return self.event_ms + max(0, tick_wall_ms - self.wall_ms)
 
     def as_header(self) -> list[int] | None:
-        return None if self.event_ms is None else [self.event_ms, int(self.wall_ms or 0)]
+        if self.event_ms is None:
+            return None
+        return [self.event_ms, int(self.wall_ms or 0), int(self.last_wall_ms or self.wall_ms or 0)]
 
 
 class PartitionState:
     """The in-memory ``Scheduler`` of one partition of the pool stream, and how it is persisted."""
 
     def __init__(
-        self, partition: int, scheduler: Scheduler, seq: int = 0, anchor: tuple[int, int] | None = None
+        self, partition: int, scheduler: Scheduler, seq: int = 0, anchor: tuple[int, ...] | None = None
     ) -> None:
         self.partition = partition
         self.scheduler = scheduler
@@ -217,10 +236,12 @@ class PartitionState:
 
     def observe_record(self, arrival_ms: int) -> None:
         """Call after each non-tick record with its arrival (Kafka timestamp, ms)."""
+        self.ticks.seen(arrival_ms)
         self.ticks.observe(self.scheduler.record_clock, arrival_ms)
 
     def tick_time(self, tick_wall_ms: int) -> int:
         """The event time to run a tick at (never behind the scheduler's clock)."""
+        self.ticks.seen(tick_wall_ms)
         at = self.ticks.at(tick_wall_ms)
         return self.scheduler.clock if at is None else max(at, self.scheduler.clock)
 

@@ -221,8 +221,26 @@ def test_the_tick_anchor_survives_a_restore() -> None:
     state.observe_record(WALL)
     state.persist(log.data, log.send)
     again, restored = PartitionState.rebuild(2, log.replay(len(log.log)).items(), cfg())
-    assert restored.anchor == (T0, WALL)
+    assert restored.anchor == (T0, WALL, WALL)  # newest event, its arrival, latest wall time seen
     assert again.tick_time(WALL + 30 * S) == T0 + 30 * S
+
+
+def test_a_worker_outage_is_not_fleet_silence() -> None:
+    """No pool record for an hour = no worker ran: the first tick after it must not jump the clock an
+    hour (every lease and claim would expire before the backlog of telemetry is even routed)."""
+    state = PartitionState(0, Scheduler(cfg(lease_s=90)))
+    state.scheduler.on_telemetry(tel("V", T0), arrival_ms=T0)
+    state.observe_record(T0)
+    state.scheduler.on_tick(state.tick_time(T0 + 10 * S))
+    assert state.scheduler.clock == T0 + 10 * S
+    back = T0 + H  # the worker restarts an hour later
+    state.scheduler.on_tick(state.tick_time(back))
+    assert state.scheduler.clock == T0 + 10 * S  # the outage is left out
+    assert state.scheduler.nodes["V"].eligible
+    for second in range(1, 101):  # the restarted worker ticks every second; the fleet stays silent
+        state.scheduler.on_tick(state.tick_time(back + second * S))
+    assert state.scheduler.clock == T0 + 110 * S
+    assert state.scheduler.nodes["V"].reason == "LEASE_EXPIRED"
 
 
 def test_live_telemetry_is_accepted_while_the_clock_lags_behind_a_replayed_backlog() -> None:
