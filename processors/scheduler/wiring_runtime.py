@@ -68,6 +68,7 @@ class WorkerKnobs:
     session_timeout_s: float = 10.0  # consumer group session: how long a dead worker keeps partitions
     route_batch_max: int = 5000  # telemetry records routed per producer flush + offset commit
     route_pack_max: int = 200  # telemetry records of one pool packed into one pool-topic record
+    route_ttl_s: float = 0.0  # event time a finished task's route is kept; 0: tombstone_ttl_s + 1 h
     route_linger_ms: float = 1.0  # the telemetry router's producer batching delay
     gc_freeze_s: float = 10.0  # freeze the surviving heap this often (0 = off; see worker._gc_maintenance)
     gc_full_s: float = 1800.0  # full collection of everything, frozen too, this often (0 = never)
@@ -227,6 +228,9 @@ DECISIONS = Counter(
     ["what"],
 )
 DEAD_LETTERED = Counter("carnival_scheduler_deadlettered_total", "Records sent to deadletter.v1", ["kind"])
+ROUTES_FORGOTTEN = Counter(
+    "carnival_scheduler_routes_forgotten_total", "Routes of finished tasks dropped from table routes"
+)
 REBUILDS = Counter(
     "carnival_scheduler_partition_rebuilds_total", "Scheduler partitions rebuilt from the table"
 )

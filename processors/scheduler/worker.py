@@ -52,7 +52,7 @@ import base64
 import dataclasses
 import gc
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from types import SimpleNamespace
 from typing import Any
 
@@ -64,6 +64,7 @@ import schemas
 from carnival.settings import get_settings
 from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
+from processors.scheduler._time import to_ms
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.exceptions import InvalidRecord
 from processors.scheduler.matching import pool_for_request
@@ -88,6 +89,7 @@ from processors.scheduler.wiring_runtime import (
     REQUEST,
     REQUESTS_TOPIC,
     ROUTED,
+    ROUTES_FORGOTTEN,
     STATUS,
     STATUS_TOPIC,
     TELEMETRY,
@@ -262,26 +264,27 @@ async def _forward(kind: bytes, pool: str, value: bytes, partition: int, offset:
     await bypool_topic.send(key=pool.encode(), value=pack(kind, value, partition, offset))
 
 
-async def _route_task_event(event: faust.EventT) -> None:
+async def _route_task_event(event: faust.EventT) -> dict[str, Any] | None:
+    """Route one request/status/lifecycle record; returns the decoded record (None if dead-lettered)."""
     msg = event.message
     record = await codec.decode(event)
     if record is None:
         DEAD_LETTERED.labels(kind="DECODE").inc()
-        return
+        return record
     task_id = record.get("task_id")
     if not task_id:
         await codec.dead_letter(msg, "VALIDATION", "record has no task_id")
-        return
+        return record
     if msg.topic == REQUESTS_TOPIC:
         await _forward(REQUEST, pool_for_request(record, config), msg.value, msg.partition, msg.offset)
         ROUTED.labels(topic=REQUESTS_TOPIC).inc()
-        return
+        return record
     route = _route_of(task_id)
     if msg.topic == STATUS_TOPIC:
         if _routable(task_id, route, record.get("assignment_id") or ""):
             await _forward(STATUS, route["pool"], msg.value, msg.partition, msg.offset)
             ROUTED.labels(topic=STATUS_TOPIC).inc()
-            return
+            return record
         held = route["held"]
         held.append(
             [
@@ -301,8 +304,8 @@ async def _route_task_event(event: faust.EventT) -> None:
             await codec.dead_letter(
                 gone, "UNROUTABLE", f"no assignment of task {task_id} matches this status"
             )
-        routes[task_id.encode()] = orjson.dumps(route)
-        return
+        _set_route(task_id.encode(), route, msg.partition)
+        return record
     # tasks.lifecycle.v1: where the task lives now, and which assignments it has had.
     state, pool, attempt = record.get("state"), record.get("pool"), record.get("attempt") or 0
     if pool and (route["pool"] is None or (state == "ASSIGNED" and attempt >= route["attempt"])):
@@ -311,6 +314,13 @@ async def _route_task_event(event: faust.EventT) -> None:
         route["attempt"] = max(route["attempt"], attempt)
     if state in TERMINAL_STATES:
         route["done"] = True
+    if state in _MAY_END:
+        ended = to_ms(record["ts"])
+        if route.get("ended_ts") != ended:
+            route["ended_ts"] = ended
+            _ended_routes(msg.partition).append((ended, task_id.encode()))
+    elif state:
+        route.pop("ended_ts", None)  # a FAILED attempt that was requeued: not the end after all
     still: list[Any] = []
     for item in route["held"]:
         part, off, aid, value = item
@@ -321,14 +331,69 @@ async def _route_task_event(event: faust.EventT) -> None:
         else:
             still.append(item)
     route["held"] = still
-    routes[task_id.encode()] = orjson.dumps(route)  # always: a replay rewrites what a crash lost
+    _set_route(task_id.encode(), route, msg.partition)  # always: a replay rewrites what a crash lost
+
+
+# Routes of finished tasks are forgotten ``ROUTE_TTL_MS`` (event time) after their last lifecycle record,
+# in the stream context of a later event of the same partition (faust writes the tombstone to that
+# changelog partition), a few per event. They outlive the scheduler's task tombstones, so a late status
+# still reaches the pool that knows the task was finished. A final FAILED is followed by nothing, a
+# retried one by REQUEUED at once, so FAILED with nothing after it for the TTL is an end too.
+_MAY_END = TERMINAL_STATES | {"FAILED"}
+ROUTE_TTL_MS = int((knobs.route_ttl_s or config.tombstone_ttl_s + 3600) * 1000)
+_ended: dict[int, deque[tuple[int, bytes]]] = {}  # source partition -> (ended_ts, key), oldest first
+_route_clock: dict[int, int] = {}  # source partition -> newest event time seen by route_tasks
+
+
+def _set_route(key: bytes, route: dict[str, Any], partition: int) -> None:
+    routes[key] = orjson.dumps(route)
+    routes.data._key_partition[key] = partition  # faust's memory store tracks it only for restored keys
+
+
+def _ended_routes(partition: int) -> deque[tuple[int, bytes]]:
+    """The partition's finished routes, oldest first; rebuilt from the table after a (re)assignment."""
+    index = _ended.get(partition)
+    if index is None:
+        store = routes.data
+        found = []
+        for key, part in list(store._key_partition.items()):
+            raw = store.data.get(key) if part == partition else None
+            ended = orjson.loads(raw).get("ended_ts") if raw else None
+            if ended is not None:
+                found.append((int(ended), key))
+        index = _ended[partition] = deque(sorted(found))
+    return index
+
+
+def _forget_ended_routes(partition: int, event_ts: Any, arrival_ms: int, limit: int = 16) -> None:
+    """Forget up to ``limit`` routes that ended ``ROUTE_TTL_MS`` before the partition's event time
+    (never trusted further than ``max_future_skew_s`` past the record's arrival: one bogus timestamp
+    must not forget every route)."""
+    try:
+        ts = min(to_ms(event_ts), arrival_ms + int(config.max_future_skew_s * 1000))
+    except TypeError:
+        return
+    now = max(_route_clock.get(partition, 0), ts)
+    _route_clock[partition] = now
+    index = _ended_routes(partition)
+    while index and limit and index[0][0] < now - ROUTE_TTL_MS:
+        ended, key = index.popleft()
+        limit -= 1
+        raw = routes.data.data.get(key)
+        if raw and orjson.loads(raw).get("ended_ts") == ended:  # not revived since
+            del routes[key]
+            routes.data._key_partition.pop(key, None)
+            ROUTES_FORGOTTEN.inc()
 
 
 @app.agent(task_topics, concurrency=1)
 async def route_tasks(stream: faust.StreamT) -> None:
     async for event in stream.events():
         try:
-            await _route_task_event(event)
+            record = await _route_task_event(event)
+            if record is not None and record.get("ts") is not None:
+                msg = event.message
+                _forget_ended_routes(msg.partition, record["ts"], int(msg.timestamp * 1000))
         except (KeyError, TypeError, ValueError) as exc:
             DEAD_LETTERED.labels(kind=PROCESSING).inc()
             await codec.processing_failed(event, exc)
@@ -656,6 +721,7 @@ async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
     await _settle_state_writes()
     dropped = sorted(states)
     states.clear()
+    _ended.clear()  # rebuilt from the table for the partitions this worker gets next
     log.info("scheduler_partitions_revoked", dropped=dropped)
 
 

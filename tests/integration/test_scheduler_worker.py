@@ -8,6 +8,7 @@ uses its own vins, task ids and regions (pools) because topics are shared by the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -26,12 +27,17 @@ from test_scheduler_itsupport import (
 
 from carnival.settings import Settings
 from processors.scheduler import assignment_id_for
+from processors.scheduler.wiring_runtime import partition_of
+from streams.kafka import make_consumer
 
 pytestmark = pytest.mark.integration
 
 LEASE_S = 8
 CLAIM_TIMEOUT_S = 3
-WORKER_CONFIG = {"lease_s": LEASE_S, "claim_timeout_s": CLAIM_TIMEOUT_S, "tick_s": 0.5}
+ROUTE_TTL_S = 120
+WORKER_CONFIG = {
+    "lease_s": LEASE_S, "claim_timeout_s": CLAIM_TIMEOUT_S, "tick_s": 0.5, "route_ttl_s": ROUTE_TTL_S,
+}  # fmt: skip
 MIN = 60_000
 
 
@@ -326,3 +332,43 @@ def test_bad_records_are_dead_lettered(worker: SchedWorker, outputs: Outputs, fe
     future = [d for d in mine() if d["error_kind"] == "future_timestamp"][0]
     assert future["source_topic"] == "fleet.telemetry.v1" and future["source_offset"] >= 0
     assert outputs.node(f"{t}-future") is None and worker.alive()
+
+
+def test_routes_of_finished_tasks_are_forgotten_after_their_ttl(
+    worker: SchedWorker, outputs: Outputs, feed: Feed, stack: Settings
+) -> None:
+    """Table ``routes`` does not grow forever: a finished task's route is deleted (a tombstone on its
+    changelog) once the partition's event time is ``route_ttl_s`` past the task's end. Last in the
+    module: it moves that partition's routing clock minutes ahead."""
+    t = tag("ttl")
+    vin, task = f"{t}-v", f"{t}-t"
+    now = now_ms()
+    feed.telemetry(tel(vin, t, ts=now))
+    outputs.wait(lambda: outputs.node(vin))
+    feed.requests(req(task, t, ts=now))
+    aid = outputs.wait(lambda: outputs.assigned(task))[0]["assignment_id"]
+    feed.statuses(
+        status(task, aid, vin, "STARTED", ts=now + 100), status(task, aid, vin, "COMPLETED", ts=now + 200)
+    )
+    outputs.wait(lambda: "COMPLETED" in outputs.states(task))
+
+    changelog = make_consumer(stack, **{"auto.offset.reset": "earliest"})
+    changelog.subscribe(["carnival-scheduler-routes-changelog"])
+    # Unknown tasks of the same partition, ROUTE_TTL_S + 30 s later in event time (within the skew
+    # allowance): each event forgets a few ended routes, oldest first.
+    partition = partition_of(task, stack.topic_partitions)
+    later = [
+        f"{t}-later-{i}"
+        for i in range(2000)
+        if partition_of(f"{t}-later-{i}", stack.topic_partitions) == partition
+    ]
+    feed.statuses(*(status(x, "none", vin, "FAILED", ts=now + (ROUTE_TTL_S + 30) * 1000) for x in later[:40]))
+    seen: list[bytes | None] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and None not in seen:
+        for msg in changelog.consume(500, 0.5):
+            if not msg.error() and msg.key() == task.encode():
+                seen.append(msg.value())
+    changelog.close()
+    assert seen and seen[0] is not None, "the route was written"
+    assert seen[-1] is None, f"no tombstone for the finished task's route: {seen}"
