@@ -96,13 +96,19 @@ def worker_overrides(speed: float, environ: dict[str, str] | None = None) -> dic
     time. The wall-clock latency of the ASSIGN -> emulator -> STARTED round trip (a second or two with
     every processor on one laptop) is multiplied by ``speed`` in simulated time: at 240x a 1.5 s round
     trip is six simulated minutes, far past the 60 s claim timeout, and every assignment would be
-    requeued as unclaimed. So the demo gives claims ``LOOP_BUDGET_WALL_S`` of wall time. An operator's
-    own ``CARNIVAL_SCHEDULER_CLAIM_TIMEOUT_S`` wins.
+    requeued as unclaimed. So the demo gives claims ``LOOP_BUDGET_WALL_S`` of wall time. And the pools
+    are the simulated fleet's regions. An operator's own ``CARNIVAL_SCHEDULER_*`` settings win.
     """
+    from simulator.config import SimConfig
+
     env = os.environ if environ is None else environ
-    if "CARNIVAL_SCHEDULER_CLAIM_TIMEOUT_S" in env:
-        return {}
-    return {"CARNIVAL_SCHEDULER_CLAIM_TIMEOUT_S": str(max(60.0, round(speed * LOOP_BUDGET_WALL_S)))}
+    wanted = {
+        "CARNIVAL_SCHEDULER_CLAIM_TIMEOUT_S": str(max(60.0, round(speed * LOOP_BUDGET_WALL_S))),
+        # The fleet's regions are the matching pools: any-region tasks (most high-priority work) are
+        # spread over them; without configured pools they all wait in one pool until they spill.
+        "CARNIVAL_SCHEDULER_POOLS": ",".join(SimConfig().region_mix),
+    }
+    return {k: v for k, v in wanted.items() if k not in env}
 
 
 def start_workers(settings: Settings, speed: float = 1.0) -> subprocess.Popen[bytes]:
