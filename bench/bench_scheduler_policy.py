@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opt-in", type=float, default=1.0)
     ap.add_argument("--seeds", default="7,8", help="comma-separated seeds; counts are summed over them")
     ap.add_argument("--oracle", action="store_true", help="also run the (non-deployable) truth ranking")
+    ap.add_argument(
+        "--claim-lease-s",
+        type=float,
+        default=DEFAULT_CONFIG.claim_lease_s,
+        help="SchedulerConfig.claim_lease_s: silence a node holding work survives (lease losses)",
+    )
     args = ap.parse_args(argv)
     try:
         import simulator  # noqa: F401
@@ -252,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             args.seed = seed
             ranking = "random" if policy == "random" else "predictive"
-            cfg = replace(DEFAULT_CONFIG, ranking=ranking, seed=seed)
+            cfg = replace(DEFAULT_CONFIG, ranking=ranking, seed=seed, claim_lease_s=args.claim_lease_s)
             runs.append(PolicyRun(args, cfg).run(oracle=policy == "oracle"))
         results[policy] = combine(runs)
     print(
         f"fleet: {args.cars} simulated candidate cars (opt-in {args.opt_in:g}, {args.hw_mix}, regions "
         f"{args.regions}), seeds {args.seeds}, {args.learn_days} day(s) learning + {args.days} measured per "
         f"seed, {args.tasks_per_hour:g} tasks/h, bursts/day {args.bursts_per_day:g}, durations "
-        f"x{args.duration_scale:g}"
+        f"x{args.duration_scale:g}, claim_lease_s {args.claim_lease_s:g}"
     )
     print(f"{'metric':<24}" + "".join(f"{p:>14}" for p in policies))
     for c in results["random"]:

@@ -58,7 +58,8 @@ class SchedulerConfig:
     lease_s: float = 120.0  # data-timeout lease: no telemetry for this long -> LEASE_EXPIRED
     # A node that holds work keeps its claim (is not preempted) while silent for up to claim_lease_s:
     # parked cars drop off weak Wi-Fi for minutes; it gets no new work after lease_s all the same.
-    claim_lease_s: float = 600.0
+    # 15 minutes, HTCondor's stale-ad expiry: at 10, 40 % of 2-15 minute Wi-Fi gaps preempted running work.
+    claim_lease_s: float = 900.0
     # A gear / charge-state / SoC value must have been *reported* within confirm_s for a node to become
     # eligible; an already-eligible node keeps trusting its last good values for field_ttl_s while
     # the car reports those fields as missing/UNKNOWN (cars invalidate fields when they doze).
@@ -95,7 +96,19 @@ class SchedulerConfig:
     ranking: Literal["predictive", "random"] = "predictive"
     seed: int = 0  # seeds the random ranking (stateless: hash of seed, task, attempt, vin)
     min_stay_probability: float = 0.0  # predictive: leave a task queued rather than use a worse node
+    # Predictive: nodes whose risk (1 - p) is within rank_tolerance x the best risk + rank_tolerance_abs
+    # count as equally good for the task; among them the least over-qualified hardware (hw_best_fit: keep
+    # HW5 nodes for HW5-only tasks), then reliability (in 0.05 steps), then p wins.
+    rank_tolerance: float = 0.0
+    rank_tolerance_abs: float = 0.025
+    hw_best_fit: bool = True
     departure_sigma_s: float = 600.0  # noise of a scheduled departure (owners leave early or late)
+    hazard_prior_hours: float = 1.0  # pseudo-hours of the log-normal vs the car's own leave-by-hour rate
+    hazard_pool_hours: float = 1.0  # pseudo-hours of all days pooled vs weekday / weekend alone
+    # Scales the minutes-to-full hint (a share of owners back when charging ends; DOMAIN.md lists time to
+    # full as one of the cars' strong hints). 0 turns it off: the simulator has no such owners, so the
+    # policy bench sees it only as a small cost (docs/scheduler.md, "Measuring the ranking").
+    full_hint_weight: float = 1.0
     history_decay: float = 0.9  # weight kept by older sessions at each new one in the same bucket
     history_prior_weight: float = 1.0  # pseudo-sessions of the prior when blending with history
     region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS

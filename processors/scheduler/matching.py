@@ -685,22 +685,33 @@ class Scheduler:
         if cfg.ranking == "random":
             return min(cands, key=lambda n: _crc(f"{cfg.seed}/{task.task_id}/{task.attempt}/{n.vin}"))
         retry = task.failures > 0
+        scored = [
+            (retry and not is_trusted(node, cfg), stay_probability(node, task.est_duration_s, now, cfg), node)
+            for node in cands
+        ]
+        untrusted_only = min(s[0] for s in scored)
+        top = max(p for u, p, _ in scored if u == untrusted_only)
+        # Near-best nodes (risk 1 - p within rank_tolerance of the best risk) are interchangeable for this
+        # task: among them take the one with the least hardware above the task's need (keep HW5 nodes for
+        # HW5 tasks), then the most reliable, then the most likely to stay.
+        floor = top - cfg.rank_tolerance * (1.0 - top) - cfg.rank_tolerance_abs
         best: tuple[Any, ...] | None = None
         best_node: NodeState | None = None
-        for node in cands:
-            p = stay_probability(node, task.est_duration_s, now, cfg)
+        best_p = 0.0
+        for untrusted, p, node in scored:
+            if untrusted != untrusted_only or p < floor:
+                continue
             key = (
-                retry and not is_trusted(node, cfg),
-                -round(p * 20),
-                -node.reliability,
+                HW_RANK.get(node.hw, 0) - need_hw if cfg.hw_best_fit else 0,
+                -round(node.reliability * 20),
                 -p,
                 _crc(node.vin),
                 node.vin,
             )
             if best is None or key < best:
-                best, best_node = key, node
-        assert best is not None
-        if -best[3] < cfg.min_stay_probability:  # best[3] is -p
+                best, best_node, best_p = key, node, p
+        assert best_node is not None
+        if best_p < cfg.min_stay_probability:
             return None
         return best_node
 

@@ -12,12 +12,19 @@ functions multiply: ``P(stay >= d) = S_hist(d) * S_dep(d) * S_full(d)``.
    the next morning, home in the day about 2.5 h, work (away, weekday morning) about 7 h, any other
    away charge about 1 h, unknown 2 h. Given the session already lasted ``a`` seconds the estimate is
    conditional: ``S(a + d) / S(a)``.
+   **Hour of day**: the history also keeps, per local hour (weekday and weekend apart, 4 x 24 floats,
+   decayed by ``HAZARD_DECAY`` per session), the hours the car spent idle and the sessions that ended
+   there: its own rate of leaving at that hour. Over the task's window, hour by hour, the log-normal's
+   cumulative hazard is blended with that rate (``hazard_prior_hours`` pseudo-hours of the log-normal),
+   so a commuter who left at 07:30 on the last weekdays is a bad bet for a 1-hour task at 07:00, however
+   long the night session has lasted.
 2. **Scheduled departure** ``S_dep``: trusted, with noise. The node is lost ``departure_guard_s``
    before the departure (the guard preempts), and owners leave early or late with a normal error of
    ``departure_sigma_s``: ``S_dep(d) = 1 - Phi((now + d - (dep - guard)) / sigma)``. A departure that
    is more than one guard in the past is ignored (a stale, probably recurring, setting).
-3. **Minutes to full** ``S_full`` (weak hint): some owners come back when charging completes. A share
-   ``q`` of them (0.5 away from home, 0.15 at home, 0.3 unknown) leaves around ``full + 10 min`` (sd 15 min).
+3. **Minutes to full** ``S_full`` (weak hint, off by default: ``full_hint_weight`` = 0): some owners come
+   back when charging completes. A share ``q`` of them (0.5 away from home, 0.15 at home, 0.3 unknown,
+   times ``full_hint_weight``) leaves around ``full + 10 min`` (sd 15 min).
 
 Sessions are recorded when they end with a known gear change or unplug (see ``eligibility``);
 sessions whose end was not observed (telemetry gap) are not recorded. Hour of week is local time,
@@ -53,6 +60,9 @@ _PRIOR_SIGMA = 0.8
 _ALL = -1  # key of the all-week aggregate
 _TOD = 100  # keys 100..105: the same 4-hour block of the day, any weekday
 _PER_DAY = 24 // BUCKET_HOURS
+HAZARD_DECAY = 0.97  # per recorded session (a car records ~2-4 a day): a half-life of about a week
+_MAX_EXPOSURE_S = 3 * 86400.0  # longer sessions add exposure up to here and no departure
+_MAX_HAZARD_SEGMENTS = 48  # hourly steps of the hazard integral; beyond, the log-normal alone
 
 
 def _norm_sf(z: float) -> float:
@@ -89,14 +99,46 @@ def prior_params(start_ms: int, offset_h: float, at_home: bool | None) -> tuple[
     return math.log(median_h * 3600.0), _PRIOR_SIGMA
 
 
+def _day_hour(ts_ms: int, offset_h: float) -> tuple[int, int, float]:
+    """(day type 0 = Mon-Fri / 1 = Sat-Sun, local hour of day 0-23, hours until the next local hour)."""
+    how = _local_hours(ts_ms, offset_h)
+    hour = int(how) % 168
+    return (1 if hour >= 120 else 0), hour % 24, 1.0 - (how - int(how))
+
+
 class IdleHistory:
-    """Decayed per-bucket statistics of ln(plug-in session duration): ``{bucket: [weight, mean, var]}``."""
+    """Decayed per-bucket statistics of ln(plug-in session duration): ``{bucket: [weight, mean, var]}``,
+    and the car's departure rate by local hour of the day (``haz``, see ``add``)."""
 
-    __slots__ = ("stats", "sessions")
+    __slots__ = ("stats", "sessions", "haz")
 
-    def __init__(self, stats: dict[int, list[float]] | None = None, sessions: int = 0) -> None:
+    def __init__(
+        self,
+        stats: dict[int, list[float]] | None = None,
+        sessions: int = 0,
+        haz: list[list[float]] | None = None,
+    ) -> None:
         self.stats: dict[int, list[float]] = stats if stats is not None else {}
         self.sessions = sessions
+        # [exposure hours, sessions ended] x [weekday, weekend], 24 local hours each, decayed by
+        # HAZARD_DECAY per recorded session: the car's own hazard of leaving at each hour of the day.
+        self.haz: list[list[float]] = haz if haz is not None else []
+
+    def _add_hazard(self, start_ms: int, duration_s: float, offset_h: float) -> None:
+        if not self.haz:
+            self.haz = [[0.0] * 24 for _ in range(4)]
+        for row in self.haz:
+            for i in range(24):
+                row[i] *= HAZARD_DECAY
+        t, end = start_ms, start_ms + int(min(duration_s, _MAX_EXPOSURE_S) * 1000)
+        while t < end:
+            dt, hour, to_next = _day_hour(t, offset_h)
+            step = min(end - t, max(1, math.ceil(to_next * _MS_H)))
+            self.haz[2 * dt][hour] += step / _MS_H
+            t += step
+        if duration_s <= _MAX_EXPOSURE_S:
+            dt, hour, _ = _day_hour(start_ms + int(duration_s * 1000), offset_h)
+            self.haz[2 * dt + 1][hour] += 1.0
 
     def add(self, start_ms: int, duration_s: float, offset_h: float, decay: float) -> None:
         if duration_s <= 0:
@@ -112,6 +154,7 @@ class IdleHistory:
             var = (1.0 - a) * (var + a * delta * delta)
             self.stats[key] = [w, mu, var]
         self.sessions += 1
+        self._add_hazard(start_ms, duration_s, offset_h)
 
     def params(self, bucket: int, prior: tuple[float, float], k: float) -> tuple[float, float]:
         """(mu, sigma): prior -> car-wide -> same time of day -> same block of the week, each level
@@ -126,18 +169,34 @@ class IdleHistory:
             var = (w * max(v, _MIN_VAR) + k * var) / (w + k)
         return mu, math.sqrt(max(var, _MIN_VAR))
 
+    def hazard(self, day_type: int, hour: int, k: float) -> tuple[float, float]:
+        """(sessions ended, exposure hours) at this local hour: the day type's own counts with ``k``
+        pseudo-hours of both day types pooled (Mon-Fri and weekends differ, but one learns from the other)."""
+        if not self.haz:
+            return 0.0, 0.0
+        e_all = self.haz[0][hour] + self.haz[2][hour]
+        n_all = self.haz[1][hour] + self.haz[3][hour]
+        e, n = self.haz[2 * day_type][hour], self.haz[2 * day_type + 1][hour]
+        if e_all <= 0:
+            return 0.0, 0.0
+        return n + k * n_all / (e_all + k), e + k * e_all / (e_all + k)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "n": self.sessions,
             "b": [[k, w, m, v] for k, (w, m, v) in sorted(self.stats.items())],
         }
+        if self.haz:
+            d["h"] = [row[:] for row in self.haz]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> IdleHistory:
         if not d:
             return cls()
+        haz = [[float(x) for x in row] for row in d["h"]] if d.get("h") else None
         return cls(
-            {int(row[0]): [float(row[1]), float(row[2]), float(row[3])] for row in d["b"]}, int(d["n"])
+            {int(row[0]): [float(row[1]), float(row[2]), float(row[3])] for row in d["b"]}, int(d["n"]), haz
         )
 
 
@@ -162,11 +221,62 @@ def _ln_sf(t: float, mu: float, sigma: float) -> float:
     return _norm_sf((math.log(t) - mu) / sigma)
 
 
+def _habit_survival(
+    node: NodeState,
+    mu: float,
+    sigma: float,
+    elapsed: float,
+    duration_s: float,
+    now_ms: int,
+    cfg: SchedulerConfig,
+) -> float:
+    """P(the session lasts ``duration_s`` more | it lasted ``elapsed``).
+
+    Hour by hour, the log-normal's cumulative hazard over the step is blended with the car's own rate of
+    leaving at that local hour: ``H = (ended * dt + k * H_lognormal) / (exposure + k)``, ``k`` =
+    ``hazard_prior_hours``. With no history this is the log-normal; with a few days it is the car's habit
+    (a commuter who left at 07:30 on the last weekdays will likely leave at 07:30 today)."""
+    if duration_s <= 0:
+        return 1.0
+    k = cfg.hazard_prior_hours
+    if k <= 0 or not node.history.haz:
+        s_a = _ln_sf(elapsed, mu, sigma)
+        return min(1.0, _ln_sf(elapsed + duration_s, mu, sigma) / s_a) if s_a > 1e-12 else 1.0
+    offset = cfg.utc_offset_h(node.region)
+    hist = node.history
+    total = 0.0  # cumulative hazard
+    t_ms, end_ms = now_ms, now_ms + int(duration_s * 1000)
+    ln_prev = _ln_logsf(elapsed, mu, sigma)
+    for _ in range(_MAX_HAZARD_SEGMENTS):
+        if t_ms >= end_ms:
+            break
+        day_type, hour, to_next = _day_hour(t_ms, offset)
+        step_ms = min(end_ms - t_ms, max(1, math.ceil(to_next * _MS_H)))
+        t_ms += step_ms
+        ln_next = _ln_logsf(elapsed + (t_ms - now_ms) / 1000.0, mu, sigma)
+        h_ln = ln_prev - ln_next
+        ln_prev = ln_next
+        ended, exposure = hist.hazard(day_type, hour, cfg.hazard_pool_hours)
+        total += (ended * step_ms / _MS_H + k * h_ln) / (exposure + k)
+    if t_ms < end_ms:
+        total += ln_prev - _ln_logsf(elapsed + duration_s, mu, sigma)
+    return math.exp(-total)
+
+
+def _ln_logsf(t: float, mu: float, sigma: float) -> float:
+    """ln P(log-normal > t), finite far in the tail."""
+    if t <= 0:
+        return 0.0
+    z = (math.log(t) - mu) / sigma
+    if z < 8.0:
+        return math.log(max(_norm_sf(z), 1e-300))
+    return -0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi))  # Mills ratio
+
+
 def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
     """P(the node is still idle ``duration_s`` seconds after ``now_ms``)."""
     mu, sigma, elapsed = habit_params(node, now_ms, cfg)
-    s_a = _ln_sf(elapsed, mu, sigma)
-    p = min(1.0, _ln_sf(elapsed + duration_s, mu, sigma) / s_a) if s_a > 1e-12 else 1.0
+    p = _habit_survival(node, mu, sigma, elapsed, duration_s, now_ms, cfg)
     dep = node.scheduled_departure
     if dep is not None:
         guard_ms = cfg.departure_guard_s * 1000.0
@@ -174,8 +284,13 @@ def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: Sched
             end = dep - guard_ms
             p *= _norm_sf((now_ms + duration_s * 1000.0 - end) / (cfg.departure_sigma_s * 1000.0))
     mtf = node.minutes_to_full
-    if mtf is not None and mtf > 0 and node.charge_state in ("CHARGING", "STARTING"):
-        q = 0.3 if node.at_home is None else (0.15 if node.at_home else 0.5)
+    if (
+        cfg.full_hint_weight > 0
+        and mtf is not None
+        and mtf > 0
+        and node.charge_state in ("CHARGING", "STARTING")
+    ):
+        q = cfg.full_hint_weight * (0.3 if node.at_home is None else (0.15 if node.at_home else 0.5))
         p *= 1.0 - q * (1.0 - _norm_sf((duration_s - (mtf * 60.0 + 600.0)) / 900.0))
     return max(0.0, min(1.0, p))
 

@@ -202,3 +202,23 @@ def test_random_ranking_is_seeded_and_deterministic() -> None:
         h.req("t", T0 + S)
         picks.append(h.holder("t"))
     assert picks[0] == picks[1] is not None
+
+
+def test_best_fit_keeps_newer_hardware_for_tasks_that_need_it() -> None:
+    """Among equally good nodes the least over-qualified one wins: an HW4 task leaves the HW5 node free."""
+    for first, second in (("V4", "V5"), ("V5", "V4")):  # whatever the order nodes appear in
+        h = Harness(cfg())
+        h.tel(first, T0, hw=first.replace("V", "HW"))
+        h.tel(second, T0 + S, hw=second.replace("V", "HW"))
+        h.req("t4", T0 + 2 * S, min_hw="HW4")
+        assert h.holder("t4") == "V4"
+        h.req("t5", T0 + 3 * S, min_hw="HW5")
+        assert h.holder("t5") == "V5"
+
+
+def test_best_fit_does_not_override_a_clearly_better_stay_probability() -> None:
+    h = Harness(cfg())
+    h.tel("V4", T0, hw="HW4", scheduled_departure=T0 + 40 * MIN)  # gone (guard) before the task ends
+    h.tel("V5", T0 + S, hw="HW5")
+    h.req("t4", T0 + 2 * S, min_hw="HW4", est_duration_s=3600)
+    assert h.holder("t4") == "V5"

@@ -65,8 +65,9 @@ def test_stale_lease_expiry_preempts() -> None:
     outs = h.tick(T0 + 121 * S)  # silent past the lease: no new work, but the claim is kept a while
     assert commands(outs) == [] and h.s.nodes["V1"].reason == "LEASE_EXPIRED"
     assert h.s.tasks["t"].state == "RUNNING"
-    assert commands(h.tick(T0 + 600 * S)) == []
-    outs = h.tick(T0 + 601 * S)  # claim_lease_s of silence: the claim is lost
+    claim = int(h.s.cfg.claim_lease_s)
+    assert commands(h.tick(T0 + claim * S)) == []
+    outs = h.tick(T0 + (claim + 1) * S)  # claim_lease_s of silence: the claim is lost
     assert commands(outs) == [("REVOKE", "t", "V1")]
     assert states(outs) == ["PREEMPTED", "REQUEUED"]
     assert outs[0].value["reason"] == "LEASE_EXPIRED"
