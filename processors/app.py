@@ -10,7 +10,6 @@ duplicate bugs): acks from all replicas, frequent commits, agents with concurren
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import faust
@@ -60,46 +59,20 @@ def declare_internal_topics(settings: Settings, app: faust.App, extra: tuple[str
     snapshot can then hold a just-created changelog with 0 partitions; the first table write checks
     "source partitions == changelog partitions", raises ``PartitionsMismatch`` and crashes the agent
     over and over (the snapshot is not refreshed), losing the events it crashed on.
-    Returns the topics that were created (existing ones are left as they are).
+    Returns the topics that were created (existing ones keep their partitions; configs are reconciled).
     """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
+    from streams.topics import TopicSpec, apply_topics
 
-    from streams.kafka import make_admin
-
-    replicas, default_n = settings.topic_replication, settings.topic_partitions
-    specs: list[NewTopic] = []
-    for table in app.tables.values():
-        extra_cfg = {k: str(v) for k, v in (table.extra_topic_configs or {}).items()}
-        specs.append(
-            NewTopic(
-                table.changelog_topic_name,
-                num_partitions=table.partitions or default_n,
-                replication_factor=replicas,
-                config={"cleanup.policy": "compact", **extra_cfg},
-            )
+    specs = [
+        TopicSpec(
+            table.changelog_topic_name,
+            "table key",
+            f"changelog of faust table {table.name}",
+            compacted=True,
+            partitions=table.partitions,
+            extra_config={k: str(v) for k, v in (table.extra_topic_configs or {}).items()},
         )
-    specs.extend(NewTopic(name, num_partitions=default_n, replication_factor=replicas) for name in extra)
-    admin = make_admin(settings)  # keep a reference: a collected client fails its futures
-    created: list[str] = []
-    for name, fut in admin.create_topics(specs, request_timeout=30).items():
-        try:
-            fut.result()
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    wanted = {spec.topic: spec.num_partitions for spec in specs}
-    deadline = time.monotonic() + 30
-    while True:
-        topics = admin.list_topics(timeout=10).topics
-        missing = [
-            name for name, n in wanted.items()
-            if name not in topics or len(topics[name].partitions) < n
-            or any(p.leader < 0 for p in topics[name].partitions.values())
-        ]  # fmt: skip
-        if not missing:
-            return created
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"internal topics have no partition leaders after 30 s: {missing}")
-        time.sleep(0.2)
+        for table in app.tables.values()
+    ]
+    specs.extend(TopicSpec(name, "record key", f"internal topic of {app.conf.id}") for name in extra)
+    return apply_topics(settings, specs=specs).created

@@ -7,6 +7,8 @@ that differ. Running it twice changes nothing the second time.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -102,22 +104,30 @@ class ApplyReport:
 
 
 def apply_topics(
-    settings: Settings, admin: AdminClient | None = None, timeout_s: float = 30.0
+    settings: Settings,
+    admin: AdminClient | None = None,
+    timeout_s: float = 30.0,
+    specs: Iterable[TopicSpec] | None = None,
 ) -> ApplyReport:
-    """Make the cluster's topics match ``TOPICS``. Idempotent."""
+    """Make the cluster's topics match ``specs`` (default: the public ``TOPICS``). Idempotent.
+
+    Topics it creates or grows have a leader for every partition when it returns: a consumer that
+    subscribes right after (faust reads partition counts from its first metadata) sees them whole.
+    """
     admin = admin or AdminClient(settings.kafka_client_config())
+    specs_by_name = dict(TOPICS) if specs is None else {spec.name: spec for spec in specs}
     report = ApplyReport()
     existing = admin.list_topics(timeout=timeout_s).topics
-    wanted = {name: spec.partitions or settings.topic_partitions for name, spec in TOPICS.items()}
+    wanted = {name: spec.partitions or settings.topic_partitions for name, spec in specs_by_name.items()}
 
     missing = [
         NewTopic(
             name,
             num_partitions=wanted[name],
             replication_factor=settings.topic_replication,
-            config=TOPICS[name].config(),
+            config=specs_by_name[name].config(),
         )
-        for name in TOPICS
+        for name in specs_by_name
         if name not in existing
     ]
     if missing:
@@ -127,7 +137,7 @@ def apply_topics(
 
     grow = [
         NewPartitions(name, wanted[name])
-        for name in TOPICS
+        for name in specs_by_name
         if name in existing and len(existing[name].partitions) < wanted[name]
     ]
     if grow:
@@ -135,13 +145,14 @@ def apply_topics(
             _result(fut, f"add partitions to {name}")
             report.repartitioned.append(name)
 
-    for name in TOPICS:
+    for name in specs_by_name:
         if name in report.created:
             continue
-        if _reconcile_config(admin, name, TOPICS[name].config(), timeout_s):
+        if _reconcile_config(admin, name, specs_by_name[name].config(), timeout_s):
             report.reconfigured.append(name)
         elif name not in report.repartitioned:
             report.unchanged.append(name)
+    _await_leaders(admin, {n: wanted[n] for n in report.created + report.repartitioned}, timeout_s)
     log.info(
         "topics_applied",
         created=report.created,
@@ -149,6 +160,22 @@ def apply_topics(
         reconfigured=report.reconfigured,
     )
     return report
+
+
+def _await_leaders(admin: AdminClient, partitions: dict[str, int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while partitions:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        waiting = [
+            name for name, n in partitions.items()
+            if name not in topics or len(topics[name].partitions) < n
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        ]  # fmt: skip
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics without partition leaders after {timeout_s:.0f} s: {waiting}")
+        time.sleep(0.2)
 
 
 def _reconcile_config(admin: AdminClient, topic: str, wanted: dict[str, str], timeout_s: float) -> bool:
