@@ -24,11 +24,9 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -38,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from harness import bench_kafka, stop_process  # noqa: E402
 
 from carnival.settings import Settings  # noqa: E402
 from processors.power import Detector, PowerConfig  # noqa: E402
@@ -293,24 +293,8 @@ def main() -> None:
     ap.add_argument("--use-running-stack", action="store_true", help="use the stack CARNIVAL_* points at")
     args = ap.parse_args()
 
-    started = None
-    workdir = Path(tempfile.mkdtemp(prefix="carnival-bench-power-"))
-    if not args.use_running_stack:
-        os.environ.update(
-            {
-                "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:47592",
-                "CARNIVAL_KAFKA_CONTROLLER_PORT": "47593",
-                "CARNIVAL_CLICKHOUSE_EMBEDDED": "false",
-                "CARNIVAL_DATA_DIR": str(workdir),
-            }
-        )
-        started = Settings()
-        from carnival.stack import kafka_broker
-        from streams.topics import apply_topics
-
-        kafka_broker.start_broker(started)
-        apply_topics(started)
-    settings = started or Settings()
+    kafka = bench_kafka(None if args.use_running_stack else 47592, "carnival-bench-power-")
+    settings, workdir = kafka.settings, kafka.workdir
     env = {
         **os.environ,
         "CARNIVAL_METRICS_PORT": str(METRICS_PORT),
@@ -376,16 +360,8 @@ def main() -> None:
     finally:
         if background is not None:
             background.stop_flag.set()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if started is not None:
-            from carnival.stack import kafka_broker
-
-            kafka_broker.stop_broker(started)
+        stop_process(proc)
+        kafka.close()
 
 
 if __name__ == "__main__":

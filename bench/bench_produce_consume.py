@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import bench_kafka  # noqa: E402
 
 from carnival.settings import Settings  # noqa: E402
 from streams.consume import assign_all_partitions, consume_json_lines  # noqa: E402
@@ -61,15 +61,25 @@ def telemetry_lines(n: int, seed: int = 1) -> list[bytes]:
     return lines
 
 
-def end_offsets(settings: Settings) -> int:
+def end_offsets(settings: Settings, attempts: int = 20) -> int:
+    """Sum of the topic's end offsets. Right after a private broker starts, a partition can be listed
+    with a leader that does not serve offsets yet (NOT_LEADER_FOR_PARTITION): retry a few times."""
+    from confluent_kafka import KafkaException, TopicPartition
+
     consumer = make_consumer(settings)
     try:
         meta = consumer.list_topics(TOPIC, timeout=10).topics[TOPIC]
-        from confluent_kafka import TopicPartition
-
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1] for p in meta.partitions
-        )
+        for attempt in range(attempts):
+            try:
+                return sum(
+                    consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1]
+                    for p in meta.partitions
+                )
+            except KafkaException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
 
@@ -156,24 +166,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.records
 
-    started = None
-    if not args.use_running_stack:
-
-        os.environ.update(
-            {
-                "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:45092",
-                "CARNIVAL_KAFKA_CONTROLLER_PORT": "45093",
-                "CARNIVAL_CLICKHOUSE_EMBEDDED": "false",
-                "CARNIVAL_DATA_DIR": tempfile.mkdtemp(prefix="carnival-bench-"),
-            }
-        )
-        started = Settings()
-        from carnival.stack import kafka_broker
-        from streams.topics import apply_topics
-
-        kafka_broker.start_broker(started)
-        apply_topics(started)
-    settings = started or Settings()
+    kafka = bench_kafka(None if args.use_running_stack else 45092, "carnival-bench-")
+    settings = kafka.settings
     try:
         print(f"generating {n:,} telemetry JSON lines ...", flush=True)
         lines = telemetry_lines(n)
@@ -193,10 +187,7 @@ def main() -> None:
         raw_c = bench_consume_raw(settings, n)
         car_c = bench_consume_carnival(settings, n)
     finally:
-        if started is not None:
-            from carnival.stack import kafka_broker
-
-            kafka_broker.stop_broker(started)
+        kafka.close()
 
     print()
     print(f"{'path':42} {'records/s':>12} {'seconds':>9}")

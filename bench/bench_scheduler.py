@@ -25,7 +25,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import bench_kafka, stop_process  # noqa: E402
 
 from carnival.settings import Settings  # noqa: E402
 from processors.scheduler import Scheduler, SchedulerConfig  # noqa: E402
@@ -271,20 +272,8 @@ def main() -> None:
     ap.add_argument("--use-running-stack", action="store_true", help="use the stack CARNIVAL_* points at")
     args = ap.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="carnival-bench-scheduler-"))
-    started: Settings | None = None
-    if not args.use_running_stack:
-        os.environ.update({
-            "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:48392", "CARNIVAL_KAFKA_CONTROLLER_PORT": "48393",
-            "CARNIVAL_CLICKHOUSE_EMBEDDED": "false", "CARNIVAL_DATA_DIR": str(workdir),
-        })  # fmt: skip
-        started = Settings()
-        from carnival.stack import kafka_broker
-        from streams.topics import apply_topics
-
-        kafka_broker.start_broker(started)
-        apply_topics(started)
-    settings = started or Settings()
+    kafka = bench_kafka(None if args.use_running_stack else 48392, "carnival-bench-scheduler-")
+    settings, workdir = kafka.settings, kafka.workdir
     proc: subprocess.Popen[bytes] | None = None
     background: Background | None = None
     try:
@@ -336,16 +325,8 @@ def main() -> None:
     finally:
         if background is not None:
             background.stop.set()
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if started is not None:
-            from carnival.stack import kafka_broker
-
-            kafka_broker.stop_broker(started)
+        stop_process(proc)
+        kafka.close()
 
 
 if __name__ == "__main__":

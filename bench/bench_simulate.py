@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
+
+from harness import bench_kafka
 
 from carnival.settings import Settings
 from simulator.config import DAY_MS, SimConfig
@@ -107,23 +107,8 @@ def main() -> None:
     ap.add_argument("--own-broker", action="store_true", help=f"start a private broker on port {OWN_PORT}")
     args = ap.parse_args()
 
-    stop_broker = None
-    if args.own_broker:
-        from carnival.stack import kafka_broker
-        from streams.topics import apply_topics
-
-        data_dir = Path(tempfile.mkdtemp(prefix="carnival-bench-"))
-        os.environ.update(
-            CARNIVAL_KAFKA_BOOTSTRAP=f"localhost:{OWN_PORT}",
-            CARNIVAL_DATA_DIR=str(data_dir),
-            CARNIVAL_KAFKA_CONTROLLER_PORT=str(OWN_PORT + 1),
-        )
-        settings = Settings()
-        kafka_broker.start_broker(settings)
-        apply_topics(settings)
-        stop_broker = lambda: kafka_broker.stop_broker(settings)  # noqa: E731
-    else:
-        settings = Settings()
+    kafka = bench_kafka(OWN_PORT if args.own_broker else None, "carnival-bench-")
+    settings = kafka.settings
     try:
         cores = os.cpu_count()
         print(f"broker {settings.kafka_bootstrap}, {cores} cores, {args.cars} cars, {args.seconds:.0f}s each")
@@ -141,8 +126,7 @@ def main() -> None:
         raw = ceiling(settings, pool, secs, raw=True)
         print(f"ceiling, pre-encoded bytes, raw confluent-kafka: {raw:>10,.0f}/s")
     finally:
-        if stop_broker is not None:
-            stop_broker()
+        kafka.close()
 
 
 if __name__ == "__main__":
