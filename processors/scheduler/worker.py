@@ -54,7 +54,7 @@ import gc
 import time
 from collections import Counter, defaultdict, deque
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -466,20 +466,32 @@ def _as_source(event: faust.EventT, env: Envelope | None) -> Any:
                            offset=env.source_offset, key=msg.key, value=env.payload)  # fmt: skip
 
 
-def _expand(events: list[faust.EventT]) -> list[tuple[faust.EventT, Envelope | None, str | None]]:
-    """One item per scheduler input: telemetry packs (``TELEMETRY_BATCH``) are opened; an undecodable
-    pool record is an item with no envelope and the error."""
-    items: list[tuple[faust.EventT, Envelope | None, str | None]] = []
+class _Input(NamedTuple):
+    """One scheduler input of a batch, with what its pool-topic record says once for all it carries."""
+
+    event: faust.EventT
+    env: Envelope | None  # None: the pool record was undecodable (``error``)
+    error: str | None
+    pool: str  # the record key
+    arrival_ms: int  # the record's Kafka timestamp
+
+
+def _expand(events: list[faust.EventT]) -> list[_Input]:
+    """One input per scheduler record: telemetry packs (``TELEMETRY_BATCH``) are opened."""
+    items: list[_Input] = []
     for event in events:
+        msg = event.message
+        pool = msg.key.decode() if isinstance(msg.key, bytes) else str(msg.key or "")
+        arrival_ms = int(msg.timestamp * 1000)
         try:
-            env = unpack(event.message.value)
+            env = unpack(msg.value)
             if env.kind == TELEMETRY_BATCH:
-                items.extend((event, sub, None) for sub in unpack_batch(env.payload))
+                items.extend(_Input(event, sub, None, pool, arrival_ms) for sub in unpack_batch(env.payload))
                 continue
         except ValueError as exc:
-            items.append((event, None, str(exc)))
+            items.append(_Input(event, None, str(exc), pool, arrival_ms))
             continue
-        items.append((event, env, None))
+        items.append(_Input(event, env, None, pool, arrival_ms))
     return items
 
 
@@ -496,9 +508,9 @@ def _run_partition(
         outs: list[Out] = []
         dead: list[tuple[Any, str, str]] = []
         results: Counter[tuple[str, str]] = Counter()
-        for i, (event, env, undecodable) in enumerate(items):
+        for i, (event, env, error, pool, arrival_ms) in enumerate(items):
             if env is None:
-                dead.append((event.message, "DECODE", undecodable or "undecodable pool record"))
+                dead.append((event.message, "DECODE", error or "undecodable pool record"))
                 results[("unknown", "invalid")] += 1
                 continue
             label = _KIND_LABEL.get(env.kind, "unknown")
@@ -507,10 +519,7 @@ def _run_partition(
                 dead.append((_as_source(event, env), PROCESSING, f"{type(exc).__name__}: {exc}"))
                 results[(label, "failed")] += 1
                 continue
-            key = event.message.key
-            arrival_ms = int(event.message.timestamp * 1000)
             try:
-                pool = key.decode() if isinstance(key, bytes) else str(key or "")
                 outs.extend(_dispatch(state, env, pool, arrival_ms))
                 if env.kind != TICK:
                     state.observe_record(arrival_ms)
