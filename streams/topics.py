@@ -2,7 +2,9 @@
 
 ``carnival topics apply`` makes the cluster match this table: it creates missing topics, raises
 partition counts that are too low (never lowers them: that would reshuffle keys), and rewrites configs
-that differ. Running it twice changes nothing the second time.
+that differ. Running it twice changes nothing the second time. The workers pass their own internal
+topics (faust changelogs, the scheduler's pool topic) through the same function
+(``processors.app.declare_internal_topics``).
 """
 
 from __future__ import annotations
