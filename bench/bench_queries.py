@@ -12,16 +12,16 @@ rows returned. Starts its own stack unless --use-running-stack is given.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+
+from harness import private_stack_env  # noqa: E402
 
 from carnival.settings import Settings  # noqa: E402
 from sinks import sample_data  # noqa: E402
@@ -65,15 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     own_stack = not args.use_running_stack
     if own_stack:
-        os.environ.update(
-            {
-                "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:46192",
-                "CARNIVAL_KAFKA_CONTROLLER_PORT": "46193",
-                "CARNIVAL_CLICKHOUSE_URL": "http://localhost:46223",
-                "CARNIVAL_CLICKHOUSE_NATIVE_PORT": "46101",
-                "CARNIVAL_DATA_DIR": tempfile.mkdtemp(prefix="carnival-bench-queries-"),
-            }
-        )
+        private_stack_env("carnival-bench-queries-", kafka_port=46192, clickhouse_port=46223)
     base = Settings()
     from carnival.stack.clickhouse_server import start_clickhouse, stop_clickhouse
 

@@ -12,16 +12,16 @@ stack (own data dir and ports) unless --use-running-stack is given.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import private_stack_env  # noqa: E402
 
 from carnival.settings import Settings  # noqa: E402
 from sinks.clickhouse import get_client  # noqa: E402
@@ -115,15 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     own_stack = not args.use_running_stack
     if own_stack:
-        os.environ.update(
-            {
-                "CARNIVAL_KAFKA_BOOTSTRAP": "localhost:46092",
-                "CARNIVAL_KAFKA_CONTROLLER_PORT": "46093",
-                "CARNIVAL_CLICKHOUSE_URL": "http://localhost:46123",
-                "CARNIVAL_CLICKHOUSE_NATIVE_PORT": "46001",
-                "CARNIVAL_DATA_DIR": tempfile.mkdtemp(prefix="carnival-bench-sink-"),
-            }
-        )
+        private_stack_env("carnival-bench-sink-", kafka_port=46092, clickhouse_port=46123)
     settings = Settings()
     from carnival.stack.lifecycle import stack_down, stack_up
 

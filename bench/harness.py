@@ -1,4 +1,4 @@
-"""What the Kafka benches share: a private broker (or the running stack) and stopping a worker."""
+"""What the benches share: a private stack (or the running one) and stopping a worker."""
 
 from __future__ import annotations
 
@@ -27,17 +27,29 @@ class BenchKafka:
             kafka_broker.stop_broker(self.settings)
 
 
+def private_stack_env(prefix: str, kafka_port: int, clickhouse_port: int | None = None) -> Path:
+    """Point ``CARNIVAL_*`` at a private stack in a fresh data dir: Kafka on ``kafka_port`` (controller
+    ``+ 1``), ClickHouse HTTP on ``clickhouse_port`` (native ``+ 1``). Returns the data dir."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update({
+        "CARNIVAL_KAFKA_BOOTSTRAP": f"localhost:{kafka_port}",
+        "CARNIVAL_KAFKA_CONTROLLER_PORT": str(kafka_port + 1),
+        "CARNIVAL_DATA_DIR": str(workdir),
+    })  # fmt: skip
+    if clickhouse_port is not None:
+        os.environ["CARNIVAL_CLICKHOUSE_URL"] = f"http://localhost:{clickhouse_port}"
+        os.environ["CARNIVAL_CLICKHOUSE_NATIVE_PORT"] = str(clickhouse_port + 1)
+    return workdir
+
+
 def bench_kafka(port: int | None, prefix: str) -> BenchKafka:
     """A private broker on ``port`` (controller on ``port + 1``, no ClickHouse) with Carnival's topics,
     its settings exported to ``CARNIVAL_*`` for the workers the bench starts; None: the stack the
     ``CARNIVAL_*`` environment points at. Call ``close()`` when done."""
-    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     if port is None:
-        return BenchKafka(Settings(), workdir, private=False)
-    os.environ.update({
-        "CARNIVAL_KAFKA_BOOTSTRAP": f"localhost:{port}", "CARNIVAL_KAFKA_CONTROLLER_PORT": str(port + 1),
-        "CARNIVAL_CLICKHOUSE_EMBEDDED": "false", "CARNIVAL_DATA_DIR": str(workdir),
-    })  # fmt: skip
+        return BenchKafka(Settings(), Path(tempfile.mkdtemp(prefix=prefix)), private=False)
+    workdir = private_stack_env(prefix, port)
+    os.environ["CARNIVAL_CLICKHOUSE_EMBEDDED"] = "false"
     from carnival.stack import kafka_broker
     from streams.topics import apply_topics
 
