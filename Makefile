@@ -14,6 +14,7 @@ run: install
 	carnival demo
 
 test: install
+	lint-imports
 	$(PYTHON) -m pytest -ra
 
 unit: install
@@ -21,7 +22,7 @@ unit: install
 
 lint:
 	ruff check .
-	mypy carnival streams sinks processors schemas
+	mypy core carnival streams sinks processors schemas simulator
 
 stop:
 	carnival stack down

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness import bench_kafka, stop_process  # noqa: E402
 
-from carnival.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from processors.power import Detector, PowerConfig  # noqa: E402
 from processors.power.runtime import encode_state  # noqa: E402
 from processors.power.scenario import SiteEvents  # noqa: E402

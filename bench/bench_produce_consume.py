@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import bench_kafka  # noqa: E402
 
-from carnival.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from streams.consume import assign_all_partitions, consume_json_lines  # noqa: E402
 from streams.kafka import Producer, make_consumer, producer_config  # noqa: E402
 from streams.produce import produce_json_lines  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 
 from harness import private_stack_env  # noqa: E402
 
-from carnival.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from sinks import sample_data  # noqa: E402
 from sinks.clickhouse import get_client  # noqa: E402
 from sinks.ledger import recompute  # noqa: E402

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import bench_kafka, stop_process  # noqa: E402
 
-from carnival.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from processors.scheduler import Scheduler, SchedulerConfig  # noqa: E402
 from processors.scheduler.wiring_state import PartitionState  # noqa: E402
 from streams.kafka import Producer, make_consumer  # noqa: E402

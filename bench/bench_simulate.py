@@ -17,7 +17,7 @@ import time
 
 from harness import bench_kafka
 
-from carnival.settings import Settings
+from core.settings import Settings
 from simulator.config import DAY_MS, SimConfig
 from simulator.rate import run_rate
 from simulator.sinks import KafkaSink, MemorySink

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import private_stack_env  # noqa: E402
 
-from carnival.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from sinks.clickhouse import get_client  # noqa: E402
 from sinks.config import SinkConfig  # noqa: E402
 from sinks.kafka_sink import KafkaSink  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carnival.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from carnival.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 
 def _settings() -> Settings:
@@ -30,7 +30,7 @@ def main() -> None:
     Configuration comes from CARNIVAL_* environment variables (CARNIVAL_KAFKA_BOOTSTRAP,
     CARNIVAL_CLICKHOUSE_URL, CARNIVAL_DATA_DIR, CARNIVAL_SCHEMA_REGISTRY_URL, ...).
     """
-    from carnival.logs import configure_logging
+    from core.logs import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)

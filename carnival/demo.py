@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import structlog
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 

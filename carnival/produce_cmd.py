@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import click
 
-from carnival.settings import Settings
+from core.settings import Settings
 from streams.topics import DEADLETTER_TOPIC, TOPICS
 
 

@@ -14,8 +14,8 @@ import time
 
 import structlog
 
-from carnival.metrics import serve_metrics
-from carnival.settings import Settings
+from core.metrics import serve_metrics
+from core.settings import Settings
 from processors.registry import PROCESSORS
 
 log = structlog.get_logger(__name__)

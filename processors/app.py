@@ -14,7 +14,7 @@ from pathlib import Path
 
 import faust
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 APP_PREFIX = "carnival"
 

@@ -11,8 +11,8 @@ from typing import Any
 import faust
 import structlog
 
-from carnival.metrics import RECORDS_CONSUMED, RECORDS_REJECTED
-from carnival.settings import Settings
+from core.metrics import RECORDS_CONSUMED, RECORDS_REJECTED
+from core.settings import Settings
 from streams.deadletter import PROCESSING, deadletter_record
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde, serde_from_settings

@@ -10,8 +10,8 @@ from typing import Any
 import click
 import structlog
 
-from simulator.cli import INPUT_TOPICS, parse_duration_ms, parse_start_ms
 from simulator.config import DAY_MS, SimConfig
+from simulator.options import INPUT_TOPICS, parse_duration_ms, parse_start_ms
 from simulator.runner import RunSummary
 from simulator.sinks import JsonlSink, Sink
 from simulator.truth import Truth, TruthFile
@@ -60,7 +60,7 @@ def parse_topics(text: str | None) -> tuple[str, ...] | None:
 
 
 def run_command(opts: dict[str, Any]) -> int:
-    from carnival.settings import get_settings
+    from core.settings import get_settings
 
     settings = get_settings()
     config = build_config(opts)

@@ -17,7 +17,7 @@ from simulator.habits import HOME, OTHER, WORK, Trip, plan_day
 from simulator.rng import rng_for
 
 if TYPE_CHECKING:
-    from simulator.world import World
+    from simulator.context import WorldContext as World
 
 TELEMETRY = "fleet.telemetry.v1"
 MIN_MS = 60_000

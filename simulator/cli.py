@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from simulator.config import DEFAULT_START, parse_mix
-
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-INPUT_TOPICS = (
-    "fleet.telemetry.v1",
-    "tasks.requests.v1",
-    "tasks.status.v1",
-    "emulator.actions.v1",
-    "power.events.v1",
-)
-
-
-def parse_duration_ms(text: str) -> int:
-    """``90s``, ``15m``, ``6h``, ``7d``, ``1w``, ``1h30m`` or plain seconds -> milliseconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(float(text) * 1000)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise click.BadParameter(f"{text!r}: use e.g. 90s, 15m, 6h, 7d or 1h30m")
-    return int(sum(float(n) * _UNITS_MS[u] for n, u in parts))
-
-
-def parse_start_ms(text: str) -> int:
-    if text == "now":
-        return int(datetime.now(UTC).timestamp() * 1000)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected ISO-8601 (2025-01-06T00:00:00Z) or 'now'") from None
-    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def _mix(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float] | None:

@@ -16,7 +16,7 @@ from simulator.rng import rng_for, uuid_from
 
 if TYPE_CHECKING:
     from simulator.car import Car
-    from simulator.world import World
+    from simulator.context import WorldContext as World
 
 STATUS = "tasks.status.v1"
 ACTIONS = "emulator.actions.v1"

@@ -17,7 +17,7 @@ from simulator.fleet import pick
 from simulator.rng import rng_for
 
 if TYPE_CHECKING:
-    from simulator.world import World
+    from simulator.context import WorldContext as World
 
 POWER = "power.events.v1"
 FAULT_KINDS = (

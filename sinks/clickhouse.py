@@ -12,7 +12,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 CONNECT_TIMEOUT_S = 5
 SEND_RECEIVE_TIMEOUT_S = 300

@@ -1,6 +1,6 @@
 """The sink's knobs: one small frozen dataclass with defaults, overridable by ``CARNIVAL_SINK_*``.
 
-Kept apart from ``carnival.settings.Settings`` until the lead folds these fields in there.
+Kept apart from ``core.settings.Settings`` until the lead folds these fields in there.
 """
 
 from __future__ import annotations

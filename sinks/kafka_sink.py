@@ -31,7 +31,7 @@ from typing import Any, cast
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from carnival.settings import Settings
+from core.settings import Settings
 from sinks import metrics
 from sinks.avro_container import WriterSchemas
 from sinks.batches import TopicBatch

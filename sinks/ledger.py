@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.client import Client
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 PLUGGED_OUT = "DISCONNECTED"
 NOT_REPORTED = "UNKNOWN"

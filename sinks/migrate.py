@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -7,9 +7,9 @@ import signal
 import sys
 import threading
 
-from carnival.logs import configure_logging
-from carnival.metrics import serve_metrics
-from carnival.settings import Settings
+from core.logs import configure_logging
+from core.metrics import serve_metrics
+from core.settings import Settings
 from sinks.config import SINK_TABLES, SinkConfig
 from sinks.kafka_sink import run_sink
 

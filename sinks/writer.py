@@ -17,7 +17,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-from carnival.settings import Settings
+from core.settings import Settings
 from sinks import metrics
 from sinks.avro_container import SINK_FIELDS
 from sinks.batches import TopicBatch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from carnival.metrics import RECORDS_REJECTED
+from core.metrics import RECORDS_REJECTED
 from streams.topics import DEADLETTER_TOPIC
 
 # Error kinds, stable strings that dashboards and tests group by.

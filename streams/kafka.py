@@ -16,8 +16,8 @@ from confluent_kafka import Consumer, KafkaError, Message
 from confluent_kafka import Producer as _RawProducer
 from confluent_kafka.admin import AdminClient
 
-from carnival.metrics import KAFKA_DELIVERED, KAFKA_DELIVERY_FAILED, KAFKA_PRODUCED
-from carnival.settings import Settings
+from core.metrics import KAFKA_DELIVERED, KAFKA_DELIVERY_FAILED, KAFKA_PRODUCED
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from carnival.settings import Settings
+from core.settings import Settings
 from streams.kafka import make_admin, make_consumer
 
 

@@ -25,7 +25,7 @@ from streams.avro_codegen import Encoder, compile_encoder
 from streams.exceptions import SerializationError, SerializationErrorKind
 
 if TYPE_CHECKING:
-    from carnival.settings import Settings
+    from core.settings import Settings
 
 __all__ = ["SINGLE_OBJECT_MAGIC", "CONFLUENT_MAGIC", "AvroSerde", "serde_from_settings"]
 

@@ -24,7 +24,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 # Several test sessions may run side by side on one machine: each picks a base (CARNIVAL_TEST_PORT_BASE).
 _BASE = int(os.environ.get("CARNIVAL_TEST_PORT_BASE", "39000"))

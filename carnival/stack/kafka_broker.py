@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from carnival.settings import Settings
 from carnival.stack.errors import StackError
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 

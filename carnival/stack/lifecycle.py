@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from carnival.settings import Settings
 from carnival.stack import clickhouse_server, kafka_broker
 from carnival.stack.errors import StackError
+from core.settings import Settings
 
 
 def stack_up(settings: Settings) -> list[str]:

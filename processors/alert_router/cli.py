@@ -102,8 +102,8 @@ def route(
     Receivers come from --webhook, --slack-webhook and CARNIVAL_ALERT_WEBHOOKS. Offsets are committed only
     after every receiver has an alert, so a restart re-delivers rather than loses.
     """  # fmt: skip
-    from carnival.metrics import serve_metrics
-    from carnival.settings import get_settings
+    from core.metrics import serve_metrics
+    from core.settings import get_settings
     from processors.alert_router.router import AlertRouter, RouterConfig
 
     receivers = parse_receivers(webhooks, slack_webhooks, os.environ.get(WEBHOOKS_ENV))

@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
-from carnival.settings import Settings
+from core.settings import Settings
 from processors.alert_router.dedup import DedupWindow
 from processors.alert_router.delivery import Job, Receiver, ReceiverWorker, Sender, post_json
 

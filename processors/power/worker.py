@@ -55,8 +55,8 @@ import structlog
 from faust.streams import _current_event
 from faust.types import TP
 
-from carnival.metrics import RECORDS_CONSUMED
-from carnival.settings import get_settings
+from core.metrics import RECORDS_CONSUMED
+from core.settings import get_settings
 from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
 from processors.power.events import Output

@@ -35,12 +35,9 @@ the per-session habit parameters are cached on the node.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from processors.scheduler.config import SchedulerConfig
-
-if TYPE_CHECKING:
-    from processors.scheduler.eligibility import NodeState
 
 __all__ = [
     "IdleHistory",
@@ -58,6 +55,20 @@ _SQRT2 = math.sqrt(2.0)
 _MIN_VAR = 0.05  # floor on ln-duration variance (sd ~0.22): no history is that certain
 _PRIOR_SIGMA = 0.8
 _ALL = -1  # key of the all-week aggregate
+
+
+class NodeState(Protocol):
+    """What prediction reads of a node (``eligibility.NodeState`` is the one implementation; it owns an
+    ``IdleHistory``, so this module cannot import it back)."""
+
+    region: str
+    charge_state: str | None
+    minutes_to_full: float | None
+    scheduled_departure: int | None
+    at_home: bool | None
+    session_start: int | None
+    history: IdleHistory
+    pred_cache: tuple[Any, float, float] | None
 _TOD = 100  # keys 100..105: the same 4-hour block of the day, any weekday
 _PER_DAY = 24 // BUCKET_HOURS
 HAZARD_DECAY = 0.97  # per recorded session (a car records ~2-4 a day): a half-life of about a week

@@ -29,8 +29,8 @@ import structlog
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka import Producer as RawProducer
 
-from carnival.metrics import RECORDS_REJECTED
-from carnival.settings import Settings
+from core.metrics import RECORDS_REJECTED
+from core.settings import Settings
 from processors.scheduler.wiring_runtime import (
     BYPOOL_TOPIC,
     DEAD_LETTERED,

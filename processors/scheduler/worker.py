@@ -61,7 +61,7 @@ import orjson
 import structlog
 
 import schemas
-from carnival.settings import get_settings
+from core.settings import get_settings
 from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
 from processors.scheduler._time import to_ms

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from carnival.settings import Settings
+from core.settings import Settings
 from processors.alert_router.delivery import Receiver
 from processors.alert_router.router import AlertRouter, RouterConfig
 from processors.alert_router.testing import RecordingReceiver

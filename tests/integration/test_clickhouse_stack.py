@@ -17,9 +17,9 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from carnival.settings import Settings
 from carnival.stack.clickhouse_server import clickhouse_status, paths, start_clickhouse, stop_clickhouse
 from carnival.stack.errors import StackError
+from core.settings import Settings
 from sinks.clickhouse import DatabaseMissing, get_client, is_reachable
 from sinks.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations, migrate
 from sinks.query import QueryError, run_query

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from carnival.settings import Settings
+from core.settings import Settings
 from sinks import sample_data
 from sinks.clickhouse import get_client
 from sinks.config import SinkConfig

@@ -10,7 +10,7 @@ import faust
 import pytest
 from confluent_kafka.admin import ConfigResource
 
-from carnival.settings import Settings
+from core.settings import Settings
 from processors.app import declare_internal_topics
 from streams.kafka import make_admin
 

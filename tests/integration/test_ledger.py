@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from carnival.settings import Settings
+from core.settings import Settings
 from sinks import sample_data
 from sinks.clickhouse import get_client
 from sinks.config import SinkConfig

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from worker_process import WorkerProcess
 
-from carnival.settings import Settings
+from core.settings import Settings
 from processors.power import Detector, Incident, PowerConfig
 from processors.power.scenario import SiteEvents, rich_failover_timeline
 from streams.kafka import Producer, make_consumer

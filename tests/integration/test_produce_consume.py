@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from carnival.settings import Settings
+from core.settings import Settings
 from streams.consume import consume_json_lines
 from streams.kafka import make_consumer
 from streams.serde import serde_from_settings

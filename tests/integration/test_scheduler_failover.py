@@ -28,7 +28,7 @@ from test_scheduler_itsupport import (
     worker_env,
 )
 
-from carnival.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

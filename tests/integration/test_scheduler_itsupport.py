@@ -14,7 +14,7 @@ from typing import Any
 
 from worker_process import WorkerProcess
 
-from carnival.settings import Settings
+from core.settings import Settings
 from streams.kafka import Producer, make_consumer
 from streams.serde import AvroSerde, serde_from_settings
 

@@ -25,7 +25,7 @@ from test_scheduler_itsupport import (
     worker_env,
 )
 
-from carnival.settings import Settings
+from core.settings import Settings
 from processors.scheduler import assignment_id_for
 from processors.scheduler.wiring_runtime import partition_of
 from streams.kafka import make_consumer

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from carnival.settings import Settings
+from core.settings import Settings
 from simulator import SimConfig, World
 from simulator.config import HOUR_MS
 from simulator.feed import AssignmentFeed

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer as RawProducer
 
-from carnival.settings import Settings
+from core.settings import Settings
 from sinks.clickhouse import get_client
 from streams.kafka import producer_config
 from streams.serde import serde_from_settings

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from carnival.settings import Settings
 from carnival.stack.clickhouse_server import start_clickhouse, stop_clickhouse
+from core.settings import Settings
 from sinks.clickhouse import get_client, is_reachable, wait_until_reachable
 from sinks.config import SinkConfig
 from sinks.kafka_sink import KafkaSink

@@ -10,7 +10,7 @@ import uuid
 import orjson
 import pytest
 
-from carnival.settings import Settings
+from core.settings import Settings
 from sinks.clickhouse import get_client
 from sinks.config import SinkConfig
 from sinks.kafka_sink import KafkaSink

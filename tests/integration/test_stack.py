@@ -7,9 +7,9 @@ import socket
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from carnival.settings import Settings
 from carnival.stack import kafka_broker
 from carnival.stack.errors import StackError
+from core.settings import Settings
 from streams.topics import TOPICS, apply_topics
 
 pytestmark = pytest.mark.integration

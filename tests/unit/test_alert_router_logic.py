@@ -239,7 +239,7 @@ class FakeConsumer:
 
 
 def test_router_commits_after_every_receiver_and_dedups() -> None:
-    from carnival.settings import Settings
+    from core.settings import Settings
     from streams.serde import AvroSerde
 
     serde = AvroSerde()

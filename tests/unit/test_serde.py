@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 
 import schemas
-from carnival.settings import Settings
+from core.settings import Settings
 from schemas import TOPICS, history
 from schemas.examples import EXAMPLES
 from streams.exceptions import SerializationError

@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from simulator import SimConfig, World, charging
 from simulator.avro_fast import FastEncoder
 from simulator.car import ODD_CHARGE_STATES
-from simulator.cli import parse_duration_ms, simulate
+from simulator.cli import simulate
 from simulator.config import DAY_MS, HOUR_MS
 from simulator.emulator import Session
+from simulator.options import parse_duration_ms
 from simulator.power import FAULT_KINDS, failover_script
 from simulator.rng import rng_for
 from simulator.sinks import CHARGE_STATES, KafkaSink, MemorySink
