@@ -93,11 +93,14 @@ class Checkpointer(Generic[E, K, P]):
         max_unconfirmed: int = 4,
         clock: Callable[[], float] = time.monotonic,
         on_written: Callable[[int, float], None] | None = None,
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.outputs, self.state, self.inputs = outputs, state, inputs
         self.every_s, self.every_events, self.max_unconfirmed = every_s, every_events, max_unconfirmed
         self._clock = clock
         self._on_written = on_written
+        self._on_failed = on_failed
+        """Called when a checkpoint's acks fail in the background (the worker exits: see policy)."""
         self.pending: Pending[E, K] = Pending()
         self.applying = asyncio.Lock()
         """Held by every batch and tick that changes state, and by step 2."""
@@ -197,5 +200,7 @@ class Checkpointer(Generic[E, K, P]):
             raise
         except Exception as exc:
             self.failed = exc
+            if self._on_failed is not None:
+                self._on_failed(exc)
             raise CheckpointFailed(f"a state record was not delivered: {exc!r}") from exc
         await self.inputs.ack(events)

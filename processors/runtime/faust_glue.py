@@ -174,15 +174,15 @@ def key_partition(app: faust.App, topic: str, key: bytes) -> int:
     return int(app.producer.key_partition(topic, key).partition)
 
 
-async def partition_progress(app: faust.App, topic: str, partition: int) -> tuple[int | None, int | None]:
-    """(highwater, position) of one assigned input partition; (None, None) while faust has no metadata."""
-    tp = TP(topic, partition)
+def highwater(app: faust.App, topic: str, partition: int) -> int | None:
+    """The high watermark of an assigned input partition (None: not known yet). Raises LookupError when
+    the partition is not assigned or faust has no metadata for it."""
     try:
-        highwater = app.consumer.highwater(tp)
-    except Exception:  # not assigned, or no metadata yet
-        return None, None
-    try:
-        position = await app.consumer.position(tp)
-    except Exception:
-        position = None
-    return highwater, position
+        return cast("int | None", app.consumer.highwater(TP(topic, partition)))
+    except Exception as exc:
+        raise LookupError(f"{topic}[{partition}] not assigned") from exc
+
+
+async def position(app: faust.App, topic: str, partition: int) -> int | None:
+    """The consumer's position in an assigned partition (None: not known yet)."""
+    return cast("int | None", await app.consumer.position(TP(topic, partition)))

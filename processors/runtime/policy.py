@@ -105,9 +105,10 @@ class BatchRunner(Generic[E]):
                 raise
             except Exception as exc:
                 error = processing_error(exc)
+                last = attempt + 1 == self.policy.attempts  # the traceback once, not per retry
                 log.warning(
                     "batch_failed", processor=self.processor, scope=what, events=len(events),
-                    attempt=attempt + 1, error=error, exc_info=exc,
+                    attempt=attempt + 1, error=error, exc_info=exc if last else None,
                 )  # fmt: skip
                 await self._rewind(events)
         return f"failed {self.policy.attempts} times: {error}"
