@@ -28,12 +28,10 @@ def run_one(settings: Settings, name: str) -> int:
     serve_metrics(settings.metrics_port)
     target = spec.load()
     if hasattr(target, "conf") and hasattr(target, "agents"):  # a faust App
-        from faust.worker import Worker
+        from processors.runtime.faust_glue import run_worker
 
         log.info("worker_starting", processor=name, kind="faust")
-        Worker(
-            target, loglevel=settings.log_level.lower(), logfile=None, override_logging=False
-        ).execute_from_commandline()
+        run_worker(target, settings.log_level.lower())
         return 0
     log.info("worker_starting", processor=name, kind="consumer")
     target(settings)  # runs until SIGTERM/SIGINT

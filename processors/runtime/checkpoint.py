@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 E = TypeVar("E")  # an input event
+E_contra = TypeVar("E_contra", contravariant=True)
 K = TypeVar("K")  # a state key (site, partition, ...)
 P = TypeVar("P")  # what StateLink.prepare returns
 
@@ -51,8 +52,8 @@ class StateLink(Protocol[K, E, P]):
         """Send the changelog records of ``prepared``; returns their delivery futures."""
 
 
-class InputLink(Protocol[E]):
-    async def ack(self, events: Sequence[E]) -> None:
+class InputLink(Protocol[E_contra]):
+    async def ack(self, events: Sequence[E_contra]) -> None:
         """Let the framework commit these events' offsets."""
 
 

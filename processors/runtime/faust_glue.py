@@ -20,6 +20,8 @@ import faust
 from faust.streams import _current_event
 from faust.types import TP
 
+__all__ = ["TP"]  # re-exported: partitions as faust names them
+
 SUPPORTED = ((0, 15, 3), (0, 16, 0))
 """faust-streaming versions whose internals this module was checked against: [low, high)."""
 
@@ -38,6 +40,13 @@ def check_version(version: str = faust.__version__) -> None:
 
 
 check_version()
+
+
+def run_worker(app: faust.App, loglevel: str) -> None:
+    """Run a faust App in this process until SIGTERM/SIGINT (faust's own Worker: signals, logging off)."""
+    from faust.worker import Worker
+
+    Worker(app, loglevel=loglevel, logfile=None, override_logging=False).execute_from_commandline()
 
 
 # -- startup -----------------------------------------------------------------------------------------
@@ -67,6 +76,13 @@ def on_assigned(app: faust.App, handler: Callable[[set[TP]], Awaitable[None]]) -
         await handler(set(assigned or ()))
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
+
+
+def before_shutdown(app: faust.App, handler: Callable[[], Awaitable[None]]) -> None:
+    async def _stopping(sender: Any, **kwargs: Any) -> None:
+        await handler()
+
+    app.on_before_shutdown.connect(_stopping)  # type: ignore[arg-type]
 
 
 def is_settling(app: faust.App) -> bool:
