@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["PowerConfig"]
+__all__ = ["PowerConfig", "PowerKnobs"]
 
 _S = 1_000_000  # microseconds per second
 _MS = 1_000  # microseconds per millisecond
@@ -111,3 +111,39 @@ class PowerConfig:
 
     def us(self, seconds: float) -> int:
         return int(seconds * _S)
+
+
+@dataclass(frozen=True, slots=True)
+class PowerKnobs:
+    """Wiring of the power worker (not detector logic): batches, checkpoints, the faust clients."""
+
+    tick_s: float = 1.0
+    """How often the worker ticks every site of its partitions (``Detector.on_tick``), wall clock."""
+    batch_max: int = 2000
+    """Most events processed as one batch under load."""
+    batch_within_s: float = 0.005
+    """Longest a batch waits to fill: at low rates one event, at most this much extra latency."""
+    checkpoint_s: float = 0.5
+    """Site states are written at most once per checkpoint (one changelog record per dirty site); the
+    offsets of their events are acked when those records are in Kafka."""
+    checkpoint_events: int = 20_000
+    """... or after this many unsaved events, whichever comes first."""
+    max_unconfirmed: int = 4
+    """Checkpoints whose Kafka acks may still be outstanding while the agent goes on."""
+    session_timeout_s: float = 10.0
+    """A SIGKILLed worker's partitions move on after this long (faust's default is 60 s; a failover
+    detector that is down for a minute is itself an incident)."""
+    producer_max_batch_size: int = 262_144
+    """aiokafka batch bytes: a checkpoint writes up to one state (~1-2 KB) per site at once; aiokafka sends
+    one batch per partition per request and makes the sender (and faust's producer buffer, and with it the
+    consumer) wait when a partition's batch is full: 256 KB batches instead of 16 KB."""
+    commit_every: int = 10_000_000
+    """faust's ``broker_commit_every``. Events are acked a checkpoint at a time, thousands at once under
+    load: faust's count-triggered commit (500 acks by default) would then run inline in its message drain
+    loop at every checkpoint and hold up the delivery of events for a producer flush and a commit round
+    trip. Commits come from the 1 s ``broker_commit_interval`` timer instead, which runs beside it."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ValueError(f"PowerKnobs.{f.name} must be positive, got {getattr(self, f.name)!r}")
