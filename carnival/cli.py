@@ -128,7 +128,7 @@ def migrate() -> None:
     try:
         applied = apply(_settings())
     except Exception as exc:  # noqa: BLE001 - one clear line for the operator
-        _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse_url}: {exc}")
+        _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse.display_url}: {exc}")
     click.echo(
         f"clickhouse schema: {len(applied)} migrations applied"
         if applied
@@ -213,7 +213,7 @@ def query(sql: str, fmt: str) -> None:
     except QueryError as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - connection problems: one clear line
-        _fail(f"ClickHouse at {_settings().clickhouse_url} is not reachable: {exc}")
+        _fail(f"ClickHouse at {_settings().clickhouse.display_url} is not reachable: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------- demo

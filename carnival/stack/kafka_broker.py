@@ -262,13 +262,11 @@ def start_broker(settings: Settings) -> int:
 
 def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPaths) -> None:
     """Ready means the broker answers metadata requests, not just that its port is open."""
-    from confluent_kafka.admin import AdminClient
+    from streams.kafka import make_admin
 
     deadline = time.monotonic() + START_TIMEOUT_S
     # log_level 0: "connection refused" is expected until the broker listens; do not spam the terminal.
-    admin = AdminClient(
-        {**settings.kafka_client_config(), "log_level": 0, "socket.connection.setup.timeout.ms": "2000"}
-    )
+    admin = make_admin(settings, **{"log_level": 0, "socket.connection.setup.timeout.ms": "2000"})
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             bp.pid_file.unlink(missing_ok=True)
