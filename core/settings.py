@@ -247,7 +247,7 @@ class ClickHouseSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    url: str
+    url: str = Field(description="the URL with any password in it masked (the password is in ``password``)")
     database: str
     user: str
     password: SecretStr
@@ -264,8 +264,8 @@ class ClickHouseSettings(BaseModel):
 
     @property
     def display_url(self) -> str:
-        """The URL without its password (if one is written in it): for logs, errors and status lines."""
-        return _url_without_password(self.url)
+        """The URL without its password: for logs, errors and status lines."""
+        return self.url
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection keywords of ``clickhouse_connect.get_client`` (TLS ones only for https)."""
@@ -419,7 +419,7 @@ class Settings(BaseSettings):
         if password is None:
             password = SecretStr(unquote(url.password) if url.password else "")
         return ClickHouseSettings(
-            url=self.clickhouse_url,
+            url=_url_without_password(self.clickhouse_url),
             database=self.clickhouse_database,
             user=self.clickhouse_user or (unquote(url.username) if url.username else "default"),
             password=password,
