@@ -90,13 +90,13 @@ class SinkSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    group_id: str = "carnival-sink"
+    group_id: str = Field(default="carnival-sink", description="consumer group")
     instance_id: str = Field(
         default="",
         description="static group membership (group.instance.id): a restarted worker takes its partitions "
         "back at once instead of waiting for the old member's session to expire; give each worker its own",
     )
-    session_timeout_ms: int = 30_000
+    session_timeout_ms: int = Field(default=30_000, description="consumer group session timeout")
     batch_rows: int = Field(
         default=20_000,
         description="a topic's batch is inserted at this many rows; keep it far below "
@@ -128,17 +128,19 @@ class RouterSettings(BaseModel):
         description="receivers, comma or space separated URLs; prefix one with slack: for the Slack text "
         "shape (a secret: webhook URLs carry tokens)",
     )
-    group_id: str = "carnival-alert-router"
+    group_id: str = Field(default="carnival-alert-router", description="consumer group")
     dedup_window_s: float = Field(
         default=300.0, description="a repeated (fingerprint, status) within this is not sent again"
     )
-    dedup_max_entries: int = 100_000
+    dedup_max_entries: int = Field(default=100_000, description="most (fingerprint, status) pairs remembered")
     max_in_flight: int = Field(default=10_000, description="consumption pauses past this many undelivered")
     timeout_s: float = Field(default=5.0, description="HTTP timeout per attempt")
-    backoff_initial_s: float = 0.5
+    backoff_initial_s: float = Field(default=0.5, description="first wait before retrying a receiver")
     backoff_max_s: float = Field(default=30.0, description="longest wait between retries of a receiver")
-    commit_interval_s: float = 0.5
-    drain_timeout_s: float = 5.0
+    commit_interval_s: float = Field(default=0.5, description="how often delivered offsets are committed")
+    drain_timeout_s: float = Field(
+        default=5.0, description="how long a stopping router waits for deliveries in flight"
+    )
     external_url: str = Field(default="", description="link sent as externalURL/generatorURL")
 
 
@@ -339,7 +341,7 @@ class Settings(BaseSettings):
     clickhouse_embedded: bool = Field(
         default=True, description="host the embedded chDB server when the URL points at localhost"
     )
-    clickhouse_database: str = "carnival"
+    clickhouse_database: str = Field(default="carnival", description="database of the analyst tables")
     clickhouse_cluster: str | None = Field(
         default=None, description="cluster name: DDL uses ReplicatedMergeTree + Distributed"
     )
@@ -355,7 +357,7 @@ class Settings(BaseSettings):
     # Process
     data_dir: Path = Field(default=Path(".carnival"), description="local state: broker, ClickHouse, faust")
     metrics_port: int = Field(default=0, description="Prometheus port; 0 picks none")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="auto", description="json, console or auto (console on a TTY)")
 
     # Components (CARNIVAL_<GROUP>_<FIELD>)

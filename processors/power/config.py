@@ -52,11 +52,13 @@ class PowerConfig:
     """After retransfer to grid, the site must stay on grid this long before the incident resolves;
     losing grid again inside it is flapping (and the same incident continues)."""
     flap_window_s: float = 1_800.0
+    """Window in which ``flap_changes`` source changes count as flapping."""
     flap_changes: int = 4
     """Grid<->alternate source changes within ``flap_window_s`` that count as flapping."""
 
     # -- while islanded --------------------------------------------------------------------------
     battery_reserve_pct: float = 10.0
+    """State of charge below which an islanded site raises BATTERY_RESERVE."""
     battery_hysteresis_pct: float = 2.0
     """BATTERY_RESERVE resolves once state of charge is above reserve + hysteresis."""
     freq_min_hz: float = 58.0
@@ -64,7 +66,9 @@ class PowerConfig:
     freq_max_hz: float = 62.0
     """Overfrequency, symmetric to the underfrequency setting around 60 Hz."""
     voltage_sag_pu: float = 0.9
+    """Sag below this (per unit), see ``voltage_interruption_pu``."""
     voltage_swell_pu: float = 1.1
+    """Swell above this (per unit), see ``voltage_interruption_pu``."""
     voltage_interruption_pu: float = 0.1
     """IEEE 1159 classes: sag below 0.9 pu, swell above 1.1 pu, interruption below 0.1 pu."""
     pq_clear_s: float = 10.0
