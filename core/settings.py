@@ -40,6 +40,7 @@ __all__ = [
     "Settings",
     "SinkSettings",
     "get_settings",
+    "group_env",
 ]
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -168,6 +169,20 @@ def _group_values(env: Mapping[str, str], group: str) -> dict[str, Any]:
         return found
     config = found.pop("config", None)
     return {**({"config": config} if config else {}), **({"values": found} if found else {})}
+
+
+def group_env(group: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """``values`` of ``group`` as the ``CARNIVAL_<GROUP>_<FIELD>`` variables that set them in a child
+    process (lists comma-separated, booleans true/false): the inverse of reading them."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list | tuple | set | frozenset):
+            return ",".join(map(str, value))
+        return str(value)
+
+    return {f"{GROUPS[group]}{name.upper()}": text(value) for name, value in values.items()}
 
 
 class _CarnivalEnv(EnvSettingsSource):
