@@ -371,6 +371,7 @@ class Settings(BaseSettings):
 
     # Process
     data_dir: Path = Field(default=Path(".carnival"), description="local state: broker, ClickHouse, faust")
+    cache_dir: Path | None = Field(default=None, description="downloaded Kafka jars [~/.cache/carnival]")
     metrics_port: int = Field(default=0, description="Prometheus port; 0 picks none")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="auto", description="json, console or auto (console on a TTY)")

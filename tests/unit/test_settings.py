@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, group_env
 from processors.alert_router.router import RouterConfig
 from processors.power.config import PowerConfig, PowerKnobs
 from processors.power.runtime import power_config, power_knobs
@@ -170,3 +170,14 @@ def test_clickhouse_credentials_and_tls() -> None:
     assert "verify" not in from_url  # TLS settings only for https
     default = Settings(clickhouse_url="http://localhost:8123").clickhouse
     assert (default.user, default.password.get_secret_value()) == ("default", "")
+
+
+def test_group_env_is_read_back_as_the_same_values() -> None:
+    wanted = {"pools": ["us-west", "us-east"], "hw_best_fit": False, "lease_s": 60.0, "tick_s": 0.5}
+    env = group_env("scheduler", wanted)
+    assert env["CARNIVAL_SCHEDULER_POOLS"] == "us-west,us-east"
+    assert env["CARNIVAL_SCHEDULER_HW_BEST_FIT"] == "false"
+    s = Settings.from_env(env)
+    c = scheduler_config(s)
+    assert (c.pools, c.hw_best_fit, c.lease_s) == (("us-west", "us-east"), False, 60.0)
+    assert worker_knobs(s).tick_s == 0.5
