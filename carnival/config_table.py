@@ -106,7 +106,8 @@ def field_docs(cls: type) -> dict[str, str]:
         if docstring is not None:
             docs[node.target.id] = " ".join(docstring.split())
             continue
-        above, line = [], node.lineno - 1
+        above: list[str] = []
+        line = node.lineno - 1
         while line >= 1 and lines[line - 1].strip().startswith("#") and not comments[line].startswith("-"):
             above.insert(0, comments[line])
             line -= 1

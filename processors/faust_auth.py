@@ -83,7 +83,9 @@ class OIDCTokenProvider(AbstractTokenProvider):
 
     async def token(self) -> str:
         if self._token is None or time.time() >= self._expires - 30:
-            self._token, self._expires = await asyncio.to_thread(self.fetch)
+            token, self._expires = await asyncio.to_thread(self.fetch)
+            self._token = token
+            return token
         return self._token
 
     def fetch(self) -> tuple[str, float]:
