@@ -87,9 +87,7 @@ log = structlog.get_logger(__name__)
 
 PROCESSOR = "power"
 TABLE = "sites"
-settings = get_settings()
-config = config_from_env()
-knobs = knobs_from_env()  # PowerKnobs: each one's reason is its docstring there
+knobs = knobs_from_env()  # PowerKnobs (processors/power/config.py): CARNIVAL_POWER_<KNOB>
 TICK_S = knobs.tick_s
 BATCH_MAX = knobs.batch_max
 BATCH_WITHIN_S = knobs.batch_within_s
@@ -102,8 +100,19 @@ written per checkpoint (``CHECKPOINT_S``): at most one changelog record per site
 however many events it had, and the offsets of its events are acked when those records are in Kafka
 (faust commits every ``broker_commit_interval`` = 1 s anyway)."""
 
+settings = get_settings()
+config = config_from_env()
+# A SIGKILLed worker's partitions move on after this long (faust's default is 60 s; a failover detector
+# that is down for a minute is itself an incident).
 SESSION_TIMEOUT_S = knobs.session_timeout_s
+# A checkpoint writes up to one state (~1-2 KB) per site at once; aiokafka sends one batch per
+# partition per request and makes the sender (and faust's producer buffer, and with it the consumer)
+# wait when a partition's batch is full: 256 KB batches instead of 16 KB.
 PRODUCER_MAX_BATCH_SIZE = knobs.producer_max_batch_size
+# Events are acked a checkpoint at a time, thousands at once under load: faust's count-triggered
+# commit (``broker_commit_every``, 500 acks) would then run inline in its message drain loop at every
+# checkpoint and hold up the delivery of events for a producer flush and a commit round trip. Commits
+# come from the 1 s ``broker_commit_interval`` timer instead, which runs beside it.
 COMMIT_EVERY = knobs.commit_every
 app = create_app(
     PROCESSOR,
