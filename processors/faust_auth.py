@@ -6,7 +6,8 @@ faust hands ``broker_credentials`` to aiokafka's consumer, producer and topic-cr
 ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``/``_password`` (PLAIN and SCRAM),
 ``sasl_oauth_token_provider`` (OAUTHBEARER), ``sasl_kerberos_service_name`` (GSSAPI) and ``ssl_context``.
 Host-name checking, the CA, the client certificate and its key password live in the ``ssl.SSLContext``.
-What faust cannot express raises ``ValueError`` here instead of connecting insecurely.
+What faust cannot express raises ``ValueError`` here instead of connecting with weaker settings; other
+``ssl.*`` / ``sasl.*`` keys of the passthrough that aiokafka has no equivalent for are logged as ignored.
 """
 
 from __future__ import annotations
@@ -23,13 +24,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
+import structlog
 from aiokafka.abc import AbstractTokenProvider
 
 from core.settings import KafkaSettings
 
 __all__ = ["OIDCTokenProvider", "broker_credentials", "ssl_context"]
 
+log = structlog.get_logger(__name__)
+
 _FALSE = {"false", "0", "no", "off"}
+# librdkafka keys this module turns into faust/aiokafka settings; other ssl./sasl. keys are ignored by faust.
+_UNDERSTOOD = {
+    "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password",
+    "ssl.ca.location", "ssl.ca.pem", "ssl.certificate.location", "ssl.key.location", "ssl.key.password",
+    "ssl.endpoint.identification.algorithm", "enable.ssl.certificate.verification", "ssl.cipher.suites",
+    "sasl.oauthbearer.method", "sasl.oauthbearer.token.endpoint.url", "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.secret", "sasl.oauthbearer.scope", "sasl.oauthbearer.extensions",
+    "sasl.kerberos.service.name",
+}  # fmt: skip
+# Keys that would change who we are or what we trust, which aiokafka cannot honour: refuse, not ignore.
+_REFUSED = ("ssl.certificate.pem", "ssl.key.pem", "ssl.keystore.location", "ssl.keystore.password",
+            "ssl.crl.location", "ssl.engine.location", "ssl.providers")  # fmt: skip
 
 
 def _get(conf: Mapping[str, Any], key: str, default: str | None = None) -> str | None:
@@ -53,9 +69,8 @@ def ssl_context(conf: Mapping[str, Any]) -> ssl.SSLContext:
         context.load_cert_chain(cert, _get(conf, "ssl.key.location"), _get(conf, "ssl.key.password"))
     elif _get(conf, "ssl.key.location"):
         raise ValueError("ssl.key.location needs ssl.certificate.location (the client certificate)")
-    for inline in ("ssl.certificate.pem", "ssl.key.pem"):
-        if _get(conf, inline):
-            raise ValueError(f"faust/aiokafka cannot use {inline}: give the file (…_location) instead")
+    if _get(conf, "ssl.cipher.suites"):
+        context.set_ciphers(str(conf["ssl.cipher.suites"]))  # both take OpenSSL's cipher-list syntax
     algorithm = (_get(conf, "ssl.endpoint.identification.algorithm", "https") or "").lower()
     context.check_hostname = algorithm == "https"
     if (_get(conf, "enable.ssl.certificate.verification", "true") or "").lower() in _FALSE:
@@ -70,11 +85,13 @@ class OIDCTokenProvider(AbstractTokenProvider):
     ``…scope``), so the confluent clients and faust share one token setup. A token is reused until
     30 s before it expires."""
 
-    def __init__(self, endpoint: str, client_id: str, client_secret: str, scope: str | None = None) -> None:
+    def __init__(self, endpoint: str, client_id: str, client_secret: str, scope: str | None = None,
+                 extensions: dict[str, str] | None = None) -> None:  # fmt: skip
         self.endpoint = endpoint
         self.client_id = client_id
         self._client_secret = client_secret
         self.scope = scope
+        self._extensions = extensions or {}
         self._token: str | None = None
         self._expires = 0.0
 
@@ -87,6 +104,9 @@ class OIDCTokenProvider(AbstractTokenProvider):
             self._token = token
             return token
         return self._token
+
+    def extensions(self) -> dict[str, str]:
+        return self._extensions
 
     def fetch(self) -> tuple[str, float]:
         """One token request: (access token, expiry as epoch seconds)."""
@@ -113,17 +133,25 @@ def _oauth_provider(conf: Mapping[str, Any]) -> OIDCTokenProvider:
                if not _get(conf, f"sasl.oauthbearer.{k}")]  # fmt: skip
     if missing:
         raise ValueError(f"OAUTHBEARER oidc needs sasl.oauthbearer.{', sasl.oauthbearer.'.join(missing)}")
+    pairs = (p.partition("=") for p in (_get(conf, "sasl.oauthbearer.extensions") or "").split(",") if p)
     return OIDCTokenProvider(
         str(conf["sasl.oauthbearer.token.endpoint.url"]),
         str(conf["sasl.oauthbearer.client.id"]),
         str(conf["sasl.oauthbearer.client.secret"]),
         _get(conf, "sasl.oauthbearer.scope"),
+        {k.strip(): v.strip() for k, _, v in pairs},
     )
 
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
     """faust's ``broker_credentials`` for ``kafka`` (None for PLAINTEXT), from its librdkafka config."""
     conf = kafka.client_config()
+    refused = [k for k in _REFUSED if k in conf]
+    if refused:
+        raise ValueError(f"faust/aiokafka cannot use {', '.join(refused)}: give PEM files (ssl.*.location)")
+    ignored = sorted(k for k in conf if k.startswith(("ssl.", "sasl.")) and k not in _UNDERSTOOD)
+    if ignored:
+        log.warning("kafka_settings_ignored_by_faust", keys=ignored)
     protocol = (_get(conf, "security.protocol", "PLAINTEXT") or "").upper()
     if protocol == "PLAINTEXT":
         return None

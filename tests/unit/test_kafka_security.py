@@ -165,6 +165,7 @@ def _oauth_env(token_url: str) -> dict[str, str]:
         "sasl.oauthbearer.client.secret": "oidc-secret",
         "sasl.oauthbearer.token.endpoint.url": token_url,
         "sasl.oauthbearer.scope": "kafka",
+        "sasl.oauthbearer.extensions": "logicalCluster=lkc-1,identityPoolId=pool-2",
     }
     return {
         "CARNIVAL_KAFKA_BOOTSTRAP": BOOTSTRAP,
@@ -187,6 +188,7 @@ def test_oauthbearer_passes_through_to_confluent_and_faust(tmp_path: Path, token
         "sasl.oauthbearer.client.secret": "oidc-secret",
         "sasl.oauthbearer.token.endpoint.url": token_url,
         "sasl.oauthbearer.scope": "kafka",
+        "sasl.oauthbearer.extensions": "logicalCluster=lkc-1,identityPoolId=pool-2",
     }
     assert producer_config(settings) == {**PRODUCER_DEFAULTS, **expected}
     assert consumer_config(settings, "g") == {**expected, "group.id": "g", **CONSUMER_DEFAULTS}
@@ -209,6 +211,7 @@ def test_oauthbearer_passes_through_to_confluent_and_faust(tmp_path: Path, token
     assert authorization == "Basic " + base64.b64encode(b"carnival-client:oidc-secret").decode()
     assert form == {"grant_type": ["client_credentials"], "scope": ["kafka"]}
     assert "oidc-secret" not in repr(provider) + repr(creds)
+    assert provider.extensions() == {"logicalCluster": "lkc-1", "identityPoolId": "pool-2"}
 
 
 def test_oauthbearer_without_oidc_is_refused_for_faust(tmp_path: Path) -> None:
@@ -270,6 +273,22 @@ def test_client_certificate_with_key_password(tmp_path: Path) -> None:
         create_app("security-test", wrong)
     with pytest.raises(KafkaException, match="ssl.key.location failed"):
         AdminClient(admin_config(wrong, **{"log_level": 0}))
+
+
+def test_what_faust_cannot_express_is_refused_not_ignored(tmp_path: Path) -> None:
+    env = {"CARNIVAL_KAFKA_SECURITY_PROTOCOL": "SSL",
+           "CARNIVAL_KAFKA_EXTRA_CONFIG": json.dumps({"ssl.keystore.location": "/client.p12"})}  # fmt: skip
+    with pytest.raises(ValueError, match="cannot use ssl.keystore.location"):
+        create_app("security-test", _settings(env, tmp_path))
+
+
+def test_cipher_suites_reach_the_faust_ssl_context(tmp_path: Path) -> None:
+    ciphers = json.dumps({"ssl.cipher.suites": "ECDHE-RSA-AES256-GCM-SHA384"})
+    env = {"CARNIVAL_KAFKA_SECURITY_PROTOCOL": "SSL", "CARNIVAL_KAFKA_SSL_CA_LOCATION": CA,
+           "CARNIVAL_KAFKA_EXTRA_CONFIG": ciphers}  # fmt: skip
+    context = create_app("security-test", _settings(env, tmp_path)).conf.broker_credentials.context
+    tls12 = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 == ["ECDHE-RSA-AES256-GCM-SHA384"]
 
 
 def test_plaintext_gives_faust_no_credentials(tmp_path: Path) -> None:
