@@ -28,7 +28,8 @@ def main() -> None:
     """Carnival: the event-streaming pipeline of the car compute cloud.
 
     Configuration comes from CARNIVAL_* environment variables (CARNIVAL_KAFKA_BOOTSTRAP,
-    CARNIVAL_CLICKHOUSE_URL, CARNIVAL_DATA_DIR, CARNIVAL_SCHEMA_REGISTRY_URL, ...).
+    CARNIVAL_CLICKHOUSE_URL, CARNIVAL_DATA_DIR, CARNIVAL_SCHEMA_REGISTRY_URL, ...): `carnival config`
+    lists them all.
     """
     from core.logs import configure_logging
 
@@ -128,7 +129,7 @@ def migrate() -> None:
     try:
         applied = apply(_settings())
     except Exception as exc:  # noqa: BLE001 - one clear line for the operator
-        _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse_url}: {exc}")
+        _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse.display_url}: {exc}")
     click.echo(
         f"clickhouse schema: {len(applied)} migrations applied"
         if applied
@@ -213,7 +214,20 @@ def query(sql: str, fmt: str) -> None:
     except QueryError as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - connection problems: one clear line
-        _fail(f"ClickHouse at {_settings().clickhouse_url} is not reachable: {exc}")
+        _fail(f"ClickHouse at {_settings().clickhouse.display_url} is not reachable: {exc}")
+
+
+# -------------------------------------------------------------------------------------------- config
+@main.command("config")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "markdown"]), default="table", show_default=True,
+    help="markdown is docs/configuration.md.",
+)  # fmt: skip
+def config(fmt: str) -> None:
+    """Print every setting: environment variable, type, default, description."""
+    from carnival.config_table import render_markdown, render_text
+
+    click.echo(render_markdown() if fmt == "markdown" else render_text(), nl=False)
 
 
 # ---------------------------------------------------------------------------------------------- demo

@@ -97,18 +97,26 @@ def worker_overrides(speed: float, environ: dict[str, str] | None = None) -> dic
     every processor on one laptop) is multiplied by ``speed`` in simulated time: at 240x a 1.5 s round
     trip is six simulated minutes, far past the 60 s claim timeout, and every assignment would be
     requeued as unclaimed. So the demo gives claims ``LOOP_BUDGET_WALL_S`` of wall time. And the pools
-    are the simulated fleet's regions. An operator's own ``CARNIVAL_SCHEDULER_*`` settings win.
+    are the simulated fleet's regions. An operator's own scheduler settings (``CARNIVAL_SCHEDULER_*``,
+    the JSON form included) win. The workers run in a child process, so the result is its environment.
     """
+    from core.settings import group_env
+    from processors.envconfig import settings_of
+    from processors.scheduler.wiring_runtime import scheduler_config
     from simulator.config import SimConfig
 
-    env = os.environ if environ is None else environ
+    settings = settings_of(environ)
     wanted = {
-        "CARNIVAL_SCHEDULER_CLAIM_TIMEOUT_S": str(max(60.0, round(speed * LOOP_BUDGET_WALL_S))),
+        "claim_timeout_s": max(60.0, round(speed * LOOP_BUDGET_WALL_S)),
         # The fleet's regions are the matching pools: any-region tasks (most high-priority work) are
         # spread over them; without configured pools they all wait in one pool until they spill.
-        "CARNIVAL_SCHEDULER_POOLS": ",".join(SimConfig().region_mix),
+        "pools": list(SimConfig().region_mix),
     }
-    return {k: v for k, v in wanted.items() if k not in env}
+    given = settings.scheduler.values.keys() | settings.scheduler.config.keys()
+    overrides = group_env("scheduler", {k: v for k, v in wanted.items() if k not in given})
+    # The child process reads these back through the settings; a value it would reject fails here instead.
+    scheduler_config(Settings.from_env({**(os.environ if environ is None else environ), **overrides}))
+    return overrides
 
 
 def start_workers(settings: Settings, speed: float = 1.0) -> subprocess.Popen[bytes]:

@@ -1,54 +1,293 @@
-"""One settings object, loaded once from ``CARNIVAL_*`` environment variables."""
+"""One settings object, loaded once from ``CARNIVAL_*`` environment variables and passed down.
+
+The top-level fields keep their flat names (``kafka_bootstrap`` is ``CARNIVAL_KAFKA_BOOTSTRAP``); the
+views ``settings.kafka`` and ``settings.clickhouse`` group them per component and build the client
+configurations, so every Kafka client (confluent, faust/aiokafka, the schema registry) gets the same
+security settings. The nested groups ``scheduler``, ``power``, ``sink`` and ``alerts`` are read from
+``CARNIVAL_<GROUP>_<FIELD>``. The scheduler's and the power detector's fields are declared by their
+dataclasses in ``processors/`` (a higher layer): core keeps their raw values and processors parse and
+validate them, so an unknown ``CARNIVAL_SCHEDULER_*`` / ``CARNIVAL_POWER_*`` name is an error there.
+
+Secrets are ``SecretStr`` (masked in repr, str and dumps); ``public_dict()`` is what may be shown.
+The component models live in ``core.sections`` and are re-exported here.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+from core.sections import (
+    LOCAL_HOSTS,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    ClickHouseSettings,
+    KafkaSettings,
+    LibrdkafkaValue,
+    ProcessorValues,
+    RouterSettings,
+    SinkSettings,
+    masked,
+    url_without_password,
+)
+
+__all__ = [
+    "ClickHouseSettings",
+    "KafkaSettings",
+    "ProcessorValues",
+    "RouterSettings",
+    "Settings",
+    "SinkSettings",
+    "get_settings",
+    "group_env",
+]
+
+# Group field -> environment prefix, and the processor groups whose JSON form is <PREFIX>CONFIG.
+GROUPS: dict[str, str] = {
+    "scheduler": "CARNIVAL_SCHEDULER_",
+    "power": "CARNIVAL_POWER_",
+    "sink": "CARNIVAL_SINK_",
+    "alerts": "CARNIVAL_ALERT_",
+}
+_RAW_GROUPS = {"scheduler", "power"}
+
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("carnival_environ", default=None)
 
 
+def _environ() -> Mapping[str, str]:
+    env = _ENVIRON.get()
+    return os.environ if env is None else env
+
+
+def _group_values(env: Mapping[str, str], group: str) -> dict[str, Any]:
+    prefix = GROUPS[group]
+    found = {var[len(prefix) :].lower(): raw for var, raw in env.items() if var.startswith(prefix)}
+    if group not in _RAW_GROUPS:
+        return found
+    config = found.pop("config", None)
+    return {**({"config": config} if config else {}), **({"values": found} if found else {})}
+
+
+def group_env(group: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """``values`` of ``group`` as the ``CARNIVAL_<GROUP>_<FIELD>`` variables that set them in a child
+    process (lists comma-separated, booleans true/false): the inverse of reading them."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list | tuple | set | frozenset):
+            return ",".join(map(str, value))
+        return str(value)
+
+    return {f"{GROUPS[group]}{name.upper()}": text(value) for name, value in values.items()}
+
+
+class _CarnivalEnv(EnvSettingsSource):
+    """Today's variable names: ``CARNIVAL_<FIELD>`` for the flat fields, ``CARNIVAL_<GROUP>_<FIELD>``
+    gathered into each group. Reads ``Settings.from_env``'s mapping when one is given."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _environ()
+        return {k if self.case_sensitive else k.lower(): v for k, v in env.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in GROUPS:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        env = _environ()
+        for group in GROUPS:
+            values = _group_values(env, group)
+            if values:
+                data[group] = values
+        return data
+
+
+# -- the settings -------------------------------------------------------------------------------------
 class Settings(BaseSettings):
     """Every knob an operator turns. Defaults run a whole stack on one laptop."""
 
     model_config = SettingsConfigDict(env_prefix="CARNIVAL_", extra="ignore")
 
-    kafka_bootstrap: str = "localhost:9092"
+    # Kafka
+    kafka_bootstrap: str = Field(default="localhost:9092", description="bootstrap servers, comma separated")
     kafka_controller_port: int | None = Field(
         default=None, description="KRaft controller port of the local broker [broker port + 1]"
     )
-    kafka_version: str = "4.1.1"
-    clickhouse_url: str = "http://localhost:8123"
-    clickhouse_native_port: int = 9000
+    kafka_version: str = Field(default="4.1.1", description="Kafka release the local broker runs")
+    kafka_security_protocol: str | None = Field(
+        default=None, description=f"{', '.join(SECURITY_PROTOCOLS)} [PLAINTEXT]"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None,
+        description=f"{', '.join(SASL_MECHANISMS)}; OAUTHBEARER settings go in CARNIVAL_KAFKA_EXTRA_CONFIG",
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user (PLAIN, SCRAM)")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (a secret)")
+    kafka_ssl_ca_location: str | None = Field(
+        default=None, description="CA certificate file (PEM) the brokers' certificates are checked with"
+    )
+    kafka_ssl_certificate_location: str | None = Field(default=None, description="client certificate (PEM)")
+    kafka_ssl_key_location: str | None = Field(default=None, description="client private key (PEM)")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="password of the client key (a secret)"
+    )
+    kafka_ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = Field(
+        default=None, description="https: check the broker's host name against its certificate [https]"
+    )
+    kafka_extra_config: dict[str, LibrdkafkaValue] = Field(
+        default_factory=dict,
+        repr=False,
+        description="JSON object of further librdkafka settings for every confluent client, e.g. "
+        '{"sasl.oauthbearer.method": "oidc", ...}; values of secret-looking keys are masked',
+    )
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent schema registry; unset: single-object Avro encoding"
+    )
+    schema_registry_user: str | None = Field(default=None, description="registry basic-auth user")
+    schema_registry_password: SecretStr | None = Field(
+        default=None, description="registry basic-auth password (a secret)"
+    )
+    topic_partitions: int = Field(default=6, description="default partitions per topic")
+    topic_replication: int = Field(default=1, description="replication factor (1 on a laptop)")
+
+    # ClickHouse
+    clickhouse_url: str = Field(default="http://localhost:8123", description="HTTP(S) URL of ClickHouse")
+    clickhouse_native_port: int = Field(default=9000, description="native port of the embedded server")
     clickhouse_embedded: bool = Field(
         default=True, description="host the embedded chDB server when the URL points at localhost"
     )
-    clickhouse_database: str = "carnival"
+    clickhouse_database: str = Field(default="carnival", description="database of the analyst tables")
     clickhouse_cluster: str | None = Field(
         default=None, description="cluster name: DDL uses ReplicatedMergeTree + Distributed"
     )
-    data_dir: Path = Path(".carnival")
-    schema_registry_url: str | None = None
+    clickhouse_user: str | None = Field(default=None, description="user [the URL's user, else default]")
+    clickhouse_password: SecretStr | None = Field(
+        default=None, description="password (a secret) [the URL's password, else empty]"
+    )
+    clickhouse_verify: bool = Field(default=True, description="check the server certificate (https)")
+    clickhouse_ca_cert: str | None = Field(default=None, description="CA certificate file (https)")
+    clickhouse_client_cert: str | None = Field(default=None, description="client certificate (mutual TLS)")
+    clickhouse_client_key: str | None = Field(default=None, description="client private key (mutual TLS)")
 
-    # Kafka security, passed straight through to the clients.
-    kafka_security_protocol: str | None = None
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_ca_location: str | None = None
-    kafka_ssl_certificate_location: str | None = None
-    kafka_ssl_key_location: str | None = None
-
-    topic_partitions: int = Field(default=6, description="default partitions per topic")
-    topic_replication: int = Field(default=1, description="replication factor (1 on a laptop)")
+    # Process
+    data_dir: Path = Field(default=Path(".carnival"), description="local state: broker, ClickHouse, faust")
+    cache_dir: Path | None = Field(default=None, description="downloaded Kafka jars [~/.cache/carnival]")
     metrics_port: int = Field(default=0, description="Prometheus port; 0 picks none")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="auto", description="json, console or auto (console on a TTY)")
 
+    # Components (CARNIVAL_<GROUP>_<FIELD>)
+    scheduler: ProcessorValues = Field(default_factory=ProcessorValues)
+    power: ProcessorValues = Field(default_factory=ProcessorValues)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    alerts: RouterSettings = Field(default_factory=RouterSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _CarnivalEnv(settings_cls), dotenv_settings, file_secret_settings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **values: Any) -> Settings:
+        """Settings from ``environ`` instead of ``os.environ`` (a child's environment, a test's)."""
+        token = _ENVIRON.set(environ)
+        try:
+            return cls(**values)
+        finally:
+            _ENVIRON.reset(token)
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="after")
+    @classmethod
+    def _known_name(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().upper()
+        known = SECURITY_PROTOCOLS if info.field_name == "kafka_security_protocol" else SASL_MECHANISMS
+        if value not in known:
+            raise ValueError(f"must be one of {', '.join(known)}, got {value!r}")
+        return value
+
+    # -- component views ---------------------------------------------------------------------------------
+    @property
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap=self.kafka_bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_ca_location=self.kafka_ssl_ca_location,
+            ssl_certificate_location=self.kafka_ssl_certificate_location,
+            ssl_key_location=self.kafka_ssl_key_location,
+            ssl_key_password=self.kafka_ssl_key_password,
+            ssl_endpoint_identification_algorithm=self.kafka_ssl_endpoint_identification_algorithm,
+            extra_config=self.kafka_extra_config,
+        )
+
+    @property
+    def clickhouse(self) -> ClickHouseSettings:
+        url = urlparse(self.clickhouse_url)
+        password = self.clickhouse_password
+        if password is None:
+            password = SecretStr(unquote(url.password) if url.password else "")
+        return ClickHouseSettings(
+            url=url_without_password(self.clickhouse_url),
+            database=self.clickhouse_database,
+            user=self.clickhouse_user or (unquote(url.username) if url.username else "default"),
+            password=password,
+            verify=self.clickhouse_verify,
+            ca_cert=self.clickhouse_ca_cert,
+            client_cert=self.clickhouse_client_cert,
+            client_key=self.clickhouse_client_key,
+        )
+
+    def kafka_client_config(self) -> dict[str, LibrdkafkaValue]:
+        """librdkafka settings shared by producers, consumers and the admin client."""
+        return self.kafka.client_config()
+
+    def schema_registry_config(self) -> dict[str, str]:
+        """The schema registry client's configuration: URL, basic auth and (https) the Kafka TLS files."""
+        if not self.schema_registry_url:
+            raise ValueError("schema_registry_url is not set")
+        conf = {"url": self.schema_registry_url}
+        if self.schema_registry_user:
+            password = self.schema_registry_password or SecretStr("")
+            conf["basic.auth.user.info"] = f"{self.schema_registry_user}:{password.get_secret_value()}"
+        if self.schema_registry_url.startswith("https"):
+            key_password = self.kafka_ssl_key_password
+            optional = {
+                "ssl.ca.location": self.kafka_ssl_ca_location,
+                "ssl.certificate.location": self.kafka_ssl_certificate_location,
+                "ssl.key.location": self.kafka_ssl_key_location,
+                "ssl.key.password": key_password.get_secret_value() if key_password else None,
+            }
+            conf.update({k: v for k, v in optional.items() if v})
+        return conf
+
+    # -- derived addresses -------------------------------------------------------------------------------
     @property
     def kafka_host_port(self) -> tuple[str, int]:
         first = self.kafka_bootstrap.split(",")[0].strip()
@@ -61,9 +300,7 @@ class Settings(BaseSettings):
 
     @property
     def clickhouse_host_port(self) -> tuple[str, int]:
-        url = urlparse(self.clickhouse_url)
-        default = 8443 if url.scheme == "https" else 8123
-        return url.hostname or "localhost", url.port or default
+        return self.clickhouse.host_port
 
     @property
     def hosts_embedded_clickhouse(self) -> bool:
@@ -73,21 +310,21 @@ class Settings(BaseSettings):
             and self.clickhouse_host_port[0] in LOCAL_HOSTS
         )
 
-    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
-        """librdkafka settings shared by producers, consumers and the admin client."""
-        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.kafka_bootstrap}
-        optional = {
-            "security.protocol": self.kafka_security_protocol,
-            "sasl.mechanism": self.kafka_sasl_mechanism,
-            "sasl.username": self.kafka_sasl_username,
-            "ssl.ca.location": self.kafka_ssl_ca_location,
-            "ssl.certificate.location": self.kafka_ssl_certificate_location,
-            "ssl.key.location": self.kafka_ssl_key_location,
-        }
-        conf.update({k: v for k, v in optional.items() if v})
-        if self.kafka_sasl_password is not None:
-            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        return conf
+    # -- what may be shown -------------------------------------------------------------------------------
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting with secrets masked (SecretStr, secret-looking passthrough keys, URL passwords)."""
+        data = self.model_dump(mode="json")
+        data["clickhouse_url"] = url_without_password(self.clickhouse_url)
+        if self.schema_registry_url:
+            data["schema_registry_url"] = url_without_password(self.schema_registry_url)
+        data["kafka_extra_config"] = masked(self.kafka_extra_config)
+        return data
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if name in ("clickhouse_url", "schema_registry_url") and isinstance(value, str):
+                value = url_without_password(value)
+            yield name, value
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,8 @@ def state_dir(settings: Settings, processor: str) -> Path:
 
 def create_app(processor: str, settings: Settings, **overrides: object) -> faust.App:
     """The faust App for ``processor``; table state in RocksDB under ``<data_dir>/faust/<processor>``."""
+    from processors.faust_auth import broker_credentials
+
     datadir = state_dir(settings, processor)
     datadir.mkdir(parents=True, exist_ok=True)
     conf: dict[str, object] = {
@@ -46,6 +48,8 @@ def create_app(processor: str, settings: Settings, **overrides: object) -> faust
         "web_enabled": False,
         "key_serializer": "raw",
         "value_serializer": "raw",
+        # SASL/SSL from the same settings as every confluent client (None: PLAINTEXT).
+        "broker_credentials": broker_credentials(settings.kafka),
     }
     conf.update(overrides)
     return faust.App(f"{APP_PREFIX}-{processor}", **conf)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -49,18 +49,14 @@ def get_client(settings: Settings, *, use_database: bool = True, **overrides: An
     """An HTTP client for ``settings.clickhouse_url``.
 
     ``use_database=False`` gives a client bound to no database, needed before the migrations have
-    created it (a client bound to a missing database fails on its handshake). Credentials may be given
-    in the URL (``http://user:pass@host:8123``).
+    created it (a client bound to a missing database fails on its handshake). User, password and TLS
+    files come from ``settings.clickhouse`` (``CARNIVAL_CLICKHOUSE_USER`` / ``_PASSWORD`` / ``_CA_CERT``
+    ...; credentials written in the URL, ``http://user:pass@host:8123``, still work).
     """
-    url = urlparse(settings.clickhouse_url)
-    host, port = settings.clickhouse_host_port
+    ch = settings.clickhouse
     kwargs: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "interface": url.scheme or "http",
-        "username": unquote(url.username) if url.username else "default",
-        "password": unquote(url.password) if url.password else "",
-        "database": settings.clickhouse_database if use_database else None,
+        **ch.client_kwargs(),
+        "database": ch.database if use_database else None,
         "connect_timeout": CONNECT_TIMEOUT_S,
         "send_receive_timeout": SEND_RECEIVE_TIMEOUT_S,
         "query_retries": QUERY_RETRIES,
@@ -74,7 +70,7 @@ def get_client(settings: Settings, *, use_database: bool = True, **overrides: An
         if "UNKNOWN_DATABASE" not in str(exc):
             raise
         raise DatabaseMissing(
-            f"database {kwargs['database']!r} does not exist at {settings.clickhouse_url}; "
+            f"database {kwargs['database']!r} does not exist at {ch.display_url}; "
             "`carnival stack up` applies the schema (or use sinks.migrate.migrate)"
         ) from exc
 
@@ -99,6 +95,6 @@ def wait_until_reachable(settings: Settings, timeout: float = 30.0) -> None:
     while not is_reachable(settings, timeout=1.0):
         if time.monotonic() >= deadline:
             raise ClickHouseUnavailable(
-                f"ClickHouse at {settings.clickhouse_url} did not answer within {timeout:.0f}s"
+                f"ClickHouse at {settings.clickhouse.display_url} did not answer within {timeout:.0f}s"
             )
         time.sleep(0.2)

@@ -60,7 +60,7 @@ class KafkaSink:
         stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.config = config or SinkConfig.from_env()
+        self.config = config or SinkConfig.from_settings(settings)
         self.topics = sorted(topics or SINK_TABLES)
         unknown = [t for t in self.topics if t not in SINK_TABLES]
         if unknown:
@@ -464,7 +464,7 @@ def run_sink(
     **overrides: Any,
 ) -> int:
     """Run the sink until ``stop_event`` is set; return the number of rows inserted."""
-    cfg = config or SinkConfig.from_env(**overrides)
+    cfg = config or SinkConfig.from_settings(settings, **overrides)
     sink = KafkaSink(settings, cfg, topics, stop_event)
     sink.run()
     return sink.rows_inserted

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["group_id"] = args.group
     if args.instance_id:
         overrides["instance_id"] = args.instance_id
-    config = SinkConfig.from_env(**overrides)
+    config = SinkConfig.from_settings(settings, **overrides)
 
     stop = threading.Event()
 

@@ -1,7 +1,8 @@
 """Kafka clients on confluent-kafka: a producer that counts deliveries, and consumer/admin factories.
 
-Every client gets its connection and security settings from ``Settings.kafka_client_config()``, so SASL
-and SSL work the same for every component.
+Every client gets its connection and security settings from ``Settings.kafka`` (``client_config()``), so
+SASL and SSL work the same for every component. The operator's librdkafka passthrough
+(``CARNIVAL_KAFKA_EXTRA_CONFIG``) wins over the defaults here; what a caller passes explicitly wins over it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    return {**settings.kafka_client_config(), **PRODUCER_DEFAULTS, **overrides}
+    kafka = settings.kafka
+    return {**kafka.client_config(), **PRODUCER_DEFAULTS, **kafka.extra_config, **overrides}
 
 
 @dataclass
@@ -142,17 +144,26 @@ _COUNTERS = {"produced": KAFKA_PRODUCED, "delivered": KAFKA_DELIVERED, "failed":
 
 def make_consumer(settings: Settings, group_id: str | None = None, **overrides: Any) -> Consumer:
     """A consumer with manual commits: callers commit only after their effect is durable."""
-    conf: dict[str, Any] = {
-        **settings.kafka_client_config(),
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+def consumer_config(settings: Settings, group_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    kafka = settings.kafka
+    return {
+        **kafka.client_config(),
         "group.id": group_id or f"carnival-adhoc-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
         "fetch.wait.max.ms": 100,
+        **kafka.extra_config,
         **overrides,
     }
-    return Consumer(conf)
 
 
-def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_client_config())
+def admin_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    return {**settings.kafka.client_config(), **overrides}
+
+
+def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
+    return AdminClient(admin_config(settings, **overrides))

@@ -260,6 +260,9 @@ def registry_client(url: str, config: dict[str, str] | None = None) -> Any:
 
 
 def serde_from_settings(settings: Settings) -> AvroSerde:
-    """The serde every component uses: Confluent framing iff ``schema_registry_url`` is set."""
-    url = settings.schema_registry_url
-    return AvroSerde(registry_client(url) if url else None)
+    """The serde every component uses: Confluent framing iff ``schema_registry_url`` is set; the registry
+    client gets its credentials and TLS files from the settings (``Settings.schema_registry_config``)."""
+    if not settings.schema_registry_url:
+        return AvroSerde(None)
+    conf = settings.schema_registry_config()
+    return AvroSerde(registry_client(conf.pop("url"), conf))

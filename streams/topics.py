@@ -25,6 +25,7 @@ from confluent_kafka.admin import (
 )
 
 from core.settings import Settings
+from streams.kafka import admin_config
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +117,7 @@ def apply_topics(
     Topics it creates or grows have a leader for every partition when it returns: a consumer that
     subscribes right after (faust reads partition counts from its first metadata) sees them whole.
     """
-    admin = admin or AdminClient(settings.kafka_client_config())
+    admin = admin or AdminClient(admin_config(settings))
     specs_by_name = dict(TOPICS) if specs is None else {spec.name: spec for spec in specs}
     report = ApplyReport()
     existing = admin.list_topics(timeout=timeout_s).topics

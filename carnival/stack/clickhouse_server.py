@@ -142,7 +142,7 @@ def start_clickhouse(settings: Settings) -> StartResult:
     """Start the embedded server detached and wait until ``/ping`` answers."""
     if not settings.hosts_embedded_clickhouse:
         raise StackError(
-            f"{settings.clickhouse_url} is not a local http:// URL (or "
+            f"{settings.clickhouse.display_url} is not a local http:// URL (or "
             "CARNIVAL_CLICKHOUSE_EMBEDDED is off): the embedded ClickHouse is not hosted for it"
         )
     sp = paths(settings.data_dir)
@@ -259,7 +259,7 @@ def clickhouse_status(settings: Settings) -> dict[str, object]:
         "component": "clickhouse",
         "running": running,
         "pid": pid if running else None,
-        "url": settings.clickhouse_url,
+        "url": settings.clickhouse.display_url,
         "http_port": http_port,
         "tcp_port": settings.clickhouse_native_port,
         "answering": answering,

@@ -56,8 +56,8 @@ def paths(settings: Settings) -> BrokerPaths:
     return BrokerPaths(settings.data_dir.resolve() / "kafka")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CARNIVAL_CACHE_DIR", Path.home() / ".cache" / "carnival"))
+def cache_dir(settings: Settings) -> Path:
+    return settings.cache_dir or Path.home() / ".cache" / "carnival"
 
 
 def require_tool(name: str, hint: str) -> str:
@@ -67,9 +67,10 @@ def require_tool(name: str, hint: str) -> str:
     return found
 
 
-def resolve_jars(version: str) -> Path:
+def resolve_jars(settings: Settings) -> Path:
     """Fetch the broker jars with Maven (once per version) and return the directory holding them."""
-    libs = cache_dir() / f"kafka-{version}" / "libs"
+    version = settings.kafka_version
+    libs = cache_dir(settings) / f"kafka-{version}" / "libs"
     marker = libs / ".complete"
     if marker.exists():
         return libs
@@ -239,7 +240,7 @@ def start_broker(settings: Settings) -> int:
                 "CARNIVAL_KAFKA_BOOTSTRAP / CARNIVAL_KAFKA_CONTROLLER_PORT to free ports"
             )
     java = require_tool("java", "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)")
-    libs = resolve_jars(settings.kafka_version)
+    libs = resolve_jars(settings)
     bp.log_dirs.mkdir(parents=True, exist_ok=True)
     bp.log_file.parent.mkdir(parents=True, exist_ok=True)
     bp.config.write_text(server_properties(settings, bp.log_dirs))
@@ -262,13 +263,11 @@ def start_broker(settings: Settings) -> int:
 
 def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPaths) -> None:
     """Ready means the broker answers metadata requests, not just that its port is open."""
-    from confluent_kafka.admin import AdminClient
+    from streams.kafka import make_admin
 
     deadline = time.monotonic() + START_TIMEOUT_S
     # log_level 0: "connection refused" is expected until the broker listens; do not spam the terminal.
-    admin = AdminClient(
-        {**settings.kafka_client_config(), "log_level": 0, "socket.connection.setup.timeout.ms": "2000"}
-    )
+    admin = make_admin(settings, **{"log_level": 0, "socket.connection.setup.timeout.ms": "2000"})
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             bp.pid_file.unlink(missing_ok=True)

@@ -27,22 +27,22 @@ def stack_up(settings: Settings) -> list[str]:
     if settings.hosts_embedded_clickhouse:
         status = clickhouse_server.clickhouse_status(settings)
         if status.get("running"):
-            lines.append(f"clickhouse: already running at {settings.clickhouse_url}")
+            lines.append(f"clickhouse: already running at {settings.clickhouse.display_url}")
         else:
             result = clickhouse_server.start_clickhouse(settings)
             lines.append(
-                f"clickhouse: started embedded server (pid {result.pid}) at {settings.clickhouse_url}"
+                f"clickhouse: started embedded server (pid {result.pid}) at {settings.clickhouse.display_url}"
                 f", native port {settings.clickhouse_native_port}"
             )
     else:
-        lines.append(f"clickhouse: using the server at {settings.clickhouse_url}")
+        lines.append(f"clickhouse: using the server at {settings.clickhouse.display_url}")
     try:
         applied = migrate(settings)
     except StackError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise StackError(
-            f"could not apply the ClickHouse schema at {settings.clickhouse_url}: {exc}"
+            f"could not apply the ClickHouse schema at {settings.clickhouse.display_url}: {exc}"
         ) from exc
     lines.append(
         f"clickhouse schema: {len(applied)} migrations applied"
@@ -76,8 +76,8 @@ def stack_status(settings: Settings) -> tuple[bool, list[str]]:
     if settings.hosts_embedded_clickhouse:
         ch = clickhouse_server.clickhouse_status(settings)
         healthy = healthy and bool(ch.get("answering"))
-        lines.append(_describe("clickhouse", ch, settings.clickhouse_url))
+        lines.append(_describe("clickhouse", ch, settings.clickhouse.display_url))
     else:
-        lines.append(f"clickhouse: external server at {settings.clickhouse_url}")
+        lines.append(f"clickhouse: external server at {settings.clickhouse.display_url}")
     lines.append(f"data dir:   {settings.data_dir.resolve()}")
     return healthy, lines

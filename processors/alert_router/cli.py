@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import threading
@@ -54,32 +53,28 @@ def alerts() -> None:
     metavar="URL",
     help='Slack-compatible {"text": ...} webhook (repeatable).',
 )
-@click.option("--group-id", default="carnival-alert-router", show_default=True, help="Kafka consumer group.")
+@click.option("--group-id", help="Kafka consumer group [CARNIVAL_ALERT_GROUP_ID, carnival-alert-router].")
 @click.option(
     "--dedup-window",
     "dedup_window_s",
     type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    help="Seconds within which a repeated (fingerprint, status) is not sent again.",
+    help="Seconds within which a repeated (fingerprint, status) is not sent again "
+    "[CARNIVAL_ALERT_DEDUP_WINDOW_S, 300].",
 )
 @click.option(
     "--timeout",
     "timeout_s",
     type=click.FloatRange(min=0.1),
-    default=5.0,
-    show_default=True,
-    help="HTTP timeout per attempt, seconds.",
+    help="HTTP timeout per attempt, seconds [CARNIVAL_ALERT_TIMEOUT_S, 5].",
 )
 @click.option(
     "--max-backoff",
     "backoff_max_s",
     type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Longest wait between retries of a receiver that is down, seconds.",
+    help="Longest wait between retries of a receiver that is down, seconds "
+    "[CARNIVAL_ALERT_BACKOFF_MAX_S, 30].",
 )
-@click.option("--external-url", default="", help="Link sent as externalURL/generatorURL.")
+@click.option("--external-url", help="Link sent as externalURL/generatorURL [CARNIVAL_ALERT_EXTERNAL_URL].")
 @click.option(
     "--max-idle",
     "max_idle_s",
@@ -90,11 +85,11 @@ def alerts() -> None:
 def route(
     webhooks: tuple[str, ...],
     slack_webhooks: tuple[str, ...],
-    group_id: str,
-    dedup_window_s: float,
-    timeout_s: float,
-    backoff_max_s: float,
-    external_url: str,
+    group_id: str | None,
+    dedup_window_s: float | None,
+    timeout_s: float | None,
+    backoff_max_s: float | None,
+    external_url: str | None,
     max_idle_s: float | None,
 ) -> None:
     """Consume alerts.v1 and deliver each alert to every receiver.
@@ -106,16 +101,17 @@ def route(
     from core.settings import get_settings
     from processors.alert_router.router import AlertRouter, RouterConfig
 
-    receivers = parse_receivers(webhooks, slack_webhooks, os.environ.get(WEBHOOKS_ENV))
+    settings = get_settings()
+    receivers = parse_receivers(webhooks, slack_webhooks, settings.alerts.webhooks.get_secret_value())
     if not receivers:
         click.secho(
             f"error: no receivers: give --webhook/--slack-webhook or set {WEBHOOKS_ENV}", fg="red", err=True
         )
         sys.exit(2)
-    settings = get_settings()
     serve_metrics(settings.metrics_port)
-    config = RouterConfig(group_id=group_id, dedup_window_s=dedup_window_s, timeout_s=timeout_s,
-                          backoff_max_s=backoff_max_s, external_url=external_url)  # fmt: skip
+    options = {"group_id": group_id, "dedup_window_s": dedup_window_s, "timeout_s": timeout_s,
+               "backoff_max_s": backoff_max_s, "external_url": external_url}  # fmt: skip
+    config = RouterConfig.from_settings(settings, **{k: v for k, v in options.items() if v is not None})
     router = AlertRouter(settings, receivers, config)
     stop = threading.Event()
     try:

@@ -14,14 +14,13 @@ import contextlib
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
-from core.settings import Settings
+from core.settings import RouterSettings, Settings
 from processors.alert_router.dedup import DedupWindow
 from processors.alert_router.delivery import Job, Receiver, ReceiverWorker, Sender, post_json
 
@@ -33,19 +32,14 @@ ALERTS_TOPIC = "alerts.v1"
 CONSUMED = Counter("carnival_alert_consumed_total", "alerts.v1 records read by the router", ["result"])
 
 
-@dataclass(frozen=True, slots=True)
-class RouterConfig:
-    group_id: str = "carnival-alert-router"
+class RouterConfig(RouterSettings):
+    """The router's configuration: the settings' ``alerts`` group (``CARNIVAL_ALERT_*``) and its topic."""
+
     topic: str = ALERTS_TOPIC
-    dedup_window_s: float = 300.0
-    dedup_max_entries: int = 100_000
-    max_in_flight: int = 10_000
-    timeout_s: float = 5.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    commit_interval_s: float = 0.5
-    drain_timeout_s: float = 5.0
-    external_url: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RouterConfig:
+        return cls(**{**settings.alerts.model_dump(), **overrides})
 
 
 class OffsetTracker:
@@ -104,7 +98,7 @@ class AlertRouter:
         if not receivers:
             raise ValueError("the alert router needs at least one receiver")
         self.settings = settings
-        self.config = cfg = config or RouterConfig()
+        self.config = cfg = config or RouterConfig.from_settings(settings)
         self.receivers = receivers
         self.serde = serde_from_settings(settings)
         self.consumer = consumer or make_consumer(settings, cfg.group_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["PowerConfig"]
+__all__ = ["PowerConfig", "PowerKnobs"]
 
 _S = 1_000_000  # microseconds per second
 _MS = 1_000  # microseconds per millisecond
@@ -52,11 +52,13 @@ class PowerConfig:
     """After retransfer to grid, the site must stay on grid this long before the incident resolves;
     losing grid again inside it is flapping (and the same incident continues)."""
     flap_window_s: float = 1_800.0
+    """Window in which ``flap_changes`` source changes count as flapping."""
     flap_changes: int = 4
     """Grid<->alternate source changes within ``flap_window_s`` that count as flapping."""
 
     # -- while islanded --------------------------------------------------------------------------
     battery_reserve_pct: float = 10.0
+    """State of charge below which an islanded site raises BATTERY_RESERVE."""
     battery_hysteresis_pct: float = 2.0
     """BATTERY_RESERVE resolves once state of charge is above reserve + hysteresis."""
     freq_min_hz: float = 58.0
@@ -64,7 +66,9 @@ class PowerConfig:
     freq_max_hz: float = 62.0
     """Overfrequency, symmetric to the underfrequency setting around 60 Hz."""
     voltage_sag_pu: float = 0.9
+    """Sag below this (per unit), see ``voltage_interruption_pu``."""
     voltage_swell_pu: float = 1.1
+    """Swell above this (per unit), see ``voltage_interruption_pu``."""
     voltage_interruption_pu: float = 0.1
     """IEEE 1159 classes: sag below 0.9 pu, swell above 1.1 pu, interruption below 0.1 pu."""
     pq_clear_s: float = 10.0
@@ -111,3 +115,39 @@ class PowerConfig:
 
     def us(self, seconds: float) -> int:
         return int(seconds * _S)
+
+
+@dataclass(frozen=True, slots=True)
+class PowerKnobs:
+    """Wiring of the power worker (not detector logic): batches, checkpoints, the faust clients."""
+
+    tick_s: float = 1.0
+    """How often the worker ticks every site of its partitions (``Detector.on_tick``), wall clock."""
+    batch_max: int = 2000
+    """Most events processed as one batch under load."""
+    batch_within_s: float = 0.005
+    """Longest a batch waits to fill: at low rates one event, at most this much extra latency."""
+    checkpoint_s: float = 0.5
+    """Site states are written at most once per checkpoint (one changelog record per dirty site); the
+    offsets of their events are acked when those records are in Kafka."""
+    checkpoint_events: int = 20_000
+    """... or after this many unsaved events, whichever comes first."""
+    max_unconfirmed: int = 4
+    """Checkpoints whose Kafka acks may still be outstanding while the agent goes on."""
+    session_timeout_s: float = 10.0
+    """A SIGKILLed worker's partitions move on after this long (faust's default is 60 s; a failover
+    detector that is down for a minute is itself an incident)."""
+    producer_max_batch_size: int = 262_144
+    """aiokafka batch bytes: a checkpoint writes up to one state (~1-2 KB) per site at once; aiokafka sends
+    one batch per partition per request and makes the sender (and faust's producer buffer, and with it the
+    consumer) wait when a partition's batch is full: 256 KB batches instead of 16 KB."""
+    commit_every: int = 10_000_000
+    """faust's ``broker_commit_every``. Events are acked a checkpoint at a time, thousands at once under
+    load: faust's count-triggered commit (500 acks by default) would then run inline in its message drain
+    loop at every checkpoint and hold up the delivery of events for a producer flush and a commit round
+    trip. Commits come from the 1 s ``broker_commit_interval`` timer instead, which runs beside it."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ValueError(f"PowerKnobs.{f.name} must be positive, got {getattr(self, f.name)!r}")

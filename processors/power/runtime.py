@@ -1,23 +1,23 @@
 """What the power worker needs around the pure detector, with no faust import: the detector config from
-the environment, the in-memory detector cache, output routing and the worker's Prometheus metrics.
+the settings, the in-memory detector cache, output routing and the worker's Prometheus metrics.
 
 ``processors/power/worker.py`` is the faust wiring that uses these; tests call them directly.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from processors.envconfig import json_config, parse_value
+from core.settings import ProcessorValues, Settings
+from processors.envconfig import check_names, field_values, settings_of
 from processors.power.alerts import alert_for_incident
-from processors.power.config import PowerConfig
+from processors.power.config import PowerConfig, PowerKnobs
 from processors.power.detector import Detector
 from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output
 
@@ -33,6 +33,9 @@ __all__ = [
     "config_from_env",
     "decode_state",
     "encode_state",
+    "knobs_from_env",
+    "power_config",
+    "power_knobs",
     "rewind",
     "route",
     "run_batch",
@@ -90,22 +93,33 @@ DETECTORS_LOADED = Counter(
 
 
 # -- configuration --------------------------------------------------------------------------------
-def config_from_env(environ: Mapping[str, str] | None = None) -> PowerConfig:
+def _checked(settings: Settings) -> ProcessorValues:
+    raw = settings.power
+    check_names(raw, ENV_PREFIX, "power detector", PowerConfig, PowerKnobs)
+    return raw
+
+
+def power_config(settings: Settings) -> PowerConfig:
     """``PowerConfig`` from ``CARNIVAL_POWER_CONFIG`` (JSON) and ``CARNIVAL_POWER_<FIELD>`` variables.
 
     Unknown ``CARNIVAL_POWER_*`` names are an error, so a typo does not silently keep a default.
     """
-    env = os.environ if environ is None else environ
-    values = json_config(env, CONFIG_ENV)
-    defaults = {f.name: f.default for f in fields(PowerConfig)}
-    for var, raw in env.items():
-        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
-            continue
-        name = var[len(ENV_PREFIX) :].lower()
-        if name not in defaults:
-            raise ValueError(f"unknown power detector setting {var}")
-        values[name] = parse_value(var, raw, defaults[name])
-    return PowerConfig.from_mapping(values)
+    raw = _checked(settings)
+    return PowerConfig.from_mapping({**raw.config, **field_values(raw, PowerConfig, ENV_PREFIX)})
+
+
+def power_knobs(settings: Settings) -> PowerKnobs:
+    """The worker's ``PowerKnobs`` from ``CARNIVAL_POWER_<KNOB>`` variables."""
+    return PowerKnobs(**field_values(_checked(settings), PowerKnobs, ENV_PREFIX))
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> PowerConfig:
+    """``power_config`` of the process's settings (or of the environment ``environ``)."""
+    return power_config(settings_of(environ))
+
+
+def knobs_from_env(environ: Mapping[str, str] | None = None) -> PowerKnobs:
+    return power_knobs(settings_of(environ))
 
 
 # -- state ----------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ is ``processors.power.processor.PowerProcessor``, made durable by the runtime's 
 * table ``sites``: site_id -> detector state (orjson bytes), RocksDB, changelog
   ``carnival-power-sites-changelog``, co-partitioned with ``power.events.v1`` (both keyed by site_id,
   murmur2, ``settings.topic_partitions`` partitions).
-* agent ``detect`` (concurrency 1): batches of events (what arrived within ``BATCH_WITHIN_S``, at most
-  ``BATCH_MAX``), never acked by faust: the checkpoint acks them once their outputs and state are in Kafka.
+* agent ``detect`` (concurrency 1): batches of events (what arrived within ``batch_within_s``, at most
+  ``batch_max``), never acked by faust: the checkpoint acks them once their outputs and state are in Kafka.
 * timer ``checkpoint``: checkpoints when no events come (the agent checkpoints while they do).
-* timer ``tick`` (every ``TICK_S``): ``Detector.on_tick`` for every site of this worker's partitions,
+* timer ``tick`` (every ``tick_s``): ``Detector.on_tick`` for every site of this worker's partitions,
   so held events are released, failed-transfer/start/stability timers fire and silent sites raise
   SITE_SILENT without new events.
 
@@ -21,6 +21,7 @@ A failure Kafka gives past the producer's retries (outputs or state not delivere
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 
@@ -31,36 +32,18 @@ from core.settings import get_settings
 from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
 from processors.power.processor import PowerProcessor, wall_us
-from processors.power.runtime import EVENTS_TOPIC, DetectorCache, config_from_env
+from processors.power.runtime import EVENTS_TOPIC, DetectorCache, config_from_env, knobs_from_env
 from processors.runtime import faust_glue as glue
 
 log = structlog.get_logger(__name__)
 
 PROCESSOR = "power"
 TABLE = "sites"
-TICK_S = 1.0
-BATCH_MAX = 2000
-BATCH_WITHIN_S = 0.005
-CHECKPOINT_S = 0.5
-CHECKPOINT_EVENTS = 20_000
-MAX_UNCONFIRMED = 4
-"""A batch is what arrived within ``BATCH_WITHIN_S`` (at low rates: one event, <= 5 ms of extra latency),
-or ``BATCH_MAX`` events at once under load. Detection latency depends on batches only; the state is
-written per checkpoint (``CHECKPOINT_S``): at most one changelog record per site per checkpoint,
-however many events it had, and the offsets of its events are acked when those records are in Kafka
-(faust commits every ``broker_commit_interval`` = 1 s anyway)."""
-# A SIGKILLed worker's partitions move on after this long (faust's default is 60 s; a failover detector
-# that is down for a minute is itself an incident).
-SESSION_TIMEOUT_S = 10.0
-# A checkpoint writes up to one state (~1-2 KB) per site at once; aiokafka sends one batch per
-# partition per request and makes the sender (and faust's producer buffer, and with it the consumer)
-# wait when a partition's batch is full: 256 KB batches instead of 16 KB.
-PRODUCER_MAX_BATCH_SIZE = 262_144
-# Events are acked a checkpoint at a time, thousands at once under load: faust's count-triggered
-# commit (``broker_commit_every``, 500 acks) would then run inline in its message drain loop at every
-# checkpoint and hold up the delivery of events for a producer flush and a commit round trip. Commits
-# come from the 1 s ``broker_commit_interval`` timer instead, which runs beside it.
-COMMIT_EVERY = 10_000_000
+knobs = knobs_from_env()
+"""Batches, checkpoints and faust client settings: ``PowerKnobs`` (processors/power/config.py) documents
+each, ``CARNIVAL_POWER_<KNOB>`` sets it. A batch is what arrived within ``batch_within_s``, or
+``batch_max`` events under load; detection latency depends on batches only, the state is written per
+checkpoint (``checkpoint_s``)."""
 
 
 def _fatal(exc: BaseException) -> None:
@@ -78,9 +61,9 @@ config = config_from_env()
 app = create_app(
     PROCESSOR,
     settings,
-    broker_session_timeout=SESSION_TIMEOUT_S,
-    producer_max_batch_size=PRODUCER_MAX_BATCH_SIZE,
-    broker_commit_every=COMMIT_EVERY,
+    broker_session_timeout=knobs.session_timeout_s,
+    producer_max_batch_size=knobs.producer_max_batch_size,
+    broker_commit_every=knobs.commit_every,
 )
 codec = AgentCodec(app, settings, PROCESSOR)
 events_topic = codec.topic(EVENTS_TOPIC)
@@ -94,7 +77,8 @@ sites = app.Table(
 )
 power = PowerProcessor(
     app, sites, codec, DetectorCache(config, sites.get, wall_us),
-    checkpoint_s=CHECKPOINT_S, checkpoint_events=CHECKPOINT_EVENTS, max_unconfirmed=MAX_UNCONFIRMED,
+    checkpoint_s=knobs.checkpoint_s, checkpoint_events=knobs.checkpoint_events,
+    max_unconfirmed=knobs.max_unconfirmed,
     on_failed=_fatal,
 )  # fmt: skip
 
@@ -111,7 +95,7 @@ glue.on_revoked(app, power.on_revoked)
 @app.agent(events_topic, concurrency=1)
 async def detect(stream: faust.StreamT) -> None:
     power.inputs.stream = stream
-    async for events in glue.noack_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
+    async for events in glue.noack_batches(stream, knobs.batch_max, knobs.batch_within_s):
         try:
             await power.handle(events)
         except asyncio.CancelledError:
@@ -120,7 +104,7 @@ async def detect(stream: faust.StreamT) -> None:
             _fatal(exc)
 
 
-@app.timer(interval=CHECKPOINT_S / 2)
+@app.timer(interval=knobs.checkpoint_s / 2)
 async def checkpoint() -> None:
     """Checkpoints when no events come. Also while rebalancing: faust waits for every event taken to be
     acked before it gives partitions away."""
@@ -133,10 +117,10 @@ async def checkpoint() -> None:
             _fatal(exc)
 
 
-@app.timer(interval=TICK_S)
+@app.timer(interval=knobs.tick_s)
 async def tick() -> None:
     await power.tick()
 
 
 log.info("power_worker_configured", config=config.to_dict(), partitions=settings.topic_partitions,
-         batch_max=BATCH_MAX)  # fmt: skip
+         knobs=dataclasses.asdict(knobs))  # fmt: skip

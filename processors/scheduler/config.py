@@ -66,8 +66,8 @@ class SchedulerConfig:
     confirm_s: float = 120.0
     field_ttl_s: float = 900.0  # HTCondor's stale-ad expiry is 15 minutes
     departure_guard_s: float = 1200.0  # owner "returns" this long before the scheduled departure
-    plugged_states: frozenset[str] = PLUGGED_STATES
-    preempt_reasons: frozenset[str] = PREEMPT_REASONS
+    plugged_states: frozenset[str] = PLUGGED_STATES  # charge states that count as plugged in
+    preempt_reasons: frozenset[str] = PREEMPT_REASONS  # ineligibility reasons that revoke running work
     default_capacity: int = 1  # tasks a node runs at once
     max_future_skew_s: float = 300.0  # telemetry this far ahead of the scheduler clock is rejected
 
@@ -90,18 +90,18 @@ class SchedulerConfig:
     trust_after_successes: int = 5  # consecutive successes that make a node "trusted" (retries go there)
     throttle_after_failures: int = 3  # consecutive failures that throttle a node
     throttle_base_s: float = 600.0  # first backoff; doubles with each further failure
-    throttle_max_s: float = 24 * 3600.0
+    throttle_max_s: float = 24 * 3600.0  # longest throttle backoff
 
     # --- ranking and prediction ---------------------------------------------------------------------
-    ranking: Literal["predictive", "random"] = "predictive"
+    ranking: Literal["predictive", "random"] = "predictive"  # how feasible nodes are ordered
     seed: int = 0  # seeds the random ranking (stateless: hash of seed, task, attempt, vin)
     min_stay_probability: float = 0.0  # predictive: leave a task queued rather than use a worse node
     # Predictive: nodes whose risk (1 - p) is within rank_tolerance x the best risk + rank_tolerance_abs
     # count as equally good for the task; among them the least over-qualified hardware (hw_best_fit: keep
     # HW5 nodes for HW5-only tasks), then reliability (in 0.05 steps), then p wins.
     rank_tolerance: float = 0.0
-    rank_tolerance_abs: float = 0.025
-    hw_best_fit: bool = True
+    rank_tolerance_abs: float = 0.025  # see rank_tolerance
+    hw_best_fit: bool = True  # see rank_tolerance
     departure_sigma_s: float = 600.0  # noise of a scheduled departure (owners leave early or late)
     hazard_prior_hours: float = 1.0  # pseudo-hours of the log-normal vs the car's own leave-by-hour rate
     hazard_pool_hours: float = 1.0  # pseudo-hours of all days pooled vs weekday / weekend alone
@@ -111,8 +111,8 @@ class SchedulerConfig:
     full_hint_weight: float = 1.0
     history_decay: float = 0.9  # weight kept by older sessions at each new one in the same bucket
     history_prior_weight: float = 1.0  # pseudo-sessions of the prior when blending with history
-    region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS
-    default_utc_offset_h: float = 0.0
+    region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS  # region -> UTC offset (JSON form)
+    default_utc_offset_h: float = 0.0  # UTC offset of a region not listed
 
     offsets: dict[str, float] = field(init=False, repr=False, compare=False, hash=False)
 

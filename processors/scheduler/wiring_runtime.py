@@ -1,21 +1,19 @@
 """What the scheduler worker needs around the pure ``Scheduler``, with no faust import: configuration
-from the environment, the envelope of the internal pool-partitioned topic, pool -> partition, the
+from the settings, the envelope of the internal pool-partitioned topic, pool -> partition, the
 fast region peek for telemetry routing, and the worker's Prometheus metrics.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Gauge, Histogram
 
-from processors.envconfig import json_config, parse_value
+from core.settings import ProcessorValues, Settings
+from processors.envconfig import check_names, field_values, settings_of
 from processors.scheduler.config import SchedulerConfig
 
 __all__ = [
@@ -31,8 +29,10 @@ __all__ = [
     "pack_tick",
     "partition_of",
     "peek_region",
+    "scheduler_config",
     "unpack",
     "unpack_batch",
+    "worker_knobs",
 ]
 
 PROCESSOR = "scheduler"
@@ -70,45 +70,42 @@ class WorkerKnobs:
     route_pack_max: int = 200  # telemetry records of one pool packed into one pool-topic record
     route_ttl_s: float = 0.0  # event time a finished task's route is kept; 0: tombstone_ttl_s + 1 h
     route_linger_ms: float = 1.0  # the telemetry router's producer batching delay
-    gc_freeze_s: float = 10.0  # freeze the surviving heap this often (0 = off; see worker._gc_maintenance)
+    gc_freeze_s: float = 10.0  # freeze the surviving heap this often (0 = off; see PoolScheduler._gc_maintenance)
     gc_full_s: float = 1800.0  # full collection of everything, frozen too, this often (0 = never)
+    checkpoint_s: float = 0.25  # outputs, then state, then input acks, at least this often (runtime)
+    max_unconfirmed: int = 8  # checkpoints whose Kafka acks may be outstanding while batches go on
 
 
-_KNOBS = {f.name for f in dataclasses.fields(WorkerKnobs)}
-_TUPLE_FIELDS = {"pools", "plugged_states", "preempt_reasons", "local_pools"}
+_TUPLE_FIELDS = frozenset({"pools", "plugged_states", "preempt_reasons", "local_pools"})
 
 
-def _env_values(env: Mapping[str, str], names: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for var, raw in env.items():
-        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
-            continue
-        name = var[len(ENV_PREFIX) :].lower()
-        if name in names:
-            values[name] = parse_value(var, raw, names[name], is_list=name in _TUPLE_FIELDS)
-        elif name not in _KNOBS and name not in _SCHED_DEFAULTS:
-            raise ValueError(f"unknown scheduler setting {var}")
-    return values
+def _checked(settings: Settings) -> ProcessorValues:
+    raw = settings.scheduler
+    check_names(raw, ENV_PREFIX, "scheduler", SchedulerConfig, WorkerKnobs)
+    return raw
 
 
-_SCHED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SchedulerConfig) if f.init}
-
-
-def config_from_env(environ: Mapping[str, str] | None = None) -> SchedulerConfig:
+def scheduler_config(settings: Settings) -> SchedulerConfig:
     """``SchedulerConfig`` from ``CARNIVAL_SCHEDULER_CONFIG`` (JSON) and ``CARNIVAL_SCHEDULER_<FIELD>``.
 
     Unknown ``CARNIVAL_SCHEDULER_*`` names are an error, so a typo does not silently keep a default.
     """
-    env = os.environ if environ is None else environ
-    values = json_config(env, CONFIG_ENV)
-    values.update(_env_values(env, _SCHED_DEFAULTS))
+    raw = _checked(settings)
+    values = {**raw.config, **field_values(raw, SchedulerConfig, ENV_PREFIX, list_fields=_TUPLE_FIELDS)}
     return SchedulerConfig.from_mapping(values)
 
 
+def worker_knobs(settings: Settings) -> WorkerKnobs:
+    return WorkerKnobs(**field_values(_checked(settings), WorkerKnobs, ENV_PREFIX))
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> SchedulerConfig:
+    """``scheduler_config`` of the process's settings (or of the environment ``environ``)."""
+    return scheduler_config(settings_of(environ))
+
+
 def knobs_from_env(environ: Mapping[str, str] | None = None) -> WorkerKnobs:
-    env = os.environ if environ is None else environ
-    defaults = {f.name: f.default for f in dataclasses.fields(WorkerKnobs)}
-    return WorkerKnobs(**_env_values(env, defaults))
+    return worker_knobs(settings_of(environ))
 
 
 # -- partitioning ------------------------------------------------------------------------------------

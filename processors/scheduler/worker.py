@@ -81,7 +81,6 @@ _CHANGELOG_CONFIG = {
     "min.cleanable.dirty.ratio": "0.2",
     "delete.retention.ms": str(24 * 3600 * 1000),
 }
-CHECKPOINT_S = 0.25
 
 
 def _fatal(exc: BaseException) -> None:
@@ -140,7 +139,7 @@ pools = PoolScheduler(
     app, state_table, bypool_topic, codec, serde, config, knobs,
     lambda: BatchProducer(settings, linger_ms=knobs.linger_s * 1000),
     partitions=PARTITIONS, state_changelog=state_table.changelog_topic.get_topic_name(),
-    checkpoint_s=CHECKPOINT_S, on_failed=_fatal,
+    checkpoint_s=knobs.checkpoint_s, max_unconfirmed=knobs.max_unconfirmed, on_failed=_fatal,
 )  # fmt: skip
 
 # Writer schemas of telemetry whose first fields are vin, ts, hw, region: peek the region.
@@ -227,7 +226,7 @@ async def schedule(stream: faust.StreamT) -> None:
             _fatal(exc)
 
 
-@app.timer(interval=CHECKPOINT_S / 2)
+@app.timer(interval=knobs.checkpoint_s / 2)
 async def checkpoint() -> None:
     """Checkpoints when no events come; also while rebalancing (faust waits for every taken event's ack)."""
     if pools.checkpointer.due():
