@@ -70,7 +70,7 @@ class WorkerKnobs:
     route_pack_max: int = 200  # telemetry records of one pool packed into one pool-topic record
     route_ttl_s: float = 0.0  # event time a finished task's route is kept; 0: tombstone_ttl_s + 1 h
     route_linger_ms: float = 1.0  # the telemetry router's producer batching delay
-    gc_freeze_s: float = 10.0  # freeze the surviving heap this often (0 = off; see PoolScheduler._gc_maintenance)
+    gc_freeze_s: float = 10.0  # freeze the surviving heap this often (0 = off; PoolScheduler._gc_maintenance)
     gc_full_s: float = 1800.0  # full collection of everything, frozen too, this often (0 = never)
     checkpoint_s: float = 0.25  # outputs, then state, then input acks, at least this often (runtime)
     max_unconfirmed: int = 8  # checkpoints whose Kafka acks may be outstanding while batches go on
