@@ -21,20 +21,6 @@ QUERY_RETRIES = 2  # read-only queries only; inserts are retried by sinks with a
 # meaning (the embedded server has async_insert on by default).
 DEFAULT_SETTINGS: dict[str, Any] = {"async_insert": 0}
 
-# Which table of the analyst contract each topic lands in (columns = Avro fields + _topic/_partition/_offset).
-TABLE_FOR_TOPIC: dict[str, str] = {
-    "fleet.telemetry.v1": "telemetry",
-    "fleet.nodes.v1": "nodes",
-    "tasks.lifecycle.v1": "task_events",
-    "tasks.assignments.v1": "assignments",
-    "emulator.actions.v1": "actions",
-    "power.events.v1": "power_events",
-    "power.incidents.v1": "incidents",
-    "alerts.v1": "alerts",
-    "deadletter.v1": "deadletter",
-    "tasks.requests.v1": "task_requests",
-    "tasks.status.v1": "task_status",
-}
 
 
 class ClickHouseUnavailable(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.settings import Settings, SinkSettings
-from sinks.clickhouse import TABLE_FOR_TOPIC
+from sinks.tables import TABLE_FOR_TOPIC
 
 # Every topic the sink lands, and its table: the analyst contract plus the two input topics
 # analysts need for wait times and the owner ledger (tables added by migration 0002).

@@ -58,28 +58,42 @@ class TopicSpec:
         return conf
 
 
+# The names of the topics: the public contract, declared once; everything else imports these.
+TELEMETRY_TOPIC = "fleet.telemetry.v1"
+REQUESTS_TOPIC = "tasks.requests.v1"
+STATUS_TOPIC = "tasks.status.v1"
+ACTIONS_TOPIC = "emulator.actions.v1"
+POWER_EVENTS_TOPIC = "power.events.v1"
+NODES_TOPIC = "fleet.nodes.v1"
+ASSIGNMENTS_TOPIC = "tasks.assignments.v1"
+LIFECYCLE_TOPIC = "tasks.lifecycle.v1"
+INCIDENTS_TOPIC = "power.incidents.v1"
+ALERTS_TOPIC = "alerts.v1"
+DEADLETTER_TOPIC = "deadletter.v1"
+
+INPUT_TOPICS = (TELEMETRY_TOPIC, REQUESTS_TOPIC, STATUS_TOPIC, ACTIONS_TOPIC, POWER_EVENTS_TOPIC)
+"""What producers publish (``carnival produce`` refuses the others unless ``--allow-derived``)."""
+
 TOPICS: dict[str, TopicSpec] = {
     t.name: t
     for t in (
         # Inputs: what producers publish.
-        TopicSpec("fleet.telemetry.v1", "vin", "vehicle snapshots", retention_ms=3 * DAY_MS),
-        TopicSpec("tasks.requests.v1", "task_id", "emulator task requests", retention_ms=14 * DAY_MS),
-        TopicSpec("tasks.status.v1", "task_id", "node reports about tasks", retention_ms=14 * DAY_MS),
-        TopicSpec("emulator.actions.v1", "session_id", "emulator action traces", retention_ms=3 * DAY_MS),
-        TopicSpec("power.events.v1", "site_id", "site power sequence-of-events", retention_ms=30 * DAY_MS),
+        TopicSpec(TELEMETRY_TOPIC, "vin", "vehicle snapshots", retention_ms=3 * DAY_MS),
+        TopicSpec(REQUESTS_TOPIC, "task_id", "emulator task requests", retention_ms=14 * DAY_MS),
+        TopicSpec(STATUS_TOPIC, "task_id", "node reports about tasks", retention_ms=14 * DAY_MS),
+        TopicSpec(ACTIONS_TOPIC, "session_id", "emulator action traces", retention_ms=3 * DAY_MS),
+        TopicSpec(POWER_EVENTS_TOPIC, "site_id", "site power sequence-of-events", retention_ms=30 * DAY_MS),
         # Derived: what Carnival publishes.
-        TopicSpec("fleet.nodes.v1", "vin", "current node state per vin", compacted=True),
-        TopicSpec("tasks.assignments.v1", "vin", "ASSIGN/REVOKE commands to nodes", retention_ms=14 * DAY_MS),
-        TopicSpec("tasks.lifecycle.v1", "task_id", "every task state change", retention_ms=30 * DAY_MS),
-        TopicSpec("power.incidents.v1", "site_id", "failover incidents", retention_ms=90 * DAY_MS),
-        TopicSpec("alerts.v1", "fingerprint", "alerts for on-call tooling", retention_ms=30 * DAY_MS),
+        TopicSpec(NODES_TOPIC, "vin", "current node state per vin", compacted=True),
+        TopicSpec(ASSIGNMENTS_TOPIC, "vin", "ASSIGN/REVOKE commands to nodes", retention_ms=14 * DAY_MS),
+        TopicSpec(LIFECYCLE_TOPIC, "task_id", "every task state change", retention_ms=30 * DAY_MS),
+        TopicSpec(INCIDENTS_TOPIC, "site_id", "failover incidents", retention_ms=90 * DAY_MS),
+        TopicSpec(ALERTS_TOPIC, "fingerprint", "alerts for on-call tooling", retention_ms=30 * DAY_MS),
         TopicSpec(
-            "deadletter.v1", "source_topic", "records that could not be processed", retention_ms=30 * DAY_MS
+            DEADLETTER_TOPIC, "source_topic", "records that could not be processed", retention_ms=30 * DAY_MS
         ),
     )
 }
-
-DEADLETTER_TOPIC = "deadletter.v1"
 
 
 def key_field(topic: str) -> str:

@@ -23,12 +23,12 @@ from prometheus_client import Counter
 from core.settings import RouterSettings, Settings
 from processors.alert_router.dedup import DedupWindow
 from processors.alert_router.delivery import Job, Receiver, ReceiverWorker, Sender, post_json
+from streams.topics import ALERTS_TOPIC
 
 __all__ = ["ALERTS_TOPIC", "AlertRouter", "OffsetTracker", "RouterConfig"]
 
 log = structlog.get_logger(__name__)
 
-ALERTS_TOPIC = "alerts.v1"
 CONSUMED = Counter("carnival_alert_consumed_total", "alerts.v1 records read by the router", ["result"])
 
 

@@ -33,8 +33,6 @@ from processors.power.runtime import (
     DEAD_LETTERED,
     DETECTION_LATENCY,
     EVENTS_PROCESSED,
-    EVENTS_TOPIC,
-    INCIDENTS_TOPIC,
     LATE,
     STATE_WRITES,
     DetectorCache,
@@ -48,10 +46,11 @@ from processors.runtime import QUARANTINED, BatchRunner, Checkpointer, RetryPoli
 from processors.runtime import faust_glue as glue
 from streams.deadletter import VALIDATION
 from streams.exceptions import SerializationError
+from streams.topics import INCIDENTS_TOPIC, POWER_EVENTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
-_CONSUMED = RECORDS_CONSUMED.labels(topic=EVENTS_TOPIC)
+_CONSUMED = RECORDS_CONSUMED.labels(topic=POWER_EVENTS_TOPIC)
 _DEAD_DECODE = DEAD_LETTERED.labels(kind="DECODE")
 _DEAD_VALIDATION = DEAD_LETTERED.labels(kind=VALIDATION)
 _INVALID = EVENTS_PROCESSED.labels(result="invalid")
@@ -165,7 +164,7 @@ class PowerProcessor:
         for event in events:
             msg = event.message
             try:
-                record = decode(EVENTS_TOPIC, msg.value or b"")  # a tombstone: BAD_MAGIC dead letter
+                record = decode(POWER_EVENTS_TOPIC, msg.value or b"")  # a tombstone: BAD_MAGIC dead letter
             except SerializationError as exc:
                 undecodable += 1
                 rejected.append((msg, exc.kind, str(exc)))
@@ -233,7 +232,7 @@ class PowerProcessor:
             msg = event.message
             if _key(msg) == site_id:
                 try:
-                    record = self.codec.serde.decode(EVENTS_TOPIC, msg.value or b"")
+                    record = self.codec.serde.decode(POWER_EVENTS_TOPIC, msg.value or b"")
                 except SerializationError:
                     continue
                 out.append((record, arrival_us(msg, wall)))
@@ -277,7 +276,7 @@ class PowerProcessor:
                 partition = self.site_partition.get(site_id)
                 if partition is None:
                     partition = self.site_partition[site_id] = glue.key_partition(
-                        self.app, EVENTS_TOPIC, site_id.encode()
+                        self.app, POWER_EVENTS_TOPIC, site_id.encode()
                     )
                 if partition not in clocks:
                     clocks[partition] = await self._partition_clock(partition, wall)
@@ -306,14 +305,15 @@ class PowerProcessor:
         worker has read everything in it, the timestamp of the last event processed while it is behind
         (silence cannot be judged by the wall clock before the backlog is read), None if unknown yet."""
         try:
-            highwater = glue.highwater(self.app, EVENTS_TOPIC, partition)
+            highwater = glue.highwater(self.app, POWER_EVENTS_TOPIC, partition)
         except LookupError:
             return None
         done = self.progress.get(partition)
         if done is not None:
             offset, ts_us = done
             return wall if highwater is None or highwater <= offset + 1 else min(ts_us, wall)
-        position = await glue.position(self.app, EVENTS_TOPIC, partition)  # nothing processed since start
+        # nothing processed since start: caught up if there is nothing to read
+        position = await glue.position(self.app, POWER_EVENTS_TOPIC, partition)
         return wall if position is None or highwater is None or position >= highwater else None
 
     async def _publish_tick(self, outputs: list[Output]) -> None:

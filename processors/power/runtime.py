@@ -20,14 +20,12 @@ from processors.power.alerts import alert_for_incident
 from processors.power.config import PowerConfig, PowerKnobs
 from processors.power.detector import Detector
 from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output
+from streams.topics import ALERTS_TOPIC, INCIDENTS_TOPIC
 
 __all__ = [
-    "ALERTS_TOPIC",
     "BatchRun",
     "CONFIG_ENV",
     "ENV_PREFIX",
-    "EVENTS_TOPIC",
-    "INCIDENTS_TOPIC",
     "DetectorCache",
     "Emission",
     "config_from_env",
@@ -43,9 +41,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-EVENTS_TOPIC = "power.events.v1"
-INCIDENTS_TOPIC = "power.incidents.v1"
-ALERTS_TOPIC = "alerts.v1"
 
 CONFIG_ENV = "CARNIVAL_POWER_CONFIG"
 """A JSON object of ``PowerConfig`` fields, e.g. ``{"silent_after_s": 30}``."""

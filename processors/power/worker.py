@@ -32,8 +32,9 @@ from core.settings import get_settings
 from processors.app import create_app, declare_internal_topics
 from processors.codec import AgentCodec
 from processors.power.processor import PowerProcessor, wall_us
-from processors.power.runtime import EVENTS_TOPIC, DetectorCache, config_from_env, knobs_from_env
+from processors.power.runtime import DetectorCache, config_from_env, knobs_from_env
 from processors.runtime import faust_glue as glue
+from streams.topics import POWER_EVENTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +67,7 @@ app = create_app(
     broker_commit_every=knobs.commit_every,
 )
 codec = AgentCodec(app, settings, PROCESSOR)
-events_topic = codec.topic(EVENTS_TOPIC)
+events_topic = codec.topic(POWER_EVENTS_TOPIC)
 sites = app.Table(
     TABLE,
     default=None,

@@ -9,6 +9,7 @@ from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.eligibility import NodeState
 from processors.scheduler.prediction import idle_until
 from processors.scheduler.tasks import Task
+from streams.topics import ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC, NODES_TOPIC
 
 __all__ = [
     "ASSIGNMENTS_TOPIC",
@@ -21,9 +22,6 @@ __all__ = [
     "node_record",
 ]
 
-NODES_TOPIC = "fleet.nodes.v1"
-ASSIGNMENTS_TOPIC = "tasks.assignments.v1"
-LIFECYCLE_TOPIC = "tasks.lifecycle.v1"
 # Not a public topic: an any-region task handed to another pool's scheduler instance. The wiring
 # re-publishes ``value`` (a Task dict) on the matcher's internal request topic under key = pool.
 HANDOFF = "scheduler.handoff"

@@ -37,13 +37,12 @@ from processors.scheduler.wiring_runtime import (
     DEAD_LETTERED,
     HELD,
     REQUEST,
-    REQUESTS_TOPIC,
     ROUTED,
     ROUTES_FORGOTTEN,
     STATUS,
-    STATUS_TOPIC,
     pack,
 )
+from streams.topics import REQUESTS_TOPIC, STATUS_TOPIC
 
 log = structlog.get_logger(__name__)
 

@@ -57,12 +57,9 @@ from processors.scheduler.wiring_runtime import (
     QUEUED,
     REBUILDS,
     REQUEST,
-    REQUESTS_TOPIC,
     STATUS,
-    STATUS_TOPIC,
     TELEMETRY,
     TELEMETRY_BATCH,
-    TELEMETRY_TOPIC,
     TICK,
     Envelope,
     WorkerKnobs,
@@ -76,6 +73,7 @@ from processors.scheduler.wiring_runtime import (
 from processors.scheduler.wiring_state import PartitionState
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde
+from streams.topics import REQUESTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
 
 log = structlog.get_logger(__name__)
 

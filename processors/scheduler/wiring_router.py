@@ -36,14 +36,13 @@ from processors.scheduler.wiring_runtime import (
     DEAD_LETTERED,
     ROUTED,
     TELEMETRY,
-    TELEMETRY_TOPIC,
     pack,
     pack_batch,
 )
 from streams.deadletter import deadletter_record
 from streams.exceptions import SerializationError
 from streams.kafka import Producer, make_consumer, producer_config
-from streams.topics import DEADLETTER_TOPIC
+from streams.topics import DEADLETTER_TOPIC, TELEMETRY_TOPIC
 
 log = structlog.get_logger(__name__)
 

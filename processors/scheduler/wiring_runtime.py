@@ -38,9 +38,6 @@ __all__ = [
 PROCESSOR = "scheduler"
 # Internal topics are named after the faust app id so they sort with its changelogs.
 BYPOOL_TOPIC = "carnival-scheduler-bypool"
-TELEMETRY_TOPIC = "fleet.telemetry.v1"
-REQUESTS_TOPIC = "tasks.requests.v1"
-STATUS_TOPIC = "tasks.status.v1"
 
 CONFIG_ENV = "CARNIVAL_SCHEDULER_CONFIG"
 """A JSON object of ``SchedulerConfig`` fields, e.g. ``{"lease_s": 60, "pools": ["us-west"]}``."""

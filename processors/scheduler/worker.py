@@ -65,13 +65,12 @@ from processors.scheduler.wiring_router import BatchProducer, TelemetryRouter
 from processors.scheduler.wiring_runtime import (
     BYPOOL_TOPIC,
     PROCESSOR,
-    TELEMETRY_TOPIC,
     config_from_env,
     knobs_from_env,
     peek_region,
 )
 from streams.serde import SINGLE_OBJECT_MAGIC, AvroSerde
-from streams.topics import DEADLETTER_TOPIC
+from streams.topics import DEADLETTER_TOPIC, TELEMETRY_TOPIC
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from sinks.clickhouse import TABLE_FOR_TOPIC
 from sinks.migrate import (
     Migration,
     MigrationError,
@@ -19,6 +18,7 @@ from sinks.migrate import (
     render_migration,
     split_statements,
 )
+from sinks.tables import TABLE_FOR_TOPIC
 
 CONTRACT_TABLES = {
     "telemetry",
