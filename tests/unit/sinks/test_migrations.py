@@ -159,7 +159,7 @@ def _columns(ddl: str) -> set[str]:
 @pytest.mark.parametrize("topic", sorted(TABLE_FOR_TOPIC))
 def test_every_avro_field_has_a_column(topic: str) -> None:
     # A schema that gains a field needs a migration adding the column (the sink inserts by name).
-    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / f"{topic}.avsc").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[3] / "schemas" / f"{topic}.avsc").read_text())
     table = TABLE_FOR_TOPIC[topic]
     statements = [s for m in load_migrations() for s in render_migration(m, SINGLE)]
     create = next(s for s in statements if s.startswith(f"CREATE TABLE IF NOT EXISTS carnival.{table}\n"))
