@@ -178,7 +178,8 @@ def render_markdown() -> str:
         "appear in a repr, a log line or `carnival stack status`. The Kafka security settings and the",
         "`CARNIVAL_KAFKA_EXTRA_CONFIG` passthrough reach every client: the confluent producers, consumers",
         "and admin clients, the schema registry client (the TLS files when its URL is https) and the faust",
-        "processors (`broker_credentials`, see `processors/faust_auth.py` for what aiokafka cannot express).",
+        "processors (`broker_credentials`, see `processors/runtime/faust_auth.py` for what aiokafka",
+        "cannot express).",
     ]
     for section in dict.fromkeys(r.section for r in rows()):
         out += ["", f"## {section}", "", "| Variable | Type | Default | Description |", "|---|---|---|---|"]

@@ -4,7 +4,7 @@
 partition counts that are too low (never lowers them: that would reshuffle keys), and rewrites configs
 that differ. Running it twice changes nothing the second time. The workers pass their own internal
 topics (faust changelogs, the scheduler's pool topic) through the same function
-(``processors.app.declare_internal_topics``).
+(``processors.runtime.app.declare_internal_topics``).
 """
 
 from __future__ import annotations

@@ -29,11 +29,11 @@ import faust
 import structlog
 
 from core.settings import get_settings
-from processors.app import create_app, declare_internal_topics
-from processors.codec import AgentCodec
 from processors.power.processor import PowerProcessor, wall_us
 from processors.power.runtime import DetectorCache, config_from_env, knobs_from_env
 from processors.runtime import faust_glue as glue
+from processors.runtime.app import create_app, declare_internal_topics
+from processors.runtime.codec import AgentCodec
 from streams.topics import POWER_EVENTS_TOPIC
 
 log = structlog.get_logger(__name__)

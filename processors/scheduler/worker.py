@@ -56,9 +56,9 @@ import structlog
 
 import schemas
 from core.settings import get_settings
-from processors.app import create_app, declare_internal_topics
-from processors.codec import AgentCodec
 from processors.runtime import faust_glue as glue
+from processors.runtime.app import create_app, declare_internal_topics
+from processors.runtime.codec import AgentCodec
 from processors.scheduler.routing import TASK_TOPICS, TaskRouter
 from processors.scheduler.scheduling import PoolScheduler
 from processors.scheduler.wiring_router import BatchProducer, TelemetryRouter

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka.admin import ConfigResource
 
 from core.settings import Settings
-from processors.app import declare_internal_topics
+from processors.runtime.app import declare_internal_topics
 from streams.kafka import make_admin
 
 pytestmark = pytest.mark.integration

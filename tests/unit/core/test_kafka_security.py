@@ -23,8 +23,8 @@ from confluent_kafka.admin import AdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from core.settings import Settings
-from processors.app import create_app
-from processors.faust_auth import OIDCTokenProvider
+from processors.runtime.app import create_app
+from processors.runtime.faust_auth import OIDCTokenProvider
 from streams.kafka import PRODUCER_DEFAULTS, admin_config, consumer_config, producer_config
 from streams.serde import serde_from_settings
 

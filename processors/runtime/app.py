@@ -29,7 +29,7 @@ def state_dir(settings: Settings, processor: str) -> Path:
 
 def create_app(processor: str, settings: Settings, **overrides: object) -> faust.App:
     """The faust App for ``processor``; table state in RocksDB under ``<data_dir>/faust/<processor>``."""
-    from processors.faust_auth import broker_credentials
+    from processors.runtime.faust_auth import broker_credentials
 
     datadir = state_dir(settings, processor)
     datadir.mkdir(parents=True, exist_ok=True)
