@@ -56,6 +56,11 @@ class Detector:
         self.rules = build_rules(cfg)
         self._typed: dict[str, list[Rule]] = {}
         self._every = [r for r in self.rules if EVERY_EVENT in r.watches]
+        self._timed = [r for r in self.rules if type(r).notify_at is not Rule.notify_at]
+        # The earliest rule timer, valid until a rule runs again (rules only run from _apply, _publish
+        # and a timer firing, which all clear it): half the lookups of a busy site are saved.
+        self._timer: tuple[int, str, Rule] | None = None
+        self._timer_stale = True
         self._listeners: dict[str, list[Rule]] = {}
         for rule in self.rules:
             for event_type in rule.watches - {EVERY_EVENT}:
@@ -96,7 +101,8 @@ class Detector:
             arrival_us = event["ts"] if buf.clock is None else max(event["ts"], buf.clock)
         if self.last_arrival is None or arrival_us > self.last_arrival:
             self.last_arrival = arrival_us
-        self._publish(Signal("arrival", event["ts"]))
+        if site.open:  # only an open incident can end because the site spoke again (SITE_SILENT)
+            self._publish(Signal("arrival", event["ts"]))
         result = buf.push(event)
         if result == "duplicate":
             site.stats["duplicates"] += 1
@@ -170,6 +176,7 @@ class Detector:
 
     # ============================================================================ main loop
     def _publish(self, sig: Signal) -> None:
+        self._timer_stale = True
         for rule in self._listeners.get(sig.name, ()):
             rule.on_signal(self.site, sig)
 
@@ -186,6 +193,7 @@ class Detector:
                 if (ready and head is not None and due < head["ts"]) or (
                     not ready and wm is not None and due < wm
                 ):
+                    self._timer_stale = True
                     timer[2].on_notify(self.site, due, timer[1])
                     continue
             if not ready:
@@ -196,15 +204,19 @@ class Detector:
             self._apply(event)
 
     def _next_timer(self) -> tuple[int, str, Rule] | None:
+        if not self._timer_stale:
+            return self._timer
         best: tuple[int, str, Rule] | None = None
         site = self.site
-        for rule in self.rules:
+        for rule in self._timed:
             due = rule.notify_at(site)
             if due is not None and (best is None or due[0] < best[0]):
                 best = (due[0], due[1], rule)
+        self._timer, self._timer_stale = best, False
         return best
 
     def _apply(self, e: Event) -> None:
+        self._timer_stale = True
         site = self.site
         site.stats["applied"] += 1
         site.observe(e)

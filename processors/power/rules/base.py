@@ -42,7 +42,7 @@ SIGNALS = frozenset(
         "flap",  # grid lost or left again inside the retransfer delay (``why`` says how)
         "episode_end",  # the episode is over: its children resolve now at the latest
         # published by the detector
-        "arrival",  # an event of the site arrived (processing time, before ordering)
+        "arrival",  # an event arrived (before ordering), published while an incident is open
         "idle",  # a tick: no event for ``idle`` µs, the latest event time is ``last_ts``
         "gap",  # the buffer released an event that reveals a sequence gap
         "gap_filled",  # a late event filled a sequence gap already reported
@@ -50,9 +50,10 @@ SIGNALS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Signal:
-    """Something that happened at the site at event time ``t`` (processing time for ``idle``)."""
+    """Something that happened at the site at event time ``t`` (processing time for ``idle``). Not frozen:
+    one is built per event, and a frozen dataclass's ``__init__`` costs several times more."""
 
     name: str
     t: int

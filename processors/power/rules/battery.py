@@ -43,5 +43,9 @@ class BatteryReserveRule(Rule):
             )
         elif inc is not None and soc > cfg.battery_reserve_pct + cfg.battery_hysteresis_pct:
             site.emit(
-                KEY, "RESOLVED", t, f"{site.site_id}: battery back to {soc:.1f} % (min {ep['min_soc']:.1f} %)", ended=t
+                KEY,
+                "RESOLVED",
+                t,
+                f"{site.site_id}: battery back to {soc:.1f} % (min {ep['min_soc']:.1f} %)",
+                ended=t,
             )

@@ -63,6 +63,8 @@ class FailedTransferRule(Rule):
                 ended=sig.t,
             )
         elif sig.name == "grid_back":
-            site.emit(KEY, "RESOLVED", sig.t, f"{site.site_id}: load back on GRID at {_t(sig.t)}", ended=sig.t)
+            site.emit(
+                KEY, "RESOLVED", sig.t, f"{site.site_id}: load back on GRID at {_t(sig.t)}", ended=sig.t
+            )
         else:
             self.resolve_with_episode(site, KEY, sig.t)

@@ -169,7 +169,10 @@ class FailoverRule(Rule):
             ep["lost_at"] = t
             ep["from"] = "GRID"
             self._emit(
-                site, "UPDATE", t, f"{site.site_id}: grid lost again {_dur(since)} after retransfer; load has no source"
+                site,
+                "UPDATE",
+                t,
+                f"{site.site_id}: grid lost again {_dur(since)} after retransfer; load has no source",
             )
             site.publish(Signal("flap", t, why=f"grid lost again {_dur(since)} after retransfer"))
         elif ep["alt_since"] is not None and src == site.source:
@@ -179,7 +182,10 @@ class FailoverRule(Rule):
             ep["from"] = src
             if ep["open"]:
                 self._emit(
-                    site, "UPDATE", t, f"{site.site_id}: alternate source {src} lost while islanded; load has no source"
+                    site,
+                    "UPDATE",
+                    t,
+                    f"{site.site_id}: alternate source {src} lost while islanded; load has no source",
                 )
 
     def _source_restored(self, site: Site, e: Event) -> None:
@@ -204,7 +210,9 @@ class FailoverRule(Rule):
     def _alternate_on_load(self, site: Site, t: int, to: str, e: Event) -> None:
         ep = site.ep
         if ep is None:
-            ep = site.ep = new_episode(t, None, site.source if site.source not in ALTERNATE_SOURCES else "GRID")
+            ep = site.ep = new_episode(
+                t, None, site.source if site.source not in ALTERNATE_SOURCES else "GRID"
+            )
         if ep["alt_since"] is not None:  # alternate to alternate, e.g. battery bridge -> generators
             if to != ep["to"]:
                 previous, ep["to"] = ep["to"], to

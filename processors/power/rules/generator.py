@@ -55,7 +55,9 @@ class GeneratorRule(Rule):
             gens["running"].remove(dev)
         if kind == "GEN_STOP":
             if key in site.open:
-                site.emit(key, "RESOLVED", t, f"{site.site_id}: generator {dev} stopped/reset at {_t(t)}", ended=t)
+                site.emit(
+                    key, "RESOLVED", t, f"{site.site_id}: generator {dev} stopped/reset at {_t(t)}", ended=t
+                )
         elif key not in site.open:  # GEN_FAIL
             why = f"GEN_FAIL{': ' + e['detail'] if e.get('detail') else ''}"
             if start is not None:

@@ -88,7 +88,9 @@ class PowerQualityRule(Rule):
     def _text(self, site: Site, inc: dict[str, Any], resolved: bool = False) -> str:
         cfg = self.config
         parts = []
-        if inc["f_min"] is not None and ("underfrequency" in inc["classes"] or "overfrequency" in inc["classes"]):
+        if inc["f_min"] is not None and (
+            "underfrequency" in inc["classes"] or "overfrequency" in inc["classes"]
+        ):
             parts.append(
                 f"frequency {inc['f_min']:.2f}-{inc['f_max']:.2f} Hz (limits {cfg.freq_min_hz:g}-"
                 f"{cfg.freq_max_hz:g})"

@@ -84,7 +84,8 @@ class SequenceGapRule(Rule):
             key,
             "UPDATE",
             gap.ts,
-            f"{site.site_id}: device {gap.device_id} skipped {seqs} too ({inc['missing']} events lost so far)",
+            f"{site.site_id}: device {gap.device_id} skipped {seqs} too "
+            f"({inc['missing']} events lost so far)",
         )
 
     def _filled(self, site: Site, sig: Signal) -> None:

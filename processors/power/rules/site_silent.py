@@ -30,10 +30,9 @@ class SiteSilentRule(Rule):
         if sig.name == "arrival":
             if inc is not None:
                 t = max(sig.t, inc["start"])
-                site.emit(
-                    KEY, "RESOLVED", t, f"{site.site_id}: events flowing again after {_dur(t - inc['start'])} "
-                    "of silence", ended=t,
-                )  # fmt: skip
+                silence = _dur(t - inc["start"])
+                text = f"{site.site_id}: events flowing again after {silence} of silence"
+                site.emit(KEY, "RESOLVED", t, text, ended=t)
             return
         if inc is not None or sig.idle < self.after:
             return
