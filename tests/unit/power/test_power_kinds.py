@@ -4,7 +4,9 @@ the rest of the package exposes."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from processors.power import alerts, events, kinds
@@ -54,3 +56,13 @@ def test_episode_grouping() -> None:
     assert children == {"FAILED_TRANSFER", "SLOW_TRANSFER", "BATTERY_RESERVE", "PQ_EXCURSION", "LOAD_SHED"}
     assert [k.name for k in kinds.ALL if k.episode == "child" and not k.adopted] == ["FAILED_TRANSFER"]
     assert [k.name for k in kinds.ALL if k.critical_in_episode] == ["SITE_SILENT"]
+
+
+def test_every_kind_has_its_runbook_section() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "power.md").read_text()
+    slugs = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in docs.splitlines()
+        if line.startswith("### ")
+    }
+    assert {k.anchor for k in kinds.ALL} <= slugs
