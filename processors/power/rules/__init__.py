@@ -2,8 +2,8 @@
 
 ``RULES`` is the order the detector runs them in: typed event rules see an event in this order, then
 the ``EVERY_EVENT`` rules; signals go to their listeners in this order; timer ties go to the first.
-The FAILOVER episode comes first (every other rule reads ``site.ep``), the episode's children next, in
-the order they resolve when the episode ends.
+The FAILOVER episode comes first (every other rule reads ``site.ep``); the episode's children resolve
+in this order when the episode ends.
 
 To add an incident kind: a symbol in ``schemas/power.incidents.v1.avsc``, its line in
 ``processors/power/kinds.py``, a module here with its ``Rule``, and its class in ``RULES``.
@@ -12,7 +12,7 @@ To add an incident kind: a symbol in ``schemas/power.incidents.v1.avsc``, its li
 from __future__ import annotations
 
 from processors.power.config import PowerConfig
-from processors.power.rules.base import EVERY_EVENT, SIGNALS, Rule, Signal
+from processors.power.rules.base import EVERY_EVENT, Rule
 from processors.power.rules.battery import BatteryReserveRule
 from processors.power.rules.failed_transfer import FailedTransferRule
 from processors.power.rules.failover import FailoverRule
@@ -21,6 +21,7 @@ from processors.power.rules.generator import GeneratorRule
 from processors.power.rules.load_shed import LoadShedRule
 from processors.power.rules.power_quality import PowerQualityRule
 from processors.power.rules.sequence_gap import SequenceGapRule
+from processors.power.rules.signals import SIGNALS, Signal
 from processors.power.rules.site import Site
 from processors.power.rules.site_silent import SiteSilentRule
 from processors.power.rules.slow_transfer import SlowTransferRule

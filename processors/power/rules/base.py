@@ -1,4 +1,4 @@
-"""The one interface every power rule implements, and the signals rules pass each other.
+"""The one interface every power rule implements.
 
 A rule is a small stateful step in the shape of bytewax's ``StatefulLogic``:
 
@@ -7,7 +7,7 @@ A rule is a small stateful step in the shape of bytewax's ``StatefulLogic``:
   the ``EVERY_EVENT`` rules, so the latter see the phase the event led to.
 * ``signals``: the site happenings it is given (``on_signal``): what the FAILOVER episode did
   (``transferred``, ``grid_back``, ``source_change``, ``flap``, ``episode_end``) and what the detector
-  saw (``arrival``, ``idle``, ``gap``, ``gap_filled``). See ``Signal``.
+  saw (``arrival``, ``idle``, ``gap``, ``gap_filled``); see ``rules/signals.py``.
 * ``notify_at``: its next timer in event time ("when I next need to wake up"), ``on_notify`` when it is
   due. The detector fires the earliest timer of all rules between released events (ties: rule order).
 * ``snapshot``/``restore``: state the rule keeps outside the site's open incidents, stored under
@@ -19,51 +19,19 @@ given, which collects the records of the current call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from processors.power.events import Event, to_datetime
-from processors.power.kinds import IncidentKind
+from processors.power.kinds import BY_NAME, IncidentKind
+from processors.power.rules.signals import SIGNALS, Signal
 
 if TYPE_CHECKING:
     from processors.power.config import PowerConfig
-    from processors.power.reorder import Gap
     from processors.power.rules.site import Site
 
 __all__ = ["EVERY_EVENT", "SIGNALS", "Rule", "Signal", "fmt_duration", "fmt_time"]
 
 EVERY_EVENT = "*"
-SIGNALS = frozenset(
-    {
-        # published by the FAILOVER rule (the episode)
-        "transferred",  # an alternate source took the load after the normal source was lost
-        "grid_back",  # the load went back to grid inside an open failover (retransfer)
-        "source_change",  # a grid <-> alternate change that counts towards flapping
-        "flap",  # grid lost or left again inside the retransfer delay (``why`` says how)
-        "episode_end",  # the episode is over: its children resolve now at the latest
-        # published by the detector
-        "arrival",  # an event arrived (before ordering), published while an incident is open
-        "idle",  # a tick: no event for ``idle`` µs, the latest event time is ``last_ts``
-        "gap",  # the buffer released an event that reveals a sequence gap
-        "gap_filled",  # a late event filled a sequence gap already reported
-    }
-)
-
-
-@dataclass(slots=True)
-class Signal:
-    """Something that happened at the site at event time ``t`` (processing time for ``idle``). Not frozen:
-    one is built per event, and a frozen dataclass's ``__init__`` costs several times more."""
-
-    name: str
-    t: int
-    event: Event | None = None
-    lost_at: int | None = None  # transferred: when the normal source was lost
-    to: str | None = None  # transferred: the source now on load
-    why: str = ""  # flap
-    idle: int = 0  # idle
-    last_ts: int | None = None  # idle
-    gap: Gap | None = None  # gap
 
 
 class Rule:
@@ -105,7 +73,7 @@ class Rule:
         if inc is None:
             return
         if summary is None:
-            summary = f"{site.site_id}: {inc['kind'].lower().replace('_', ' ')} over, site back on GRID"
+            summary = f"{site.site_id}: {BY_NAME[inc['kind']].title} over, site back on GRID"
         site.emit(key, "RESOLVED", t, summary, ended=t)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from processors.power.config import PowerConfig
 from processors.power.events import Event, Incident, Output
 from processors.power.kinds import BY_NAME, FAILOVER, IncidentKind
-from processors.power.rules.base import Signal
+from processors.power.rules.signals import Signal
 
 __all__ = ["Site"]
 
