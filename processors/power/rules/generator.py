@@ -1,6 +1,7 @@
 """GEN_START_FAILURE: a generator reported GEN_FAIL, or no GEN_RUNNING ``gen_start_timeout_s`` after
 GEN_START. One incident per generator (``gen:<device>``); resolves when that generator reports
-GEN_RUNNING or GEN_STOP. Keeps the site's generator facts (``site.gens``) up to date.
+GEN_RUNNING or GEN_STOP. Keeps the site's generator facts (``site.gens``) up to date. A late generator
+event older than one already applied for that generator changes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class GeneratorRule(Rule):
     def on_event(self, site: Site, e: Event) -> None:
         t, dev, kind = e["ts"], e["device_id"], e["event_type"]
         gens = site.gens
+        last = gens["last"]  # device -> event time of its last applied generator event
+        if site.late and last.get(dev, t) > t:
+            return  # superseded: e.g. a GEN_START uploaded after that generator already stopped
+        last[dev] = t
         gens["seen"] = True
         key = "gen:" + dev
         if kind == "GEN_START":

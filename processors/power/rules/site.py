@@ -1,7 +1,8 @@
 """What the rules of one site share: its facts, its episode, its open incidents, and how records go out.
 
 * facts: ``source`` (what carries the load), ``load_mw``, ``gens`` (generators seen running, pending
-  starts, the last reported ``gens_online``): every incident record carries them;
+  starts, the last reported ``gens_online``, each generator's last event time): incident records carry
+  them;
 * ``ep``: the current off-grid episode, written by the FAILOVER rule and read by the others (``None``
   while on grid, see ``FailoverRule``);
 * ``open``: rule key -> open incident (``id``, ``kind``, ``start``, ``device``, ``parent`` and the rule's
@@ -39,7 +40,7 @@ class Site:
         self.source_ts: int | None = None  # event time of the last applied source event
         self.ep: dict[str, Any] | None = None
         self.open: dict[str, dict[str, Any]] = {}
-        self.gens: dict[str, Any] = {"running": [], "starts": {}, "reported": None, "seen": False}
+        self.gens: dict[str, Any] = {"running": [], "starts": {}, "reported": None, "seen": False, "last": {}}
         self.load_mw: float | None = None
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.out: list[Output] = []  # records of the current detector call
@@ -186,6 +187,7 @@ class Site:
                 "starts": dict(self.gens["starts"]),
                 "reported": self.gens["reported"],
                 "seen": self.gens["seen"],
+                "last": dict(self.gens["last"]),
             },
             "load_mw": self.load_mw,
             "stats": dict(self.stats),
@@ -203,6 +205,7 @@ class Site:
             "starts": dict(gens["starts"]),
             "reported": gens["reported"],
             "seen": gens["seen"],
+            "last": dict(gens.get("last", {})),  # came with late SOE records: older states have none
         }
         self.load_mw = data["load_mw"]
         self.stats.update(data.get("stats", {}))

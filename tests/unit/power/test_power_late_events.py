@@ -164,3 +164,26 @@ def test_late_generator_running_resolves_its_start_failure() -> None:
         site.at(40),
     )
     assert resolved.updated_us >= site.at(78)  # the latest applied event time
+
+
+def test_late_generator_start_after_that_generator_stopped_changes_nothing() -> None:
+    site = SiteEvents()
+    first = site.measure(0.5, device="gen-1")
+    start = site.event("gen-1", "GEN_START", 2.0)
+    events = [
+        first,
+        *heartbeat(site, 0, 1),
+        site.event("gen-1", "GEN_RUNNING", 12.0, gens_online=1),
+        site.event("gen-1", "GEN_STOP", 40.0),
+        *heartbeat(site, 41, 70),
+    ]
+    det = Detector("dc-1")
+    out = feed(det, events)
+    out += det.on_event(start)  # 68 s late, older than the generator's RUNNING and STOP
+    out += feed(det, heartbeat(site, 71, 120))
+    assert det.stats["late_used"] == 1 and late(out) == []
+    assert [(i.kind, i.state) for i in incidents(out)] == [
+        ("SEQUENCE_GAP", "OPEN"),
+        ("SEQUENCE_GAP", "RESOLVED"),
+    ]
+    assert det.site.gens["starts"] == {}
