@@ -10,7 +10,8 @@ Public API::
     state = det.to_dict(); det = Detector.from_dict(state, config)
     alert = alert_for_incident(incident)                # -> alerts.v1 record or None (UPDATE)
 
-See docs/power.md for the rules and their thresholds.
+The incident kinds are declared once in ``processors.power.kinds``; each kind's rule is a small class in
+``processors.power.rules``. See docs/power.md for the rules, their thresholds and how to add a kind.
 """
 
 from processors.power.alerts import alert_for_incident, fingerprint, severity_for

@@ -13,21 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from processors.power.events import Incident, to_datetime
+from processors.power.kinds import BY_NAME, SEVERITY, alertname, anchor
 
 __all__ = ["RUNBOOK_BASE", "SEVERITY", "alert_for_incident", "fingerprint", "severity_for"]
 
-SEVERITY: dict[str, str] = {
-    "FAILED_TRANSFER": "critical",
-    "GEN_START_FAILURE": "critical",
-    "BATTERY_RESERVE": "critical",
-    "SITE_SILENT": "warning",  # critical while a failover is open, see severity_for
-    "SLOW_TRANSFER": "warning",
-    "FLAPPING": "warning",
-    "PQ_EXCURSION": "warning",
-    "LOAD_SHED": "warning",
-    "SEQUENCE_GAP": "warning",
-    "FAILOVER": "info",
-}
 RUNBOOK_BASE = "docs/power.md#"
 
 
@@ -37,9 +26,10 @@ def fingerprint(kind: str, site_id: str, key: str) -> str:
 
 
 def severity_for(kind: str, parent_incident_id: str | None) -> str:
-    if kind == "SITE_SILENT" and parent_incident_id:
-        return "critical"  # silent in the middle of a failover: nobody can see what the site does
-    return SEVERITY.get(kind, "warning")
+    """The declared severity (``processors.power.kinds``); e.g. SITE_SILENT is critical during a failover:
+    nobody can see what the site does. Unknown kinds (a newer producer) are warnings."""
+    spec = BY_NAME.get(kind)
+    return "warning" if spec is None else spec.severity_for(parent_incident_id)
 
 
 def _ms(value: Any) -> datetime | None:
@@ -58,13 +48,13 @@ def alert_for_incident(incident: Incident | Mapping[str, Any]) -> dict[str, Any]
     parent = rec.get("parent_incident_id")
     severity = severity_for(kind, parent)
     labels = {
-        "alertname": "Power" + "".join(w.capitalize() for w in kind.split("_")),
+        "alertname": alertname(kind),
         "kind": kind,
         "severity": severity,
         "site_id": site_id,
         "incident_id": incident_id,
         "team": "datacenter-power",
-        "runbook": RUNBOOK_BASE + kind.lower().replace("_", "-"),
+        "runbook": RUNBOOK_BASE + anchor(kind),
     }
     for name in ("source_from", "source_to", "device_id", "parent_incident_id"):
         if rec.get(name):

@@ -30,6 +30,13 @@ class PowerConfig:
     is in flight). Only a device never seen before can then still deliver something earlier."""
     device_forget_s: float = 3_600.0
     """A device silent this long (event time) is forgotten: it no longer holds back fast release."""
+    soe_buffer_s: float = 120.0
+    """Sequence-of-events recorders buffer locally and upload when they can (DOMAIN.md), so discrete
+    events (every event type but MEASUREMENT) may come minutes late. One that arrives past
+    ``lateness_ms`` but at most this far behind the site's clock is applied when it arrives, in its
+    own event time (it revises the incident), instead of being dead-lettered as LATE. The simulator
+    delivers 1 % of events 5-60 s late; 120 s covers that with a margin. Late measurements are always
+    dead-lettered (newer readings superseded them). 0 dead-letters every late event."""
 
     # -- transfers -------------------------------------------------------------------------------
     blip_ignore_s: float = 3.0
@@ -112,6 +119,10 @@ class PowerConfig:
     @property
     def lateness_us(self) -> int:
         return int(self.lateness_ms * _MS)
+
+    @property
+    def soe_buffer_us(self) -> int:
+        return int(self.soe_buffer_s * _S)
 
     def us(self, seconds: float) -> int:
         return int(seconds * _S)

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from processors.power.kinds import KINDS
+
 __all__ = [
     "ALTERNATE_SOURCES",
     "KINDS",
+    "SOE_EVENT_TYPES",
     "Event",
     "Incident",
     "InvalidPowerEvent",
@@ -48,18 +51,9 @@ EVENT_TYPES = frozenset(
 )
 SOURCES = frozenset({"GRID", "GENERATOR", "BATTERY", "NONE"})
 ALTERNATE_SOURCES = frozenset({"GENERATOR", "BATTERY"})
-KINDS = (
-    "FAILOVER",
-    "FAILED_TRANSFER",
-    "SLOW_TRANSFER",
-    "GEN_START_FAILURE",
-    "FLAPPING",
-    "BATTERY_RESERVE",
-    "PQ_EXCURSION",
-    "LOAD_SHED",
-    "SITE_SILENT",
-    "SEQUENCE_GAP",
-)
+# Discrete sequence-of-events records (everything but periodic measurements): SOE recorders buffer them
+# locally and upload late, so a late one within ``PowerConfig.soe_buffer_s`` is still applied.
+SOE_EVENT_TYPES = EVENT_TYPES - {"MEASUREMENT"}
 _OPTIONAL_FLOATS = ("load_mw", "frequency_hz", "voltage_pu", "battery_soc_pct")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
