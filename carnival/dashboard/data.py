@@ -68,7 +68,7 @@ class PanelSource:
             if self._clock and time.monotonic() - self._clock[0] < self.clock_ttl_s:
                 return self._clock[1]
         try:
-            newest = self.client.command(EVENT_CLOCK_SQL)
+            newest = self.client.query(EVENT_CLOCK_SQL).first_row[0]
         except ClickHouseError:
             newest = None
         latest = utc(newest) if isinstance(newest, datetime) and newest.year > 1971 else datetime.now(UTC)
@@ -99,8 +99,10 @@ class PanelSource:
             result = self.client.query(render(SQL[name], window))
         except ClickHouseError as exc:
             message = one_line_error(exc)
-            missing = panel.optional and any(code in message for code in MISSING_CODES)
-            return {**out, "status": "no_data" if missing else "error", "message": message}
+            if panel.optional and any(code in message for code in MISSING_CODES):
+                note = "its table does not exist in this database (yet)"
+                return {**out, "status": "no_data", "message": note, "detail": message}
+            return {**out, "status": "error", "message": message}
         rows = [[cell(v) for v in row] for row in result.result_rows]
         status = "ok" if rows else "no_data"
         return {**out, "status": status, "columns": list(result.column_names), "rows": rows}

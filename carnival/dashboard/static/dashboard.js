@@ -78,7 +78,8 @@ function drawGeneric(el, result, spec) {
     yaxis: Object.assign({ title: { text: spec.y_title }, rangemode: "tozero" }, AXIS, spec.log_y ? { type: "log" } : {}),
   };
   if (spec.y2 && spec.y2.length) {
-    extra.yaxis2 = Object.assign({}, AXIS, { overlaying: "y", side: "right", title: { text: spec.y2_title }, rangemode: "tozero", showgrid: false });
+    extra.yaxis2 = Object.assign({}, AXIS, { overlaying: "y", side: "right", title: { text: spec.y2_title }, rangemode: "tozero", showgrid: false,
+                                             tickmode: "auto" });
     extra.margin = { l: 48, r: 48, t: 8, b: 32 };
   }
   if (spec.x_title) extra.hovermode = "closest";
@@ -117,7 +118,8 @@ function drawFailover(el, sources, transfers, thresholds) {
   Object.entries(thresholds).forEach(([label, ms], i) => {
     shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, yref: "y2", y0: ms, y1: ms,
                   line: { color: THRESHOLD_COLORS[i % 3], width: 1, dash: "dash" } });
-    annotations.push({ xref: "paper", x: 1, xanchor: "right", yref: "y2", y: Math.log10(ms), yanchor: "bottom",
+    const left = i % 2 === 0;  // alternate sides: 4 ms and 20 ms are close on a log scale
+    annotations.push({ xref: "paper", x: left ? 0 : 1, xanchor: left ? "left" : "right", yref: "y2", y: Math.log10(ms), yanchor: "bottom",
                        text: label, showarrow: false, font: { size: 10, color: THRESHOLD_COLORS[i % 3] } });
   });
   const range = [sources.window.start, end];
