@@ -29,7 +29,8 @@ class Browser:
 
     def __init__(self, profile: Path, width: int = 1600, height: int = 1200) -> None:
         profile.mkdir(parents=True, exist_ok=True)
-        args = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
+        window = f"--window-size={width},{height}"
+        args = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", window, "about:blank"]
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,
