@@ -68,7 +68,7 @@ class PanelSource:
             if self._clock and time.monotonic() - self._clock[0] < self.clock_ttl_s:
                 return self._clock[1]
         try:
-            newest = self.client.query(EVENT_CLOCK_SQL).first_row[0]
+            newest = self.client.query(EVENT_CLOCK_SQL).result_rows[0][0]
         except ClickHouseError:
             newest = None
         latest = utc(newest) if isinstance(newest, datetime) and newest.year > 1971 else datetime.now(UTC)

@@ -58,7 +58,7 @@ def _timeseries(panel: Panel) -> dict[str, Any]:
     if chart.log_y:
         custom["scaleDistribution"] = {"type": "log", "log": 10}
         custom["thresholdsStyle"] = {"mode": "dashed"}
-        steps = [{"color": "green", "value": None}]
+        steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
         colors = ("yellow", "orange", "red")
         steps += [{"color": c, "value": v} for c, v in zip(colors, THRESHOLDS_MS.values(), strict=True)]
         defaults["thresholds"] = {"mode": "absolute", "steps": steps}
@@ -150,7 +150,8 @@ def panel_json(name: str) -> dict[str, Any]:
 
 def dashboard() -> dict[str, Any]:
     """The dashboard JSON: the page's charts in the page's order (a two-panel chart is two panels)."""
-    panels, x, y = [], 0, 0
+    panels: list[dict[str, Any]] = []
+    x = y = 0
     for names in LAYOUT:
         for name in names:
             width = 16 if name in WIDE else 8

@@ -86,6 +86,7 @@ class DashboardServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's address
         return f"http://{host}:{port}/"
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
