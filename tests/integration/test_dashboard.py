@@ -221,7 +221,8 @@ def test_browser_draws_every_chart_with_data(loaded: Loaded, tmp_path: Path) -> 
     browser = Browser(tmp_path / "profile")
     try:
         browser.goto(loaded.server.url)
-        state = browser.wait_for("(window.carnivalDashboard || {}).refreshes >= 1 && window.carnivalDashboard.charts")
+        page = "(window.carnivalDashboard || {})"
+        state = browser.wait_for(f"{page}.refreshes >= 1 && {page}.charts")
         assert state, "the page never finished its first refresh"
         assert set(state) == {"-".join(n) for n in LAYOUT}
         for chart_id, chart in state.items():
