@@ -166,9 +166,9 @@ FROM
 GROUP BY time
 ORDER BY time""",
     "trace_steps": """
-SELECT intDiv(task_steps, 10) * 10 AS steps_from,
-       concat(toString(steps_from), '–', toString(steps_from + 9)) AS steps_bucket, task_outcome AS outcome,
-       count() AS tasks
+SELECT toUInt64(exp2(floor(log2(greatest(task_steps, 1))))) AS steps_from,
+       concat(toString(steps_from), '–', toString(steps_from * 2 - 1)) AS steps_bucket,
+       task_outcome AS outcome, count() AS tasks
 FROM
 (
     SELECT task_id, sum(steps) AS task_steps, argMax(outcome, ended_at) AS task_outcome,
@@ -259,7 +259,7 @@ PANELS: dict[str, Panel] = {
         ),
         Panel(
             "trace_steps", "Steps per task",
-            "Emulator steps per task (all sessions of the task), by the task's outcome.",
+            "Emulator steps per task (all its sessions), in doubling buckets, by the task's outcome.",
             Chart("bar", "steps_bucket", ("tasks",), series="outcome", y_title="tasks", x_title="steps"),
             grafana={"type": "barchart"},
         ),
