@@ -91,7 +91,12 @@ class PanelSource:
         window = self.window_for(panel)
         out: dict[str, Any] = {
             "panel": name,
-            "window": {"start": cell(window.start), "end": cell(window.end), "interval_s": window.interval_s},
+            "window": {
+                "start": cell(window.start),
+                "end": cell(window.end),
+                "interval_s": window.interval_s,
+                "clock": panel.clock,
+            },
             "columns": [],
             "rows": [],
         }

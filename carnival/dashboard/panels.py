@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from sinks.clickhouse import TABLE_FOR_TOPIC
+
 Clock = Literal["event", "wall"]
 
 # Nice bucket sizes; a window gets the smallest one that keeps it under MAX_BUCKETS.
@@ -30,11 +32,8 @@ MAX_BUCKETS = 150
 # full dropout, NFPA 110 Type 10 emergency power.
 THRESHOLDS_MS: dict[str, float] = {"STS 4 ms": 4.0, "ITIC 20 ms": 20.0, "NFPA 110 10 s": 10_000.0}
 
-# The tables the ingest panel reads: every table the sink writes with a _topic column.
-INGEST_TABLES = (
-    "telemetry", "nodes", "task_events", "assignments", "actions", "power_events", "incidents",
-    "alerts", "deadletter", "task_requests", "task_status",
-)  # fmt: skip
+# The tables the ingest panel reads: every table the sink writes (each row carries _topic, _ingested_at).
+INGEST_TABLES = tuple(TABLE_FOR_TOPIC.values())
 
 # A task is waiting for a node while its latest lifecycle state is one of these.
 WAITING_STATES = "('QUEUED', 'REQUEUED')"

@@ -182,7 +182,7 @@ async function refreshChart(chart, el) {
 }
 
 function updateHeader(windows) {
-  const ev = windows.find((w) => w && w.interval_s >= 60) || windows.find(Boolean);
+  const ev = windows.find((w) => w && w.clock === "event");
   const statuses = Object.values(state.charts).map((c) => c.status);
   const errors = statuses.filter((s) => s === "error").length;
   const pill = document.getElementById("status");
