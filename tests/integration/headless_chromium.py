@@ -29,6 +29,7 @@ class Browser:
 
     def __init__(self, profile: Path, width: int = 1600, height: int = 1200) -> None:
         profile.mkdir(parents=True, exist_ok=True)
+        (profile / "DevToolsActivePort").unlink(missing_ok=True)  # a previous run's port
         window = f"--window-size={width},{height}"
         args = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", window, "about:blank"]
         self.proc = subprocess.Popen(
