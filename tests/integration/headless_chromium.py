@@ -38,14 +38,20 @@ class Browser:
             stderr=subprocess.DEVNULL,
         )
         self.width = width
-        port = self._devtools_port(profile / "DevToolsActivePort")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
-            page = next(t for t in json.load(resp) if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
         self.ids = itertools.count(1)
         self.errors: list[str] = []
-        for method in ("Runtime.enable", "Log.enable", "Page.enable"):
-            self.call(method)
+        try:
+            port = self._devtools_port(profile / "DevToolsActivePort")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+                page = next(t for t in json.load(resp) if t["type"] == "page")
+            url = page["webSocketDebuggerUrl"]
+            self.ws = websocket.create_connection(url, timeout=30, suppress_origin=True)
+            for method in ("Runtime.enable", "Log.enable", "Page.enable"):
+                self.call(method)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def _devtools_port(self, path: Path, timeout_s: float = 30) -> int:
         deadline = time.monotonic() + timeout_s
