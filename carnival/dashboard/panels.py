@@ -107,19 +107,27 @@ WHERE state = 'PREEMPTED' AND $__timeFilter(ts)
 GROUP BY time, cause
 ORDER BY time, cause""",
     "power_sources": """
+WITH changes AS
+(
+    SELECT site_id, ts, seq, if(event_type = 'TRANSFER', ifNull(source_to, 'NONE'), 'NONE') AS source
+    FROM power_events
+    WHERE event_type = 'TRANSFER' OR (event_type = 'SOURCE_LOST' AND device_type = 'GRID_METER')
+)
 SELECT time, site_id, source
 FROM
 (
-    SELECT ts AS time, site_id, if(event_type = 'TRANSFER', ifNull(source_to, 'NONE'), 'NONE') AS source
-    FROM power_events
-    WHERE (event_type = 'TRANSFER' OR (event_type = 'SOURCE_LOST' AND device_type = 'GRID_METER'))
-      AND $__timeFilter(ts)
+    SELECT ts AS time, site_id, source FROM changes WHERE $__timeFilter(ts)
     UNION ALL
+    -- Where each site stood when the window opens: its last change before, or the grid if none
+    -- (the second arm names every site that reports at all).
     SELECT toDateTime64($__fromTime, 6, 'UTC') AS time, site_id,
-           argMax(if(event_type = 'TRANSFER', ifNull(source_to, 'NONE'), 'NONE'), (ts, seq)) AS source
-    FROM power_events
-    WHERE (event_type = 'TRANSFER' OR (event_type = 'SOURCE_LOST' AND device_type = 'GRID_METER'))
-      AND ts < $__fromTime
+           if(countIf(ts < $__fromTime) = 0, 'GRID', argMaxIf(source, (ts, seq), ts < $__fromTime)) AS source
+    FROM
+    (
+        SELECT site_id, ts, seq, source FROM changes
+        UNION ALL
+        SELECT DISTINCT site_id, $__toTime, 0, '' FROM power_events
+    )
     GROUP BY site_id
 )
 ORDER BY site_id, time""",

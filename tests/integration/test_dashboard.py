@@ -123,14 +123,20 @@ def test_panels_count_what_was_loaded(loaded: Loaded) -> None:
     assert sum(r["tasks"] for r in rows(loaded.panel("trace_steps"))) == len(traced)
 
 
+CHANGES = {("TRANSFER", d) for d in ("STS", "ATS")} | {("SOURCE_LOST", "GRID_METER")}
+
+
 def test_failover_timeline_follows_each_transfer(loaded: Loaded) -> None:
     bands = rows(loaded.panel("power_sources"))
-    expected = [
-        (e["site_id"], e["source_to"] if e["event_type"] == "TRANSFER" else "NONE")
-        for e in sorted(loaded.data["power_events"], key=lambda e: (e["site_id"], e["ts"]))
-        if e["event_type"] == "TRANSFER"
-        or (e["event_type"], e["device_type"]) == ("SOURCE_LOST", "GRID_METER")
-    ]
+    events = sorted(loaded.data["power_events"], key=lambda e: (e["site_id"], e["ts"]))
+    expected = []
+    for site in sorted({e["site_id"] for e in events}):
+        expected.append((site, "GRID"))  # the window opens before the first event: on the grid
+        expected += [
+            (site, e["source_to"] if e["event_type"] == "TRANSFER" else "NONE")
+            for e in events
+            if e["site_id"] == site and (e["event_type"], e["device_type"]) in CHANGES
+        ]
     assert [(b["site_id"], b["source"]) for b in bands] == expected
     assert {b["source"] for b in bands} == {"NONE", "BATTERY", "GENERATOR", "GRID"}
 
