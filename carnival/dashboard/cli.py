@@ -31,6 +31,9 @@ def dashboard(host: str, port: int, refresh_s: float, window_h: float, no_lag: b
         )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the client's handshake: one clear line for the operator
+        url = get_settings().clickhouse_url
+        raise click.ClickException(f"ClickHouse at {url} is not reachable: {exc}") from exc
     click.echo(f"carnival dashboard: {server.url}  (refresh {refresh_s:g} s; Ctrl-C stops)", color=False)
     try:
         server.serve_forever()
