@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
-import structlog
 
 from carnival.dashboard.data import PanelSource
 from carnival.dashboard.lag import LagSampler
@@ -31,8 +30,6 @@ from carnival.dashboard.panels import (
 )
 from core.settings import Settings
 from sinks.clickhouse import get_client
-
-log = structlog.get_logger(__name__)
 
 STATIC = importlib.resources.files("carnival.dashboard") / "static"
 ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
