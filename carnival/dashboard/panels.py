@@ -145,9 +145,10 @@ WHERE status = 'FIRING' AND $__timeFilter(starts_at)
 GROUP BY time, alert
 ORDER BY time, alert""",
     "alert_deliveries": """
-SELECT $__timeInterval(ts) AS time, concat(receiver, ' · ', status) AS delivery, count() AS deliveries
+SELECT $__timeInterval(received_at) AS time, concat(receiver, ' · ', status) AS delivery,
+       count() AS deliveries
 FROM alert_deliveries
-WHERE $__timeFilter(ts)
+WHERE $__timeFilter(received_at)
 GROUP BY time, delivery
 ORDER BY time, delivery""",
     "trace_activity": """
@@ -254,8 +255,9 @@ PANELS: dict[str, Panel] = {
         ),
         Panel(
             "alert_deliveries", "Alert deliveries",
-            "Notifications sent to receivers, by receiver and result (table alert_deliveries, if present).",
+            "Alerts the webhook receiver accepted, by receiver and status (alert_deliveries, wall clock).",
             Chart("bar", "time", ("deliveries",), series="delivery", y_title="deliveries"),
+            clock="wall",
             optional=True,
         ),
         Panel(

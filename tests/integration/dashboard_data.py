@@ -22,6 +22,7 @@ CAUSES = ("NOT_PLUGGED_IN", "DEPARTURE_SOON", "SOC_TOO_LOW", "LEASE_EXPIRED", "N
 DEADLETTER_KINDS = (("VALIDATION", "fleet.telemetry.v1"), ("MALFORMED_JSON", "tasks.requests.v1"),
                     ("UNKNOWN_FINGERPRINT", "emulator.actions.v1"))  # fmt: skip
 LIVE_MINUTES = 10
+UNSUNK = ("alert_deliveries",)  # written by a webhook receiver, not by the sink: no source position
 
 
 def generate(seed: int = 5) -> sample_data.Rows:
@@ -48,7 +49,19 @@ def generate(seed: int = 5) -> sample_data.Rows:
         for i in range(40)
         for kind, topic in [DEADLETTER_KINDS[rng.randrange(3) if i % 4 else 0]]
     ]
+    # What the alert router's webhook receiver records (migration 0006 of the demo): each alert, delivered.
+    data["alert_deliveries"] = [
+        {
+            "received_at": now - timedelta(seconds=rng.uniform(0, LIVE_MINUTES * 60)),
+            **{k: a[k] for k in ("fingerprint", "status", "kind", "severity", "site_id", "summary")},
+            "receiver": "alertmanager",
+            "group_key": a["kind"],
+        }
+        for a in data["alerts"]
+    ]
     for table, rows in data.items():
+        if table in UNSUNK:
+            continue
         for offset, row in enumerate(rows):
             row.update({"_topic": sample_data.TOPIC_OF.get(table, table), "_partition": 0, "_offset": offset})
             row["_ingested_at"] = now - timedelta(seconds=rng.uniform(0, LIVE_MINUTES * 60))
@@ -81,7 +94,15 @@ def _failovers(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def load(settings: Settings, client: Client, data: sample_data.Rows) -> None:
-    """Rows into ClickHouse; alerts and power events also to Kafka, so processors have real lag."""
-    sample_data.load(client, data)
+def load(settings: Settings, client: Client, data: sample_data.Rows) -> bool:
+    """Rows into ClickHouse; alerts and power events also to Kafka, so processors have real lag.
+
+    Alert deliveries go in only where the table exists (it comes with the demo's receiver); returns
+    whether they did.
+    """
+    sample_data.load(client, {t: rows for t, rows in data.items() if t not in UNSUNK})
     sample_data.produce(settings, {t: data[t] for t in ("alerts", "power_events")})
+    has_deliveries = bool(int(client.command("EXISTS TABLE alert_deliveries")))
+    if has_deliveries:
+        sample_data.load(client, {"alert_deliveries": data["alert_deliveries"]})
+    return has_deliveries
