@@ -25,6 +25,7 @@ function baseLayout(extra) {
 }
 
 function column(result, name) {
+  if (!result.rows.length) return [];  // an empty result may come without column names
   const i = result.columns.indexOf(name);
   if (i < 0) throw new Error(`panel ${result.panel}: no column ${name}`);
   return result.rows.map((r) => r[i]);
