@@ -7,6 +7,7 @@ PIP_FLAGS ?= -q
 install:
 	@command -v java >/dev/null || { echo "installing Java 17 (needed by the Kafka broker)"; apt-get update -q && apt-get install -y -q openjdk-17-jre-headless; }
 	@command -v mvn >/dev/null || { echo "installing Maven (fetches Kafka's jars)"; apt-get update -q && apt-get install -y -q maven; }
+	@test -x /usr/bin/chromium || { echo "installing Chromium (the dashboard's browser test)"; apt-get update -q && apt-get install -y -q chromium; }
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
 
 run: install

@@ -274,6 +274,11 @@ from simulator.cli import simulate  # noqa: E402 - a light module: click only; t
 
 main.add_command(simulate)
 
+# ----------------------------------------------------------------------------------------- dashboard
+from carnival.dashboard.cli import dashboard  # noqa: E402 - a light module: click only; the server loads on use
+
+main.add_command(dashboard)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
