@@ -18,7 +18,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import TopicPartition
 
 from core.settings import Settings
-from sinks.clickhouse import TABLE_FOR_TOPIC
+from sinks.tables import TABLE_FOR_TOPIC
 from streams.kafka import make_consumer
 from streams.lag import group_lag
 

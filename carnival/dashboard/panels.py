@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sinks.clickhouse import TABLE_FOR_TOPIC
+from sinks.tables import TABLE_FOR_TOPIC
 
 Clock = Literal["event", "wall"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "deploy" / "prometheus" / "carnival-rules.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 METRIC_RE = re.compile(r"\b(carnival_[a-z_]+)")

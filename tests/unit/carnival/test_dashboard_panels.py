@@ -89,7 +89,7 @@ def test_layout_lists_every_chart_with_its_chart_specs() -> None:
 def test_lag_groups_are_the_processors_own() -> None:
     from carnival.dashboard.lag import GROUPS
     from processors.alert_router.router import RouterConfig
-    from processors.app import APP_PREFIX
+    from processors.runtime.app import APP_PREFIX
     from processors.scheduler.wiring_router import ROUTER_GROUP
 
     groups = {name: group for name, (group, _) in GROUPS.items()}
