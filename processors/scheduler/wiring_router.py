@@ -117,8 +117,9 @@ class TelemetryRouter(threading.Thread):
                     if msg.error():
                         log.warning("scheduler_router_consume_error", error=str(msg.error()))
                         continue
-                    value, part, off = msg.value(), msg.partition(), msg.offset()
-                    positions[(msg.topic(), part)] = off + 1
+                    # A tombstone (no value) decodes as BAD_MAGIC and is dead-lettered like any bad record.
+                    value, part, off = msg.value() or b"", int(msg.partition() or 0), int(msg.offset() or 0)
+                    positions[(str(msg.topic()), part)] = off + 1
                     try:
                         pool = self.region_of(value)
                     except SerializationError as exc:

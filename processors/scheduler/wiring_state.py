@@ -152,12 +152,12 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
         if len(decoded) == len(wanted) and all(seq == out.seq for seq, _ in decoded):
             out.journal_applied = bool(decoded)
             for _, entries in decoded:
-                for key, value in entries:
+                for key, written in entries:
                     target = raw_nodes if key.startswith(n_prefix) else raw_tasks
-                    if value is None:
+                    if written is None:
                         target.pop(key, None)
                     else:
-                        target[key] = value
+                        target[key] = written
     for value in raw_nodes.values():
         nd = orjson.loads(value)
         out.nodes[nd["vin"]] = nd
