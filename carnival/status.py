@@ -28,7 +28,7 @@ LOG_EVERY_S = 10.0
 class Sample:
     at: float  # monotonic seconds
     produced: int  # records in the input topics (sum of end offsets)
-    lags: dict[str, int] = field(default_factory=dict)  # group -> records not yet committed
+    lags: dict[str, int] = field(default_factory=dict)  # view label -> records not yet committed
     error: str | None = None
 
     @property
@@ -37,10 +37,13 @@ class Sample:
 
 
 class PipelineMonitor:
-    def __init__(self, settings: Settings, groups: dict[str, list[str]], inputs: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, views: dict[str, tuple[str, list[str]]], inputs: list[str]
+    ) -> None:
+        """``views``: label -> (consumer group, the topics of it to count)."""
         from streams.kafka import make_admin, make_consumer
 
-        self.groups = groups
+        self.views = views
         self.inputs = inputs
         self.admin = make_admin(settings)
         self.consumer = make_consumer(settings)
@@ -48,14 +51,14 @@ class PipelineMonitor:
     def sample(self, timeout_s: float = 10.0) -> Sample:
         now = time.monotonic()
         try:
-            topics = sorted({t for ts in self.groups.values() for t in ts} | set(self.inputs))
+            topics = sorted({t for _, ts in self.views.values() for t in ts} | set(self.inputs))
             meta = self.consumer.list_topics(timeout=timeout_s).topics
             ends: dict[tuple[str, int], tuple[int, int]] = {}
             for t in topics:
                 for p in meta[t].partitions if t in meta else ():
                     tp = TopicPartition(t, p)
                     ends[(t, p)] = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
-            lags = {g: self._lag(g, ts, ends) for g, ts in self.groups.items()}
+            lags = {label: self._lag(g, ts, ends) for label, (g, ts) in self.views.items()}
             produced = sum(high for (t, _), (_, high) in ends.items() if t in self.inputs)
             return Sample(now, produced, lags)
         except Exception as exc:  # noqa: BLE001 - a group may not exist yet: report, do not stop
@@ -70,20 +73,21 @@ class PipelineMonitor:
         for tp in partitions:
             low, high = ends[(tp.topic, tp.partition)]
             done = committed.get((tp.topic, tp.partition), -1)
-            behind += high - (done if done >= 0 else low)
+            # Offsets are read a moment apart: a commit newer than the end offset read is no lag.
+            behind += max(0, high - (done if done >= 0 else low))
         return behind
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def format_status(phase: str, sim_ms: int | None, rate: float, sample: Sample, names: dict[str, str]) -> str:
-    """One line: phase, simulated time, events/s and lag per processor (``names``: group -> label)."""
+def format_status(phase: str, sim_ms: int | None, rate: float, sample: Sample) -> str:
+    """One line: phase, simulated time, events/s and lag per processor."""
     sim = "-" if sim_ms is None else datetime.fromtimestamp(sim_ms / 1000, UTC).strftime("%m-%d %H:%M")
     if sample.error:
         lags = f"lag unknown ({sample.error[:60]})"
     else:
-        lags = "lag " + " ".join(f"{names.get(g, g)}={n:,}" for g, n in sample.lags.items())
+        lags = "lag " + " ".join(f"{label}={n:,}" for label, n in sample.lags.items())
     return f"{phase:9} sim {sim}  {rate:>7,.0f} ev/s  {lags}"
 
 
@@ -108,7 +112,7 @@ class StatusLine:
                 console = Console(file=self.stream)
                 self.live = Live(Text(""), console=console, refresh_per_second=4, transient=True)
                 self.live.start()
-            self.live.update(Text(line))
+            self.live.update(Text(line, no_wrap=True, overflow="ellipsis"))
         elif time.monotonic() - self.last_log >= LOG_EVERY_S:
             self.last_log = time.monotonic()
             log.info("demo_status", **fields)

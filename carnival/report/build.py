@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from carnival.report.alerts import check_alerts
@@ -20,8 +21,13 @@ def build_sections(
     lease_s: float,
     claim_timeout_s: float,
 ) -> list[Section]:
-    """Every checked section; ``rows`` as returned by ``queries.fetch``."""
-    states = {r["task_id"]: r for r in rows["task_states"]}
+    """Every checked section; ``rows`` as returned by ``queries.fetch``. Task rows are kept to the
+    tasks this run requested, ledger rows to its cars."""
+    tasks = {r["task_id"] for r in rows["requests"]}
+    mine = {name: [r for r in rows[name] if r["task_id"] in tasks]
+            for name in ("task_states", "lifecycle_runs", "assigns", "status")}  # fmt: skip
+    ledger = [r for r in rows["ledger"] if r["vin"] in truth.cars]
+    states = {r["task_id"]: r for r in mine["task_states"]}
     waits: list[tuple[int, float | None]] = []
     for r in rows["requests"]:
         s = states.get(r["task_id"])
@@ -29,8 +35,8 @@ def build_sections(
         waits.append(
             (int(r["priority"]), None if assigned is None else (assigned - r["requested_ms"]) / 1000)
         )
-    lifecycle_runs = build_runs(rows["lifecycle_runs"], "state", LIFECYCLE_ENDS)
-    status_runs = build_runs(rows["status"], "status", STATUS_ENDS)
+    lifecycle_runs = build_runs(mine["lifecycle_runs"], "state", LIFECYCLE_ENDS)
+    status_runs = build_runs(mine["status"], "status", STATUS_ENDS)
     return [
         check_power(
             truth.failovers,
@@ -41,14 +47,16 @@ def build_sections(
         ),
         check_tasks(
             truth,
-            {r["task_id"] for r in rows["requests"]},
+            tasks,
             {t: s["latest"] for t, s in states.items()},
             waits,
             lifecycle_runs,
-            {r["reason"]: int(r["n"]) for r in rows["preemptions"]},
+            dict(
+                Counter(r["reason"] or "unknown" for r in mine["lifecycle_runs"] if r["state"] == "PREEMPTED")
+            ),
         ),
-        round_trips(rows["assigns"], status_runs, claim_timeout_s),
-        check_eligibility(truth, rows["assigns"], lease_s),
-        check_ledger(truth, rows["ledger"], status_runs, lifecycle_runs),
+        round_trips(mine["assigns"], status_runs, claim_timeout_s),
+        check_eligibility(truth, mine["assigns"], lease_s),
+        check_ledger(truth, ledger, status_runs, lifecycle_runs),
         check_alerts(rows["alerts"], rows["deliveries"]),
     ]
