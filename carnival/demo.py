@@ -133,8 +133,8 @@ def processor_inputs() -> dict[str, list[str]]:
 
 
 LABELS = {
-    "carnival-scheduler-router": "telemetry",
-    "carnival-scheduler": "scheduler",
+    "carnival-scheduler-router": "router",
+    "carnival-scheduler": "sched",
     "carnival-power": "power",
     SINK_GROUP: "sink",
     ROUTER_GROUP: "alerts",
