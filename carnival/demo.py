@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 SINK_GROUP = "carnival-sink"
 ROUTER_GROUP = "carnival-alert-router"
 CATCH_UP_TIMEOUT_S = 300.0
-SAMPLE_EVERY_S = 2.0
+SAMPLE_EVERY_S = 3.0
 LEDGER_MARGIN = timedelta(minutes=5)  # runs reported just after the simulated end still count
 
 # With 0.4 tasks per car and hour, demand stays near what the fleet's idle cars serve in an evening
@@ -49,6 +49,14 @@ LOOP_BUDGET_WALL_S = 30.0
 
 def _env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "CARNIVAL_DATA_DIR": str(settings.data_dir.resolve())}
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the demo dies, so a killed demo leaves no workers behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def worker_overrides(speed: float, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -83,6 +91,7 @@ def start_workers(settings: Settings, speed: float = 1.0) -> subprocess.Popen[by
             stderr=subprocess.STDOUT,
             env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json", **worker_overrides(speed)},
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - spawned before the demo starts any thread
         )
     tuned = " ".join(f"{k}={v}" for k, v in worker_overrides(speed).items())
     click.echo(f"workers: started (pid {proc.pid}){'; ' + tuned if tuned else ''}; logs in {log_path}")
@@ -100,6 +109,7 @@ def start_router(settings: Settings, webhook_url: str) -> subprocess.Popen[bytes
             stderr=subprocess.STDOUT,
             env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - spawned before the demo starts any thread
         )  # fmt: skip
     click.echo(f"alerts: router started (pid {proc.pid}) -> {webhook_url}; logs in {log_path}")
     return proc
@@ -275,10 +285,11 @@ def run_demo(
             click.secho(f"error: {exc}", fg="red", err=True)
             return 1
     migrate(settings)  # a stack started by an older version lacks the newer tables
-    receiver = DeliveryReceiver(clickhouse_insert(settings)).start()
+    receiver = DeliveryReceiver(clickhouse_insert(settings))  # bound, serving once started below
     click.echo(f"alerts: webhook receiver at {receiver.url} (rows in carnival.alert_deliveries)")
     workers = start_workers(settings, speed)
     router = start_router(settings, receiver.url)
+    receiver.start()
     status = Status(settings)
     start_ms = parse_start_ms(start)
     end_ms = start_ms + parse_duration_ms(duration)

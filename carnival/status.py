@@ -1,8 +1,8 @@
 """The demo's live status: simulated time, events/s and consumer lag per processor.
 
 ``PipelineMonitor`` samples Kafka (end offsets of the input topics, committed offsets of each
-processor's group) with one admin client and one consumer kept open, in a few batched requests per
-sample; the arithmetic is that of ``streams.lag.group_lag``. ``StatusLine`` shows a sample as one
+processor's group) with one admin client and one consumer kept open; the arithmetic is that of
+``streams.lag.group_lag``. ``StatusLine`` shows a sample as one
 line that rewrites itself on a terminal, and as a plain log line every ``LOG_EVERY_S`` otherwise.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 
 import structlog
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import OffsetSpec
 
 from core.settings import Settings
 
@@ -55,10 +54,12 @@ class PipelineMonitor:
             topics = sorted({t for _, ts in self.views.values() for t in ts} | set(self.inputs))
             meta = self.consumer.list_topics(timeout=timeout_s).topics
             partitions = [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
-            ends = self._offsets(partitions, OffsetSpec.latest(), timeout_s)
+            marks = {
+                _key(tp): self.consumer.get_watermark_offsets(tp, timeout=timeout_s) for tp in partitions
+            }
+            ends = {k: high for k, (_, high) in marks.items()}
+            starts = {k: low for k, (low, _) in marks.items()}
             committed = {g: self._committed(g, partitions) for g, _ in self.views.values()}
-            never = [tp for tp in partitions if any(c.get(_key(tp), -1) < 0 for c in committed.values())]
-            starts = self._offsets(never, OffsetSpec.earliest(), timeout_s) if never else {}
             lags = {}
             for label, (group, group_topics) in self.views.items():
                 behind = 0
@@ -70,15 +71,8 @@ class PipelineMonitor:
                 lags[label] = behind
             produced = sum(n for (t, _), n in ends.items() if t in self.inputs)
             return Sample(now, produced, lags)
-        except Exception as exc:  # noqa: BLE001 - a group may not exist yet: report, do not stop
+        except Exception as exc:  # noqa: BLE001 - a topic or group may not exist yet: report, do not stop
             return Sample(now, 0, {}, error=str(exc))
-
-    def _offsets(
-        self, partitions: list[TopicPartition], spec: Any, timeout_s: float
-    ) -> dict[tuple[str, int], int]:
-        """One batched ListOffsets request instead of a watermark query per partition."""
-        futures = self.admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout_s)
-        return {_key(tp): f.result().offset for tp, f in futures.items()}
 
     def _committed(self, group: str, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
         request = [ConsumerGroupTopicPartitions(group, partitions)]
