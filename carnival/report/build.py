@@ -13,6 +13,8 @@ from carnival.report.runs import LIFECYCLE_ENDS, STATUS_ENDS, build_runs
 from carnival.report.tasks import check_eligibility, check_tasks, round_trips
 from carnival.report.truth import GroundTruth
 
+WITHDRAWN = ("REQUEUED", "PREEMPTED", "EXPIRED")  # the scheduler took an assignment back
+
 
 def build_sections(
     truth: GroundTruth,
@@ -36,6 +38,10 @@ def build_sections(
             (int(r["priority"]), None if assigned is None else (assigned - r["requested_ms"]) / 1000)
         )
     lifecycle_runs = build_runs(mine["lifecycle_runs"], "state", LIFECYCLE_ENDS)
+    withdrawn: dict[str, int] = {}
+    for r in mine["lifecycle_runs"]:
+        if r["state"] in WITHDRAWN and r["assignment_id"]:
+            withdrawn[r["assignment_id"]] = min(r["ts_ms"], withdrawn.get(r["assignment_id"], r["ts_ms"]))
     status_runs = build_runs(mine["status"], "status", STATUS_ENDS)
     return [
         check_power(
@@ -54,6 +60,7 @@ def build_sections(
             dict(
                 Counter(r["reason"] or "unknown" for r in mine["lifecycle_runs"] if r["state"] == "PREEMPTED")
             ),
+            withdrawn,
         ),
         round_trips(mine["assigns"], status_runs, claim_timeout_s),
         check_eligibility(truth, mine["assigns"], lease_s),

@@ -156,6 +156,26 @@ def test_tasks_lost_request_lost_state_and_unmarked_completion_fail() -> None:
     }
 
 
+def test_a_completion_after_the_scheduler_took_the_assignment_back_is_wasted_not_lost() -> None:
+    session = {
+        "type": "session",
+        "task_id": "t1",
+        "assignment_id": "a1",
+        "outcome": "COMPLETED",
+        "ended_at": T0 + H,
+    }
+    truth = _truth({"type": "task", "task_id": "t1", "priority": 5}, session)
+    requeued_before = {"a1": T0 + H - 60 * S}
+    section = check_tasks(truth, {"t1"}, {"t1": "QUEUED"}, [(5, 1.0)], {}, {}, requeued_before)
+    assert _checks(section)["completions match the emulators' truth"] is True
+    assert any(
+        "1 finished after the scheduler had taken the assignment back" in line for line in section.lines
+    )
+    requeued_after = {"a1": T0 + H + 60 * S}  # the node's COMPLETED came first: the pipeline lost it
+    section = check_tasks(truth, {"t1"}, {"t1": "QUEUED"}, [(5, 1.0)], {}, {}, requeued_after)
+    assert _checks(section)["completions match the emulators' truth"] is False
+
+
 def test_a_completion_nobody_did_fails() -> None:
     truth = _truth({"type": "task", "task_id": "t1", "priority": 5})
     checks = _checks(check_tasks(truth, {"t1"}, {"t1": "COMPLETED"}, [(5, 1.0)], {}, {}))
