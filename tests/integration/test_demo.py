@@ -25,9 +25,9 @@ ARGS = ("demo", "--cars", "40", "--sites", "2", "--start", "2025-01-06T21:30:00Z
 # the defect is fixed.
 KNOWN_DEFECTS = {
     "completions match the emulators' truth": (
-        "scheduler: a node's STARTED/COMPLETED is held by route_tasks until the task's lifecycle record "
-        "is routed, while telemetry reaches the pool directly; under lag the pool's clock fires the "
-        "deadline (or claim) timer first and the completion is then dropped as stale"
+        "scheduler: a node's STARTED/COMPLETED reaches a pool later than the telemetry that drives the "
+        "pool's clock (statuses are held by route_tasks until the task's lifecycle record is routed), so "
+        "under lag the claim, preemption or deadline timer fires first and the completion is dropped as stale"
     ),
     "every LATE dead letter is an injected late delivery": (
         "power: on-time events dead-lettered as LATE after the worker moved a site's clock on by "
