@@ -99,12 +99,13 @@ def start_workers(settings: Settings, speed: float = 1.0) -> subprocess.Popen[by
 
 
 def start_router(settings: Settings, webhook_url: str) -> subprocess.Popen[bytes]:
-    """`carnival alerts route` delivering alerts.v1 to the demo's receiver (retries up to 2 s apart)."""
+    """`carnival alerts route` delivering alerts.v1 to the demo's receiver (retries up to 2 s apart; 30 s
+    per attempt, since on a loaded machine the receiver's ClickHouse insert can take longer than 5 s)."""
     log_path = settings.data_dir.resolve() / "logs" / "alert-router.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "carnival.cli", "alerts", "route", "--webhook", webhook_url,
-             "--group-id", ROUTER_GROUP, "--max-backoff", "2"],
+             "--group-id", ROUTER_GROUP, "--max-backoff", "2", "--timeout", "30"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},

@@ -97,10 +97,13 @@ class DeliveryReceiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 code = owner.handle(raw)
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(b"ok" if code == 200 else b"error")
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "text/plain")
+                    self.end_headers()
+                    self.wfile.write(b"ok" if code == 200 else b"error")
+                except (BrokenPipeError, ConnectionResetError):  # the sender gave up: it will retry
+                    log.info("alert_receiver_sender_gone", status=code)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 pass
