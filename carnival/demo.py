@@ -154,7 +154,7 @@ LABELS = {
 
 def lag_views() -> dict[str, tuple[str, list[str]]]:
     """Status line label -> (group, topics). ``pools`` (the routed telemetry the scheduler reads) is shown
-    but not waited for: it is written transactionally, and commit markers keep a few offsets uncommitted."""
+    but not waited for: idle, the scheduler still leaves a few offsets per partition uncommitted there."""
     from processors.scheduler.wiring_runtime import BYPOOL_TOPIC
 
     views = {LABELS[g]: (g, topics) for g, topics in processor_inputs().items()}
@@ -291,12 +291,12 @@ def run_demo(
     workers = start_workers(settings, speed)
     router = start_router(settings, receiver.url)
     receiver.start()
-    status = Status(settings)
     start_ms = parse_start_ms(start)
     end_ms = start_ms + parse_duration_ms(duration)
-    ok = False
+    ok, status = False, None
     try:
-        for _ in range(4):  # let the faust apps join their groups before the first events arrive
+        status = Status(settings)
+        for _ in range(3):  # let the faust apps join their groups before the first events arrive
             status.tick("starting", start_ms)
         args = _simulate_args(cars, sites, start, duration, speed, seed, tasks_per_hour)
         log_path = settings.data_dir.resolve() / "logs" / "simulate.log"
@@ -321,7 +321,8 @@ def run_demo(
         print_tables(settings)
         ok = checked_report(settings, since, speed)
     finally:
-        status.close()
+        if status is not None:
+            status.close()
         stop_process(router, "alerts router")
         stop_workers(workers)
         receiver.stop()
