@@ -135,6 +135,7 @@ def run_command(opts: dict[str, Any]) -> int:
         if inbox is not None:
             inbox.close()
         sink.close()
+        world.write_open_sessions()
         truth.close()
     print_summary(summary, config, getattr(truth, "path", None), interrupted)
     if interrupted:

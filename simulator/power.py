@@ -374,6 +374,16 @@ class Site:
         if r < noise.late:
             delay = rng.randint(5_000, 60_000)
             w.counters["power_late"] += 1
+            w.truth.write(
+                {
+                    "type": "power_late",
+                    "site_id": self.site_id,
+                    "device_id": device_id,
+                    "seq": n,
+                    "ts_us": ts_us,
+                    "delay_ms": delay,
+                }
+            )
         elif r < noise.late + noise.reorder:
             delay = rng.randint(1, 50)
             w.counters["power_reordered"] += 1

@@ -121,6 +121,24 @@ class World:
         if self.config.self_assign:
             self.emulators.self_assign(record, duration)
 
+    def write_open_sessions(self) -> None:
+        """Truth for the charge sessions still plugged in when the run ends (``charge_session`` rows are
+        written at unplug): without them, a car plugged in at the end would look ineligible all along."""
+        if not self.recording:
+            return
+        for car in self.cars:
+            if car.plugged:
+                self.truth.write(
+                    {
+                        "type": "charge_open",
+                        "vin": car.spec.vin,
+                        "location": car.loc,
+                        "plug_in": car.plug_ms,
+                        "at": self.q.now,
+                        "charger_kw": car.charger_kw,
+                    }
+                )
+
     # -- output -------------------------------------------------------------------------------------
     def emit(self, topic: str, key: str, record: dict[str, Any], delay_ms: int = 0) -> None:
         if delay_ms > 0:

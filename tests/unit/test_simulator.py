@@ -402,6 +402,19 @@ def test_power_events_numbered_per_device_and_faults_in_truth() -> None:
     assert {f["fault"] for f in failovers} == set(FAULT_KINDS)
     assert all(f["started_at_us"] < f["ended_at_us"] for f in failovers)
     assert world.counters["failovers"] == len(failovers)
+    # Each event the late-delivery model held back is in the truth, by site, device and seq.
+    late = [r for r in truth.items if r["type"] == "power_late"]
+    assert len(late) == world.counters["power_late"] > 0
+    emitted = {(r["site_id"], r["device_id"], r["seq"]) for r in events}
+    assert all((r["site_id"], r["device_id"], r["seq"]) in emitted and r["delay_ms"] >= 5000 for r in late)
+
+
+def test_sessions_still_plugged_in_at_the_end_are_in_the_truth() -> None:
+    world, _, truth = run_world(cars=40, sites=0, tasks_per_hour=0)
+    world.write_open_sessions()
+    open_rows = [r for r in truth.items if r["type"] == "charge_open"]
+    assert {r["vin"] for r in open_rows} == {c.spec.vin for c in world.cars if c.plugged} != set()
+    assert all(r["plug_in"] <= r["at"] == world.q.now for r in open_rows)
 
 
 # -- command line ----------------------------------------------------------------------------------
