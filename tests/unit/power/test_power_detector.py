@@ -447,3 +447,35 @@ def test_config_rejects_nonsense() -> None:
         PowerConfig(freq_min_hz=63)
     with pytest.raises(ValueError):
         PowerConfig.from_mapping({"blip_ignore": 3})
+
+
+def test_a_load_restored_from_no_source_past_the_allowance_is_a_failed_transfer_not_a_slow_one() -> None:
+    """The switch says the load had no source (a transfer from NONE) for longer than NFPA 110's 10 s:
+    the first transfer failed, even though an alternate took the load before ``failed_transfer_s``."""
+    site = SiteEvents()
+    events = [
+        *heartbeat(site, 0, 0.5),
+        site.lost(1.0),
+        *heartbeat(site, 2, 17),
+        site.transfer(18.0, "GENERATOR", device="ats-1", source_from="NONE"),
+        *heartbeat(site, 19, 25),
+    ]
+    _, inc = run(events)
+    kinds = {(i.kind, i.state) for i in inc}
+    assert ("FAILED_TRANSFER", "OPEN") in kinds and ("FAILED_TRANSFER", "RESOLVED") in kinds
+    assert not any(i.kind == "SLOW_TRANSFER" for i in inc)
+    failed = one(inc, "FAILED_TRANSFER", "OPEN")
+    assert failed.started_us == site.at(1.0) and failed.transfer_ms == pytest.approx(17_000.0)
+    assert one(inc, "FAILOVER", "OPEN").transfer_ms == pytest.approx(17_000.0)
+
+
+def test_a_transfer_from_no_source_within_the_allowance_is_neither_failed_nor_slow() -> None:
+    site = SiteEvents()
+    events = [
+        *heartbeat(site, 0, 0.5),
+        site.lost(1.0),
+        site.transfer(9.0, "GENERATOR", device="ats-1", source_from="NONE"),
+        *heartbeat(site, 10, 15),
+    ]
+    _, inc = run(events)
+    assert states(inc) == [("FAILOVER", "OPEN")]
