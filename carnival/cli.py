@@ -249,19 +249,36 @@ def config(fmt: str) -> None:
     default=None,
     help="Mean weekday task arrivals per hour [0.4 per car: about what the fleet's idle cars can serve].",
 )
+@click.option(
+    "--dashboard-port",
+    default=8050,
+    show_default=True,
+    type=click.IntRange(min=-1, max=65535),
+    help="Port of the live dashboard the demo serves while it runs (0: any free port; -1: none).",
+)
 def demo(
-    cars: int, sites: int, start: str, duration: str, speed: float, seed: int, tasks_per_hour: float | None
+    cars: int,
+    sites: int,
+    start: str,
+    duration: str,
+    speed: float,
+    seed: int,
+    tasks_per_hour: float | None,
+    dashboard_port: int,
 ) -> None:
     """The main job: the whole pipeline on a simulated fleet, then the analyst report.
 
     Starts the stack if needed, runs every processor, drives them with `carnival simulate` (cars,
     tasks, the emulator runtime answering assignments, site power with injected faults), waits for
-    ClickHouse to catch up and prints what analysts see. The stack keeps running afterwards.
+    ClickHouse to catch up and prints what analysts see, checked against the simulator's ground truth
+    (exit 1 if a check fails). The live dashboard's URL is printed at start. The stack keeps running
+    afterwards.
     """
     from carnival.demo import TASKS_PER_CAR_HOUR, run_demo
 
     rate = TASKS_PER_CAR_HOUR * cars if tasks_per_hour is None else tasks_per_hour
-    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites, rate))
+    port = None if dashboard_port < 0 else dashboard_port
+    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites, rate, dashboard_port=port))
 
 
 # -------------------------------------------------------------------------------------------- alerts

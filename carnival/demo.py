@@ -124,6 +124,26 @@ def start_router(settings: Settings, webhook_url: str) -> subprocess.Popen[bytes
     return proc
 
 
+def start_dashboard(settings: Settings, port: int | None) -> Any:
+    """The live dashboard, served from a thread of this process while the demo runs (None: not wanted,
+    or the port is taken: the demo goes on without it)."""
+    if port is None:
+        return None
+    import threading
+
+    from carnival.dashboard.server import DashboardServer
+
+    try:
+        server = DashboardServer(settings, "127.0.0.1", port)
+    except OSError as exc:
+        message = f"dashboard: not started on port {port}: {exc} (see --dashboard-port)"
+        click.secho(message, fg="yellow", err=True)
+        return None
+    threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
+    click.echo(f"dashboard: {server.url}  (live while the demo runs)")
+    return server
+
+
 def stop_process(proc: subprocess.Popen[bytes], name: str) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -276,6 +296,7 @@ def run_demo(
     seed: int,
     sites: int,
     tasks_per_hour: float | None = None,
+    dashboard_port: int | None = 8050,
 ) -> int:
     from carnival.receiver import DeliveryReceiver, clickhouse_insert
     from carnival.sim_process import SimulatorProcess
@@ -299,6 +320,7 @@ def run_demo(
     workers = start_workers(settings, speed)
     router = start_router(settings, receiver.url)
     receiver.start()
+    board = start_dashboard(settings, dashboard_port)
     start_ms = parse_start_ms(start)
     end_ms = start_ms + parse_duration_ms(duration)
     ok, status = False, None
@@ -334,6 +356,10 @@ def run_demo(
         stop_process(router, "alerts router")
         stop_workers(workers)
         receiver.stop()
+        if board is not None:
+            board.shutdown()
+            board.server_close()
+            click.echo("dashboard: stopped with the demo (`carnival dashboard` serves it again)")
     click.echo(
         f'\nThe stack is still running: `carnival query "..."` to explore, `carnival stack down` to stop. '
         f"Data in {Path(settings.data_dir).resolve()}"

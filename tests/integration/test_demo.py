@@ -3,7 +3,7 @@ router to the demo's webhook receiver, ledger recompute) ends with every check o
 
 The window (seed 7, two sites, 21:30-23:30 UTC) holds two failovers of the east-coast evening peak;
 the checks' failing cases (faults missed, unexplained incidents, lost alerts, ...) are unit-tested on
-hand-made rows in tests/unit/test_demo_report.py.
+hand-made rows in tests/unit/carnival/test_demo_report.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sinks.clickhouse import get_client
 pytestmark = pytest.mark.integration
 
 ARGS = ("demo", "--cars", "40", "--sites", "2", "--start", "2025-01-06T21:30:00Z", "--duration", "2h",
-        "--speed", "240", "--seed", "7")  # fmt: skip
+        "--speed", "240", "--seed", "7", "--dashboard-port", "0")  # fmt: skip
 
 # Checks that fail today because of pipeline defects outside the demo, with the defect. While one of
 # them fails (and nothing else does) the test is an expected failure, so it turns green by itself once
@@ -55,6 +55,8 @@ def test_short_demo_checks_pass(run_cli, settings, stack_env) -> None:  # type: 
         f"SELECT uniqExact(fingerprint) FROM alert_deliveries WHERE status = 'FIRING' AND {window}"
     )
     assert fired.result_rows[0][0] >= 2 and delivered.result_rows[0][0] == fired.result_rows[0][0]
+    # The live dashboard was served while it ran, at the URL printed at start.
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/", out, re.MULTILINE), out[:3000]
     # Off a terminal the status comes as periodic log lines, not a live line.
     assert '"event": "demo_status"' in err
     if failed:
