@@ -27,11 +27,12 @@ import click
 import structlog
 
 from core.settings import Settings
+from processors.groups import ALERT_ROUTER, POWER, SCHEDULER, TELEMETRY_ROUTER
+from streams.topics import POWER_EVENTS_TOPIC, REQUESTS_TOPIC, STATUS_TOPIC
 
 log = structlog.get_logger(__name__)
 
 SINK_GROUP = "carnival-sink"
-ROUTER_GROUP = "carnival-alert-router"
 CATCH_UP_TIMEOUT_S = 300.0
 SAMPLE_EVERY_S = 3.0
 LEDGER_MARGIN = timedelta(minutes=5)  # runs reported just after the simulated end still count
@@ -113,7 +114,7 @@ def start_router(settings: Settings, webhook_url: str) -> subprocess.Popen[bytes
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "carnival.cli", "alerts", "route", "--webhook", webhook_url,
-             "--group-id", ROUTER_GROUP, "--max-backoff", "2", "--timeout", "30"],
+             "--group-id", ALERT_ROUTER.group, "--max-backoff", "2", "--timeout", "30"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},
@@ -163,20 +164,21 @@ def processor_inputs() -> dict[str, list[str]]:
     from sinks.config import SINK_TABLES
 
     return {
-        "carnival-scheduler-router": ["fleet.telemetry.v1"],  # telemetry is routed by its own group
-        "carnival-scheduler": ["tasks.requests.v1", "tasks.status.v1"],
-        "carnival-power": ["power.events.v1"],
+        TELEMETRY_ROUTER.group: list(TELEMETRY_ROUTER.topics),  # telemetry is routed by its own group
+        # (not the lifecycle it reads back: ticks add records to it while the demo waits)
+        SCHEDULER.group: [REQUESTS_TOPIC, STATUS_TOPIC],
+        POWER.group: list(POWER.topics),
         SINK_GROUP: sorted(SINK_TABLES),
-        ROUTER_GROUP: ["alerts.v1"],
+        ALERT_ROUTER.group: list(ALERT_ROUTER.topics),
     }
 
 
 LABELS = {
-    "carnival-scheduler-router": "router",
-    "carnival-scheduler": "sched",
-    "carnival-power": "power",
+    TELEMETRY_ROUTER.group: "router",
+    SCHEDULER.group: "sched",
+    POWER.group: "power",
     SINK_GROUP: "sink",
-    ROUTER_GROUP: "alerts",
+    ALERT_ROUTER.group: "alerts",
 }
 
 
@@ -265,7 +267,7 @@ def checked_report(settings: Settings, since: datetime, speed: float) -> bool:
     recompute(client, start, end)
     rows = fetch(client, since, start, end)
     serde = serde_from_settings(settings)
-    decode = partial(serde.decode, "power.events.v1")
+    decode = partial(serde.decode, POWER_EVENTS_TOPIC)
     late = decode_late(rows["late_dead_letters"], decode, truth.start_ms, truth.end_ms)
     scheduler = config_from_env({**os.environ, **worker_overrides(speed)})
     sections = build_sections(truth, rows, late, scheduler.lease_s, scheduler.claim_timeout_s)

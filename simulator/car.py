@@ -15,11 +15,12 @@ from simulator.config import DAY_MS, HOUR_MS, REGION_AMBIENT_C
 from simulator.fleet import CarSpec
 from simulator.habits import HOME, OTHER, WORK, Trip, plan_day
 from simulator.rng import rng_for
+from streams.topics import TELEMETRY_TOPIC
 
 if TYPE_CHECKING:
     from simulator.context import WorldContext as World
 
-TELEMETRY = "fleet.telemetry.v1"
+TELEMETRY = TELEMETRY_TOPIC
 MIN_MS = 60_000
 PLUGGED_STATES = frozenset({"STARTING", "CHARGING", "COMPLETE", "STOPPED", "NO_POWER"})
 # Raw values outside the documented enum, seen in practice (sent as-is in JSON, as UNKNOWN in Avro).

@@ -10,9 +10,11 @@ from typing import Any
 
 import structlog
 
+from streams.topics import ASSIGNMENTS_TOPIC
+
 log = structlog.get_logger(__name__)
 
-ASSIGNMENTS = "tasks.assignments.v1"
+ASSIGNMENTS = ASSIGNMENTS_TOPIC
 
 
 class AssignmentFeed:

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from simulator.emulator import Session
 from simulator.rng import rng_for, uuid_from
+from streams.topics import ACTIONS_TOPIC, STATUS_TOPIC
 
 if TYPE_CHECKING:
     from simulator.car import Car
     from simulator.context import WorldContext as World
 
-STATUS = "tasks.status.v1"
-ACTIONS = "emulator.actions.v1"
+STATUS = STATUS_TOPIC
+ACTIONS = ACTIONS_TOPIC
 DEFAULT_TASK_SECONDS = 300.0
 
 

@@ -7,14 +7,11 @@ from datetime import UTC, datetime
 
 import click
 
+from streams.topics import INPUT_TOPICS
+
+__all__ = ["INPUT_TOPICS", "parse_duration_ms", "parse_start_ms"]
+
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-INPUT_TOPICS = (
-    "fleet.telemetry.v1",
-    "tasks.requests.v1",
-    "tasks.status.v1",
-    "emulator.actions.v1",
-    "power.events.v1",
-)
 
 
 def parse_duration_ms(text: str) -> int:

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 from simulator.config import DAY_MS, HOUR_MS, REGION_UTC_OFFSET_H
 from simulator.fleet import pick
 from simulator.rng import rng_for
+from streams.topics import POWER_EVENTS_TOPIC
 
 if TYPE_CHECKING:
     from simulator.context import WorldContext as World
 
-POWER = "power.events.v1"
+POWER = POWER_EVENTS_TOPIC
 FAULT_KINDS = (
     "FAILED_TRANSFER",
     "SLOW_TRANSFER",

@@ -13,7 +13,9 @@ from typing import IO, Any
 
 import orjson
 
-TELEMETRY = "fleet.telemetry.v1"
+from streams.topics import TELEMETRY_TOPIC
+
+TELEMETRY = TELEMETRY_TOPIC
 CHARGE_STATES = frozenset(
     {"DISCONNECTED", "NO_POWER", "STARTING", "CHARGING", "COMPLETE", "STOPPED", "UNKNOWN"}
 )

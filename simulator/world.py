@@ -18,8 +18,9 @@ from simulator.power import Site
 from simulator.sinks import Sink
 from simulator.tasks import TaskSource
 from simulator.truth import Truth
+from streams.topics import REQUESTS_TOPIC
 
-TASKS = "tasks.requests.v1"
+TASKS = REQUESTS_TOPIC
 
 
 class World:

@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import TopicPartition
 
 from core.settings import Settings
+from processors.groups import GROUPS as PROCESSOR_GROUPS
 from sinks.tables import TABLE_FOR_TOPIC
 from streams.kafka import make_consumer
 from streams.lag import group_lag
@@ -25,14 +26,8 @@ from streams.lag import group_lag
 log = structlog.get_logger(__name__)
 
 SINK = "sink"
-# processor -> (consumer group, input topics). The group ids are the processors' own defaults
-# (processors/app.py APP_PREFIX-<name>, scheduler/wiring_router.py ROUTER_GROUP, alert_router RouterConfig).
-GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "scheduler-router": ("carnival-scheduler-router", ("fleet.telemetry.v1",)),
-    "scheduler": ("carnival-scheduler", ("tasks.requests.v1", "tasks.status.v1", "tasks.lifecycle.v1")),
-    "power": ("carnival-power", ("power.events.v1",)),
-    "alert-router": ("carnival-alert-router", ("alerts.v1",)),
-}
+# processor -> (consumer group, input topics): the processors' own declaration.
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {n: (g.group, g.topics) for n, g in PROCESSOR_GROUPS.items()}
 HISTORY = 720  # samples kept: an hour at the default 5 s refresh
 KAFKA_TIMEOUT_S = 5.0
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import faust
 
 from core.settings import Settings
-
-APP_PREFIX = "carnival"
+from processors.groups import APP_PREFIX
 
 
 def faust_broker_urls(settings: Settings) -> list[str]:

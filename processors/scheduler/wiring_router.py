@@ -31,6 +31,7 @@ from confluent_kafka import Producer as RawProducer
 
 from core.metrics import RECORDS_REJECTED
 from core.settings import Settings
+from processors.groups import TELEMETRY_ROUTER
 from processors.scheduler.wiring_runtime import (
     BYPOOL_TOPIC,
     DEAD_LETTERED,
@@ -46,7 +47,7 @@ from streams.topics import DEADLETTER_TOPIC, TELEMETRY_TOPIC
 
 log = structlog.get_logger(__name__)
 
-ROUTER_GROUP = "carnival-scheduler-router"
+ROUTER_GROUP = TELEMETRY_ROUTER.group
 
 
 class TelemetryRouter(threading.Thread):
