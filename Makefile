@@ -14,14 +14,14 @@ run: install
 	carnival stack up
 	carnival demo
 
-test: install
-	lint-imports
+test: install lint
 	$(PYTHON) -m pytest -ra
 
 unit: install
 	$(PYTHON) -m pytest -ra tests/unit
 
 lint:
+	lint-imports
 	ruff check .
 	mypy core carnival streams sinks processors schemas simulator
 
