@@ -1,0 +1,132 @@
+"""Late statuses: a COMPLETED sent before the scheduler took the assignment back still completes the task."""
+
+from __future__ import annotations
+
+import json
+
+from test_scheduler_support import MIN, T0, Harness, S, cfg, commands, states
+
+from processors.scheduler import Scheduler
+from processors.scheduler.tasks import MAX_REVOKED, Task
+
+
+def lifecycle(outs: list, state: str) -> dict:
+    return next(o.value for o in outs if o.topic == "tasks.lifecycle.v1" and o.value["state"] == state)
+
+
+def claim_timed_out(h: Harness) -> str:
+    """Task ``t`` assigned to V1, never STARTED in time, taken back at T0 + 61 s and queued again (V1 is
+    throttled by that one failure, and no other node is there); returns the revoked assignment id."""
+    h.tel("V1", T0)
+    h.req("t", T0 + S)
+    aid = h.s.tasks["t"].assignment_id
+    h.tel("V1", T0 + 30 * S)
+    outs = h.tick(T0 + 61 * S)
+    assert commands(outs) == [("REVOKE", "t", "V1")] and "REQUEUED" in states(outs)
+    assert h.s.queue("us-west") == ["t"] and h.s.tasks["t"].state == "QUEUED"
+    return aid
+
+
+def test_late_completed_after_claim_timeout_completes_the_queued_task() -> None:
+    h = Harness(cfg(throttle_after_failures=1))
+    aid = claim_timed_out(h)
+    outs = h.status("t", T0 + 50 * S, "COMPLETED", aid=aid, vin="V1")  # sent before the timeout fired
+    assert states(outs) == ["COMPLETED"] and commands(outs) == []
+    done = lifecycle(outs, "COMPLETED")
+    assert done["vin"] == "V1" and done["assignment_id"] == aid and done["attempt"] == 1
+    assert done["ts"] == T0 + 61 * S  # the scheduler's clock: the lifecycle stays in order
+    assert h.s.tasks["t"].state == "COMPLETED" and h.s.queue("us-west") == []
+    assert h.s.nodes["V1"].completed == 1 and h.s.nodes["V1"].success_streak == 1
+    assert h.s.counters["status_late_completed"] == 1 and h.s.counters["task_completed"] == 1
+
+
+def test_late_completed_after_reassignment_revokes_the_newer_assignment() -> None:
+    h = Harness()
+    h.tel("V1", T0)
+    h.req("t", T0 + S)
+    old = h.s.tasks["t"].assignment_id
+    h.status("t", T0 + 2 * S, "STARTED")
+    h.tel("V2", T0 + 5 * S)
+    h.req("other", T0 + 6 * S, min_hw="HW5")  # waits: no HW5 node
+    outs = h.tel("V1", T0 + 10 * S, gear="D")  # owner back: preempted, and V2 takes it over
+    assert states(outs, "t") == ["PREEMPTED", "REQUEUED", "ASSIGNED"] and h.holder("t") == "V2"
+    new = h.s.tasks["t"].assignment_id
+    outs = h.status("t", T0 + 9 * S, "COMPLETED", aid=old, vin="V1")
+    assert commands(outs) == [("REVOKE", "t", "V2")]
+    revoke = next(o.value for o in outs if o.topic == "tasks.assignments.v1")
+    assert revoke["assignment_id"] == new and revoke["reason"] == "COMPLETED_EARLIER"
+    assert states(outs, "t") == ["COMPLETED"]
+    assert lifecycle(outs, "COMPLETED")["assignment_id"] == old
+    assert h.s.nodes["V2"].running == [] and "V2" in h.s.idle_nodes("us-west")
+    assert h.s.nodes["V1"].completed == 1
+    # The newer assignment's reports change nothing: the task is never completed twice.
+    assert h.status("t", T0 + 12 * S, "STARTED", aid=new, vin="V2") == []
+    assert h.status("t", T0 + 13 * S, "COMPLETED", aid=new, vin="V2") == []
+    assert h.status("t", T0 + 9 * S, "COMPLETED", aid=old, vin="V1") == []  # a duplicate late report
+    assert h.s.counters["task_completed"] == 1 and h.s.counters["status_late_done"] == 1
+    assert h.s.nodes["V2"].completed == 0
+
+
+def test_late_completed_sent_after_the_revoke_stays_stale() -> None:
+    h = Harness(cfg(throttle_after_failures=1))
+    aid = claim_timed_out(h)
+    assert h.status("t", T0 + 62 * S, "COMPLETED", aid=aid, vin="V1") == []  # after the REVOKE: too late
+    assert h.status("t", T0 + 63 * S, "COMPLETED", aid=aid, vin="V2") == []  # not the node it was given to
+    assert h.s.counters["status_stale"] == 2
+    assert h.s.tasks["t"].state == "QUEUED" and h.s.queue("us-west") == ["t"]
+    assert h.s.nodes["V1"].completed == 0
+    # whereas the report sent in time does count
+    assert states(h.status("t", T0 + 59 * S, "COMPLETED", aid=aid, vin="V1")) == ["COMPLETED"]
+
+
+def test_late_completed_beyond_the_allowance_stays_stale() -> None:
+    h = Harness(cfg(throttle_after_failures=1, late_status_s=600))
+    aid = claim_timed_out(h)
+    h.tick(T0 + 50 * S + 601 * S)
+    assert h.status("t", T0 + 50 * S, "COMPLETED", aid=aid, vin="V1") == []
+    assert h.s.counters["status_late_too_late"] == 1 and h.s.counters["status_stale"] == 1
+    assert h.s.tasks["t"].state == "QUEUED" and h.s.queue("us-west") == ["t"]
+
+
+def test_late_completed_replaces_a_deadline_expiry_it_beat() -> None:
+    h = Harness()
+    h.tel("V1", T0)
+    h.req("r", T0 + S, deadline=T0 + 90 * S)
+    aid = h.s.tasks["r"].assignment_id
+    h.status("r", T0 + 2 * S, "STARTED")
+    h.tel("V1", T0 + 60 * S)
+    assert states(h.tick(T0 + 90 * S)) == ["EXPIRED"]
+    outs = h.status("r", T0 + 85 * S, "COMPLETED", aid=aid, vin="V1")
+    assert states(outs) == ["COMPLETED"] and h.s.tasks["r"].state == "COMPLETED"
+
+
+def test_late_started_and_failed_for_a_revoked_assignment_stay_stale() -> None:
+    """The node was told to stop, and the task is already queued again: nothing to undo or retry."""
+    h = Harness(cfg(throttle_after_failures=1))
+    aid = claim_timed_out(h)
+    assert h.status("t", T0 + 20 * S, "STARTED", aid=aid, vin="V1") == []
+    assert h.status("t", T0 + 40 * S, "FAILED", aid=aid, vin="V1", error="OOM") == []
+    assert h.s.counters["status_stale"] == 2 and h.s.tasks["t"].failures == 0
+
+
+def test_revoked_assignments_survive_a_restore() -> None:
+    h = Harness(cfg(throttle_after_failures=1))
+    aid = claim_timed_out(h)
+    state = json.loads(json.dumps(h.s.to_dict()))
+    assert state["tasks"][0]["revoked"] == [[aid, "V1", T0 + 61 * S]]
+    r = Harness(sched=Scheduler.from_dict(state, h.s.cfg))
+    assert r.s.to_dict() == state
+    assert states(r.status("t", T0 + 50 * S, "COMPLETED", aid=aid, vin="V1")) == ["COMPLETED"]
+
+
+def test_task_dict_round_trip_and_old_states() -> None:
+    task = Task(task_id="t", pool="us-west", requested_ts=T0, priority=5, est_duration_s=60)
+    for k in range(MAX_REVOKED + 2):
+        task.remember_revoke(f"a{k}", "V1", T0 + k * MIN)
+    assert [a for a, _, _ in task.revoked] == [f"a{k}" for k in range(2, MAX_REVOKED + 2)]  # bounded
+    d = json.loads(json.dumps(task.to_dict()))
+    assert Task.from_dict(d) == task and Task.from_dict(d).revoked_at("a3", "V1") == T0 + 3 * MIN
+    assert task.revoked_at("a0", "V1") is None and task.revoked_at("a3", "V2") is None
+    del d["revoked"]  # written before the field existed
+    old = Task.from_dict(d)
+    assert old.revoked == () and old.revoked_at("a3", "V1") is None and old.to_dict()["revoked"] == []
