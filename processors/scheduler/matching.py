@@ -639,7 +639,7 @@ class Scheduler:
         attempts = range(task.attempt, 0, -1)
         attempt = next((k for k in attempts if assignment_id_for(task.task_id, k) == aid), None)
         self._finish(task, COMPLETED, now, out, vin=vin, aid=aid, reason="REPORTED_LATE", attempt=attempt)
-        for v in sorted({vin, holder} - {None}):
+        for v in sorted({vin} if holder is None else {vin, holder}):
             self._refresh_node(self.nodes[v], now, out)
         return True
 
