@@ -28,9 +28,10 @@ a task_id is accepted once.
 Late statuses: a node's status reaches the matcher later than the telemetry that drives its clock, so a
 claim timeout, preemption or deadline may take an assignment back (at event time R) after the node had
 already completed it. A COMPLETED with ts < R that arrives within ``late_status_s`` still completes the
-task, as in-order delivery would have: a newer assignment is revoked (COMPLETED_EARLIER), a queued
-copy leaves the queue, an EXPIRED or FAILED end is replaced. A task is never COMPLETED twice. A late
-STARTED or FAILED stays stale: the node was told to stop, and the task was already requeued.
+task, as in-order delivery would have: a newer assignment is revoked (REVOKE + PREEMPTED, reason
+COMPLETED_EARLIER, so the lifecycle ends it; not counted as a preemption), a queued copy leaves the
+queue, an EXPIRED or FAILED end is replaced. A task is never COMPLETED twice. A late STARTED or FAILED
+stays stale: the node was told to stop, and the task was already requeued.
 """
 
 from __future__ import annotations
@@ -629,8 +630,11 @@ class Scheduler:
             self.counters["status_late_too_late"] += 1
             return False
         holder = None
-        if task.state in (ASSIGNED, RUNNING):
-            holder, _ = self._revoke(task, "COMPLETED_EARLIER", now, out)
+        if task.state in (ASSIGNED, RUNNING):  # the lifecycle ends every assignment it started
+            holder, current = self._revoke(task, "COMPLETED_EARLIER", now, out)
+            out.append(
+                lifecycle_record(task, "PREEMPTED", now, vin=holder, aid=current, reason="COMPLETED_EARLIER")
+            )
         elif task.state == QUEUED:
             self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
         node = self.nodes[vin]

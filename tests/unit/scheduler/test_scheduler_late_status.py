@@ -12,6 +12,8 @@ from test_scheduler_support import MIN, T0, Harness, S, cfg, commands, req, stat
 from processors.scheduler import Scheduler
 from processors.scheduler.tasks import MAX_REVOKED, Task
 
+ENDS = ("PREEMPTED", "REQUEUED", "COMPLETED", "FAILED", "EXPIRED")  # lifecycle states ending an assignment
+
 
 def lifecycle(outs: list, state: str) -> dict:
     return next(o.value for o in outs if o.topic == "tasks.lifecycle.v1" and o.value["state"] == state)
@@ -58,8 +60,11 @@ def test_late_completed_after_reassignment_revokes_the_newer_assignment() -> Non
     assert commands(outs) == [("REVOKE", "t", "V2")]
     revoke = next(o.value for o in outs if o.topic == "tasks.assignments.v1")
     assert revoke["assignment_id"] == new and revoke["reason"] == "COMPLETED_EARLIER"
-    assert states(outs, "t") == ["COMPLETED"]
+    assert states(outs, "t") == ["PREEMPTED", "COMPLETED"]  # the lifecycle ends the newer assignment too
+    ended = lifecycle(outs, "PREEMPTED")
+    assert ended["assignment_id"] == new and ended["vin"] == "V2" and ended["reason"] == "COMPLETED_EARLIER"
     assert lifecycle(outs, "COMPLETED")["assignment_id"] == old
+    assert h.s.tasks["t"].preemptions == 1  # the owner's return only
     assert h.s.nodes["V2"].running == [] and "V2" in h.s.idle_nodes("us-west")
     assert h.s.nodes["V1"].completed == 1
     # The newer assignment's reports change nothing: the task is never completed twice.
@@ -161,6 +166,7 @@ def test_lagging_statuses_complete_what_the_nodes_completed_in_time() -> None:
     sent: list[tuple[str, str, int]] = []  # COMPLETED reports: (task_id, assignment_id, ts)
     taken_back: dict[str, int] = {}
     completed: list[tuple[str, str]] = []
+    holding: dict[str, str] = {}  # task_id -> assignment the lifecycle shows current
     while pending:
         at, _, (kind, payload) = heapq.heappop(pending)
         if kind == "tel":
@@ -176,8 +182,14 @@ def test_lagging_statuses_complete_what_the_nodes_completed_in_time() -> None:
             v = o.value
             if o.topic == "tasks.assignments.v1" and v["command"] == "REVOKE":
                 taken_back.setdefault(v["assignment_id"], v["ts"])
-            elif o.topic == "tasks.lifecycle.v1" and v["state"] == "COMPLETED":
-                completed.append((v["task_id"], v["assignment_id"]))
+            elif o.topic == "tasks.lifecycle.v1":
+                if v["state"] == "ASSIGNED":
+                    assert v["task_id"] not in holding, f"assigned twice at once: {v}"
+                    holding[v["task_id"]] = v["assignment_id"]
+                elif v["state"] in ENDS and v["assignment_id"] in (None, holding.get(v["task_id"])):
+                    holding.pop(v["task_id"], None)
+                if v["state"] == "COMPLETED":
+                    completed.append((v["task_id"], v["assignment_id"]))
             elif o.topic == "tasks.assignments.v1":
                 ids = (v["task_id"], v["assignment_id"], v["vin"])
                 start, end = at + rng.randrange(1, 40) * S, at + rng.randrange(60, 600) * S
@@ -192,3 +204,4 @@ def test_lagging_statuses_complete_what_the_nodes_completed_in_time() -> None:
     assert s.counters["status_late_completed"] > 0
     assert set(completed) <= in_time
     assert len({t for t, _ in completed}) == len(completed)
+    assert not {t for t in holding if s.tasks[t].state not in ("ASSIGNED", "RUNNING")}  # all ended
