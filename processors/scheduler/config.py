@@ -74,6 +74,10 @@ class SchedulerConfig:
     # --- queue, claims, deadlines ----------------------------------------------------------------
     aging_per_min: float = 0.1  # priority points a waiting task gains per minute (0 = strict priority)
     claim_timeout_s: float = 60.0  # ASSIGNED but not STARTED within this -> REVOKE + REQUEUED
+    # A COMPLETED report for an assignment the scheduler already took back (claim timeout, preemption,
+    # deadline) still completes the task if its ts is before the REVOKE and it arrives at most this late
+    # (scheduler clock - report ts): statuses reach the matcher later than the telemetry driving its clock.
+    late_status_s: float = 3600.0
     max_failures: int = 3  # FAILED reports before a task is given up (final FAILED)
     max_task_duration_s: float = 24 * 3600.0  # longer est_duration_s is REJECTED
     tombstone_ttl_s: float = 24 * 3600.0  # finished tasks are remembered this long (duplicate requests)
@@ -125,6 +129,8 @@ class SchedulerConfig:
             raise ValueError("default_capacity must be >= 1")
         if self.aging_per_min < 0:
             raise ValueError("aging_per_min must be >= 0")
+        if self.late_status_s < 0:
+            raise ValueError("late_status_s must be >= 0")
         object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))
 
     def utc_offset_h(self, region: str | None) -> float:

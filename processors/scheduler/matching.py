@@ -22,7 +22,16 @@ and fed the same input again publishes the very same records.
 
 Invariants (``check_invariants`` asserts them; tests call it after every step): a node holds at most
 ``capacity`` tasks; an active task is held by at most one node and is in its pool's queue iff QUEUED;
-status reports for any assignment but the current one are ignored; a task_id is accepted once.
+status reports for any assignment but the current one are ignored, except a late COMPLETED (below);
+a task_id is accepted once.
+
+Late statuses: a node's status reaches the matcher later than the telemetry that drives its clock, so a
+claim timeout, preemption or deadline may take an assignment back (at event time R) after the node had
+already completed it. A COMPLETED with ts < R that arrives within ``late_status_s`` still completes the
+task, as in-order delivery would have: a newer assignment is revoked (REVOKE + PREEMPTED, reason
+COMPLETED_EARLIER, so the lifecycle ends it; not counted as a preemption), a queued copy leaves the
+queue, an EXPIRED or FAILED end is replaced. A task is never COMPLETED twice. A late STARTED or FAILED
+stays stale: the node was told to stop, and the task was already requeued.
 """
 
 from __future__ import annotations
@@ -226,7 +235,8 @@ class Scheduler:
             or status not in ("STARTED", "COMPLETED", "FAILED")
         ):
             raise InvalidRecord("missing_field", "status needs task_id, assignment_id, ts and a known status")
-        now = self._advance(to_ms(rec["ts"]) if now is None else to_ms(now))
+        ts = to_ms(rec["ts"])
+        now = self._advance(ts if now is None else to_ms(now))
         out: list[Out] = []
         task = self.tasks.get(task_id)
         if task is None:
@@ -238,7 +248,10 @@ class Scheduler:
             or vin != task.vin
             or vin is None
         ):
-            self.counters["status_stale"] += 1
+            if status == "COMPLETED" and self._late_completion(task, aid, vin, ts, now, out):
+                self._match_touched(now, out)
+            else:
+                self.counters["status_stale"] += 1
             return out
         node = self.nodes[vin]
         if status == "STARTED":
@@ -552,6 +565,7 @@ class Scheduler:
         vin: str | None = None,
         aid: str | None = None,
         reason: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         task.state, task.done_ts = state, now
         task.vin = task.assignment_id = None
@@ -560,7 +574,7 @@ class Scheduler:
         self._push(now + self.cfg.tombstone_ttl_s * 1000, "gc", task.task_id)
         if state != MOVED:
             self.counters[f"task_{state.lower()}"] += 1
-            out.append(lifecycle_record(task, state, now, vin=vin, aid=aid, reason=reason))
+            out.append(lifecycle_record(task, state, now, vin=vin, aid=aid, reason=reason, attempt=attempt))
 
     def _release(self, task: Task) -> None:
         """Take ``task`` off its node (the caller re-evaluates the node)."""
@@ -590,6 +604,7 @@ class Scheduler:
         vin, aid = task.vin, task.assignment_id
         assert vin is not None and aid is not None
         out.append(assignment_record(task, "REVOKE", vin, aid, now, self.cfg, reason))
+        task.remember_revoke(aid, vin, now)
         self._release(task)
         return vin, aid
 
@@ -599,6 +614,38 @@ class Scheduler:
         self.counters["task_preempted"] += 1
         out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=reason))
         self._requeue(task, now, reason, out)
+
+    def _late_completion(
+        self, task: Task, aid: str, vin: str | None, ts: int, now: int, out: list[Out]
+    ) -> bool:
+        """Complete ``task`` by the COMPLETED (sent at ``ts``) of an assignment taken back after ``ts``;
+        False (nothing changed) if that is not the case. See "Late statuses" in the module docstring."""
+        revoked_at = task.revoked_at(aid, vin)
+        if vin is None or revoked_at is None or ts >= revoked_at:
+            return False
+        if task.state in (COMPLETED, MOVED):  # done already, or its state lives with another instance now
+            self.counters["status_late_done"] += 1
+            return False
+        if now - ts > self.cfg.late_status_s * 1000:
+            self.counters["status_late_too_late"] += 1
+            return False
+        holder = None
+        if task.state in (ASSIGNED, RUNNING):  # the lifecycle ends every assignment it started
+            holder, current = self._revoke(task, "COMPLETED_EARLIER", now, out)
+            out.append(
+                lifecycle_record(task, "PREEMPTED", now, vin=holder, aid=current, reason="COMPLETED_EARLIER")
+            )
+        elif task.state == QUEUED:
+            self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
+        node = self.nodes[vin]
+        record_success(node, self.cfg)
+        self.counters["status_late_completed"] += 1
+        attempts = range(task.attempt, 0, -1)
+        attempt = next((k for k in attempts if assignment_id_for(task.task_id, k) == aid), None)
+        self._finish(task, COMPLETED, now, out, vin=vin, aid=aid, reason="REPORTED_LATE", attempt=attempt)
+        for v in sorted({vin} if holder is None else {vin, holder}):
+            self._refresh_node(self.nodes[v], now, out)
+        return True
 
     def _claim_timeout(self, task: Task, now: int, out: list[Out]) -> None:
         vin, aid = self._revoke(task, "CLAIM_TIMEOUT", now, out)

@@ -90,7 +90,9 @@ def lifecycle_record(
     vin: str | None = None,
     aid: str | None = None,
     reason: str | None = None,
+    attempt: int | None = None,
 ) -> Out:
+    """``attempt``: the attempt ``aid`` belongs to, when it is not the task's latest (a late report)."""
     value = {
         "task_id": task.task_id,
         "ts": now,
@@ -101,7 +103,7 @@ def lifecycle_record(
         "tenant": task.tenant,
         "kind": task.kind,
         "priority": task.priority,
-        "attempt": task.attempt or None,
+        "attempt": attempt or task.attempt or None,
         "pool": task.pool,
     }
     return Out(LIFECYCLE_TOPIC, task.task_id, value)

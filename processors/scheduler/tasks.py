@@ -7,6 +7,10 @@ time" ``requested_ts - priority * 60000 / aging_per_min`` (earlier = first), tie
 task_id. A priority-0 task therefore overtakes a newer priority-9 task once it has waited
 ``9 / aging_per_min`` minutes longer: low priority work is never starved. A preempted or failed task
 keeps its original request time, so it goes back ahead of newer work of equal priority.
+
+``revoked`` remembers the last ``MAX_REVOKED`` assignments the scheduler took back (assignment_id, vin,
+event time of the REVOKE): a node's COMPLETED that was sent before that moment but arrives after it
+still completes the task (``late_status_s`` in the config), as it would have in order.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from processors.scheduler.config import HW_RANK, SchedulerConfig
 
 __all__ = [
     "ACTIVE",
+    "MAX_REVOKED",
     "TERMINAL",
     "Task",
     "assignment_id_for",
@@ -34,6 +39,8 @@ QUEUED, ASSIGNED, RUNNING = "QUEUED", "ASSIGNED", "RUNNING"
 COMPLETED, FAILED, EXPIRED, REJECTED, MOVED = "COMPLETED", "FAILED", "EXPIRED", "REJECTED", "MOVED"
 ACTIVE = frozenset({QUEUED, ASSIGNED, RUNNING})
 TERMINAL = frozenset({COMPLETED, FAILED, EXPIRED, REJECTED, MOVED})
+
+MAX_REVOKED = 4  # previous assignments remembered per task (for late COMPLETED reports)
 
 _NAMESPACE = uuid.UUID("6f1c2f8e-6a55-4d0b-9c7e-2b8f3c5a9d10")  # Carnival assignments
 
@@ -66,13 +73,26 @@ class Task:
     queued_ts: int | None = None  # when it (re)entered the current pool's queue
     done_ts: int | None = None
     hops: int = 0  # any-region pool hand-offs
+    revoked: tuple[tuple[str, str, int], ...] = ()  # (assignment_id, vin, revoked at), oldest first
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        d = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        d["revoked"] = [list(r) for r in self.revoked]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
-        return cls(**{k: v for k, v in d.items() if k in cls.__slots__})  # type: ignore[attr-defined]
+        """Also reads states written before ``revoked`` existed (no previous assignments known)."""
+        kw = {k: v for k, v in d.items() if k in cls.__slots__}  # type: ignore[attr-defined]
+        kw["revoked"] = tuple((str(a), str(v), int(t)) for a, v, t in d.get("revoked") or ())
+        return cls(**kw)
+
+    def remember_revoke(self, aid: str, vin: str, at: int) -> None:
+        self.revoked = (*self.revoked, (aid, vin, at))[-MAX_REVOKED:]
+
+    def revoked_at(self, aid: str, vin: str | None) -> int | None:
+        """When assignment ``aid`` held by ``vin`` was taken back, or None if it is not remembered."""
+        return next((at for a, v, at in self.revoked if a == aid and v == vin), None)
 
     @classmethod
     def from_request(cls, rec: dict[str, Any], pool: str) -> Task:
