@@ -42,6 +42,10 @@ def build_sections(
     for r in mine["lifecycle_runs"]:
         if r["state"] in WITHDRAWN and r["assignment_id"]:
             withdrawn[r["assignment_id"]] = min(r["ts_ms"], withdrawn.get(r["assignment_id"], r["ts_ms"]))
+    reported: dict[str, int] = {}
+    for r in mine["status"]:
+        if r["status"] == "COMPLETED" and r["assignment_id"]:
+            reported[r["assignment_id"]] = min(r["ts_ms"], reported.get(r["assignment_id"], r["ts_ms"]))
     status_runs = build_runs(mine["status"], "status", STATUS_ENDS)
     return [
         check_power(
@@ -61,6 +65,7 @@ def build_sections(
                 Counter(r["reason"] or "unknown" for r in mine["lifecycle_runs"] if r["state"] == "PREEMPTED")
             ),
             withdrawn,
+            reported,
         ),
         round_trips(mine["assigns"], status_runs, claim_timeout_s),
         check_eligibility(truth, mine["assigns"], lease_s),

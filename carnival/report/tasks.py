@@ -30,10 +30,12 @@ def check_tasks(
     lifecycle_runs: dict[str, Run],
     preemptions: dict[str, int],
     withdrawn: dict[str, int] | None = None,
+    reported: dict[str, int] | None = None,
 ) -> Section:
     """``waits``: (priority, seconds from request to first ASSIGNED or None) per requested task;
     ``preemptions``: PREEMPTED lifecycle events by reason; ``withdrawn``: assignment_id -> when the
-    scheduler first ended it (REQUEUED, PREEMPTED or EXPIRED)."""
+    scheduler first ended it (REQUEUED, PREEMPTED or EXPIRED); ``reported``: assignment_id -> the event
+    time of the node's first COMPLETED status (the time the pipeline judges it by)."""
     section = Section("Tasks")
     truth_ids = {str(t["task_id"]) for t in truth.tasks}
     states = Counter(latest_state.get(t, "NO_STATE") for t in requested_ids)
@@ -51,18 +53,24 @@ def check_tasks(
         states["NO_STATE"] == 0,
         f"{states['NO_STATE']} requested tasks the scheduler never recorded",
     )
-    _completions(section, truth, latest_state, withdrawn or {})
+    _completions(section, truth, latest_state, withdrawn or {}, reported or {})
     _waits(section, waits)
     _preemptions(section, truth, lifecycle_runs, preemptions)
     return section
 
 
 def _completions(
-    section: Section, truth: GroundTruth, latest_state: dict[str, str], withdrawn: dict[str, int]
+    section: Section,
+    truth: GroundTruth,
+    latest_state: dict[str, str],
+    withdrawn: dict[str, int],
+    reported: dict[str, int],
 ) -> None:
     """A task an emulator completed must end COMPLETED, unless the scheduler had already taken that
-    assignment back (requeued, preempted or expired it) before the session finished: the REVOKE reached
-    the node too late, and the work is wasted but not lost by the pipeline."""
+    assignment back (requeued, preempted or expired it) before the completion: the REVOKE reached the
+    node too late, and the work is wasted but not lost by the pipeline. The completion's time is the
+    event time of the node's COMPLETED status where it reached ClickHouse (the node reports a moment
+    after the session ends, and that report is all the pipeline sees), else the session's end."""
     completing = [s for s in truth.sessions if s["outcome"] == "COMPLETED"]
     done = {s["task_id"] for s in completing}
     marked = {t for t, s in latest_state.items() if s == "COMPLETED"}
@@ -72,7 +80,8 @@ def _completions(
         if task in marked or s["ended_at"] >= truth.end_ms - END_GRACE_MS:
             continue
         taken_back = withdrawn.get(s["assignment_id"])
-        if taken_back is not None and taken_back <= s["ended_at"]:
+        completed_at = reported.get(s["assignment_id"], s["ended_at"])
+        if taken_back is not None and taken_back <= completed_at:
             late_revoke.add(task)
         else:
             lost.add(task)

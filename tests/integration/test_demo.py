@@ -24,11 +24,6 @@ ARGS = ("demo", "--cars", "40", "--sites", "2", "--start", "2025-01-06T21:30:00Z
 # them fails (and nothing else does) the test is an expected failure, so it turns green by itself once
 # the defect is fixed.
 KNOWN_DEFECTS = {
-    "completions match the emulators' truth": (
-        "scheduler: a node's STARTED/COMPLETED reaches a pool later than the telemetry that drives the "
-        "pool's clock (statuses are held by route_tasks until the task's lifecycle record is routed), so "
-        "under lag the claim, preemption or deadline timer fires first and the completion is dropped as stale"
-    ),
     "every LATE dead letter is an injected late delivery": (
         "power: on-time events dead-lettered as LATE after the worker moved a site's clock on by "
         "processing time during a stall"

@@ -176,6 +176,21 @@ def test_a_completion_after_the_scheduler_took_the_assignment_back_is_wasted_not
     assert _checks(section)["completions match the emulators' truth"] is False
 
 
+def test_a_completion_is_judged_by_the_status_the_node_sent_not_the_session_end() -> None:
+    """The session ended before the scheduler took the assignment back, but the node's COMPLETED was
+    stamped after it: by event time the revoke came first, so the work is wasted, not lost."""
+    session = {"type": "session", "task_id": "t1", "assignment_id": "a1", "outcome": "COMPLETED",
+               "ended_at": T0 + H}  # fmt: skip
+    truth = _truth({"type": "task", "task_id": "t1", "priority": 5}, session)
+    withdrawn = {"a1": T0 + H + 200}  # expired 200 ms after the session ended ...
+    reported_after = {"a1": T0 + H + 300}  # ... and 100 ms before the node's report
+    section = check_tasks(truth, {"t1"}, {"t1": "EXPIRED"}, [(5, 1.0)], {}, {}, withdrawn, reported_after)
+    assert _checks(section)["completions match the emulators' truth"] is True
+    reported_before = {"a1": T0 + H + 100}  # the report came first: the pipeline lost a completion
+    section = check_tasks(truth, {"t1"}, {"t1": "EXPIRED"}, [(5, 1.0)], {}, {}, withdrawn, reported_before)
+    assert _checks(section)["completions match the emulators' truth"] is False
+
+
 def test_a_completion_nobody_did_fails() -> None:
     truth = _truth({"type": "task", "task_id": "t1", "priority": 5})
     checks = _checks(check_tasks(truth, {"t1"}, {"t1": "COMPLETED"}, [(5, 1.0)], {}, {}))
