@@ -179,7 +179,7 @@ class PoolScheduler:
         checkpoint_events: int = 20_000,
         max_unconfirmed: int = 8,
         retry: RetryPolicy | None = None,
-        on_failed: Any = None,
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.app, self.table, self.pool_topic = app, state_table, pool_topic
         self.codec, self.serde, self.config, self.knobs = codec, serde, config, knobs
@@ -188,6 +188,7 @@ class PoolScheduler:
         self.partitions, self.state_changelog = partitions, state_changelog
         self.states: dict[int, PartitionState] = {}  # partition of the pool topic -> its scheduler
         self.unsent: list[Write] = []  # changelog records of the table writes since the last checkpoint
+        self._on_failed = on_failed
         self.inputs = _Inputs()
         self.checkpointer: Checkpointer[Any, int, list[Write]] = Checkpointer(
             _Outputs(self), _StateRecords(self), self.inputs,
@@ -225,8 +226,17 @@ class PoolScheduler:
         return state
 
     async def on_revoked(self) -> None:
-        # faust has waited for every event taken to be acked, i.e. checkpointed: rebuild from the table later.
+        """Before the partitions go: everything applied is made durable (a checkpoint, awaited), since
+        the table in memory already holds it and the next owner restores from the changelog; two
+        different pasts would decide differently (one assignment id, two cars). Then the in-memory
+        schedulers are dropped and rebuilt from the table when a partition comes back."""
         dropped = sorted(self.states)
+        try:
+            await self.checkpointer.settle()
+        except Exception as exc:
+            if self._on_failed is None:
+                raise
+            self._on_failed(exc)
         async with self.checkpointer.applying:
             self.states.clear()
             self.checkpointer.reset()
