@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import sys
 
 import faust
 import structlog
@@ -31,6 +29,7 @@ import structlog
 from core.settings import get_settings
 from processors.power.processor import PowerProcessor, wall_us
 from processors.power.runtime import DetectorCache, config_from_env, knobs_from_env
+from processors.runtime import drive
 from processors.runtime import faust_glue as glue
 from processors.runtime.app import create_app, declare_internal_topics
 from processors.runtime.codec import AgentCodec
@@ -47,16 +46,9 @@ each, ``CARNIVAL_POWER_<KNOB>`` sets it. A batch is what arrived within ``batch_
 checkpoint (``checkpoint_s``)."""
 
 
-def _fatal(exc: BaseException) -> None:
-    """Kafka refused outputs or state past the producer's own retries, or the batch loop itself broke:
-    the pending events must not be acked and nothing after them processed. Exit like a SIGKILL; the next
-    start replays from the committed offset, which is the case the design already covers."""
-    log.critical("power_batch_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(70)
 
 
+_fatal = drive.exit_on_failure(PROCESSOR)
 settings = get_settings()
 config = config_from_env()
 app = create_app(
@@ -95,27 +87,12 @@ glue.on_revoked(app, power.on_revoked)
 
 @app.agent(events_topic, concurrency=1)
 async def detect(stream: faust.StreamT) -> None:
-    power.inputs.stream = stream
-    async for events in glue.noack_batches(stream, knobs.batch_max, knobs.batch_within_s):
-        try:
-            await power.handle(events)
-        except asyncio.CancelledError:
-            raise  # stopping: pending events are not acked, the next start (or owner) replays them
-        except Exception as exc:
-            _fatal(exc)
+    await drive.run_batches(stream, power, knobs.batch_max, knobs.batch_within_s, _fatal)
 
 
 @app.timer(interval=knobs.checkpoint_s / 2)
 async def checkpoint() -> None:
-    """Checkpoints when no events come. Also while rebalancing: faust waits for every event taken to be
-    acked before it gives partitions away."""
-    if power.checkpointer.due():
-        try:
-            await power.checkpointer.checkpoint()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _fatal(exc)
+    await drive.checkpoint_if_due(power, _fatal)
 
 
 @app.timer(interval=knobs.tick_s)

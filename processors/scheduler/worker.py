@@ -48,14 +48,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import sys
 
 import faust
 import structlog
 
 import schemas
 from core.settings import get_settings
+from processors.runtime import drive
 from processors.runtime import faust_glue as glue
 from processors.runtime.app import create_app, declare_internal_topics
 from processors.runtime.codec import AgentCodec
@@ -82,15 +81,9 @@ _CHANGELOG_CONFIG = {
 }
 
 
-def _fatal(exc: BaseException) -> None:
-    """Kafka refused outputs or state past the producer's retries, or the table write broke: nothing
-    pending may be acked. Exit like a SIGKILL; the next start replays from the committed offset."""
-    log.critical("scheduler_batch_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(70)
 
 
+_fatal = drive.exit_on_failure(PROCESSOR)
 settings = get_settings()
 config = config_from_env()
 knobs = knobs_from_env()
@@ -215,26 +208,12 @@ async def route_tasks(stream: faust.StreamT) -> None:
 
 @app.agent(bypool_topic, concurrency=1)
 async def schedule(stream: faust.StreamT) -> None:
-    pools.inputs.stream = stream
-    async for events in glue.noack_batches(stream, knobs.batch_max, knobs.batch_within_s):
-        try:
-            await pools.handle(events)
-        except asyncio.CancelledError:
-            raise  # stopping: pending events are not acked, the next start (or owner) replays them
-        except Exception as exc:
-            _fatal(exc)
+    await drive.run_batches(stream, pools, knobs.batch_max, knobs.batch_within_s, _fatal)
 
 
 @app.timer(interval=knobs.checkpoint_s / 2)
 async def checkpoint() -> None:
-    """Checkpoints when no events come; also while rebalancing (faust waits for every taken event's ack)."""
-    if pools.checkpointer.due():
-        try:
-            await pools.checkpointer.checkpoint()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _fatal(exc)
+    await drive.checkpoint_if_due(pools, _fatal)
 
 
 @app.timer(interval=knobs.tick_s)

@@ -1,0 +1,75 @@
+"""What every batch processor's agent and checkpoint timer do, written once for the workers.
+
+A processor is an object with ``inputs.stream`` (its agent's stream, to ack through), ``handle(events)``
+(one batch under the error policy) and ``checkpointer``. Anything that escapes them is a failure the
+policy does not absorb (Kafka refused records past the producer's retries, or the loop itself broke):
+``exit_on_failure`` exits the process like a SIGKILL, and the next start replays from the committed
+offset, the case the checkpoint protocol already covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import faust
+import structlog
+
+from processors.runtime import faust_glue as glue
+from processors.runtime.checkpoint import Checkpointer
+
+log = structlog.get_logger(__name__)
+
+EXIT_CODE = 70
+
+__all__ = ["EXIT_CODE", "checkpoint_if_due", "exit_on_failure", "run_batches"]
+
+
+class BatchProcessor(Protocol):
+    inputs: Any
+    checkpointer: Checkpointer[Any, Any, Any]
+
+    async def handle(self, events: Sequence[Any]) -> None: ...
+
+
+def exit_on_failure(processor: str) -> Callable[[BaseException], None]:
+    def fatal(exc: BaseException) -> None:
+        log.critical(f"{processor}_batch_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE)
+
+    return fatal
+
+
+async def run_batches(
+    stream: faust.StreamT,
+    processor: BatchProcessor,
+    batch_max: int,
+    within_s: float,
+    fatal: Callable[[BaseException], None],
+) -> None:
+    """The agent body: batches faust does not ack, each handled by the processor."""
+    processor.inputs.stream = stream
+    async for events in glue.noack_batches(stream, batch_max, within_s):
+        try:
+            await processor.handle(events)
+        except asyncio.CancelledError:
+            raise  # stopping: pending events are not acked, the next start (or owner) replays them
+        except Exception as exc:
+            fatal(exc)
+
+
+async def checkpoint_if_due(processor: BatchProcessor, fatal: Callable[[BaseException], None]) -> None:
+    """The checkpoint timer body: checkpoints when no events come. Also while rebalancing: faust waits
+    for every event taken to be acked before it gives partitions away."""
+    if processor.checkpointer.due():
+        try:
+            await processor.checkpointer.checkpoint()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fatal(exc)
