@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,8 +14,32 @@ import pytest
 
 from core.settings import Settings
 
-# Several test sessions may run side by side on one machine: each picks a base (CARNIVAL_TEST_PORT_BASE).
-_BASE = int(os.environ.get("CARNIVAL_TEST_PORT_BASE", "39000"))
+_PORT_OFFSETS = (1, 92, 93, 123)
+
+
+def _ports_free(base: int) -> bool:
+    for offset in _PORT_OFFSETS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", base + offset))
+            except OSError:
+                return False
+    return True
+
+
+def _port_base() -> int:
+    """CARNIVAL_TEST_PORT_BASE when set (several sessions side by side each pick one). Otherwise the first
+    base whose ports are free, below the kernel's ephemeral range (32768+): there an outgoing connection
+    can hold the port a broker is about to listen on, and a clean CI machine failed on exactly that."""
+    if "CARNIVAL_TEST_PORT_BASE" in os.environ:
+        return int(os.environ["CARNIVAL_TEST_PORT_BASE"])
+    for base in range(24000, 32000, 500):
+        if _ports_free(base):
+            return base
+    raise RuntimeError("no free test ports between 24000 and 32000; set CARNIVAL_TEST_PORT_BASE")
+
+
+_BASE = _port_base()
 TEST_PORTS = {
     "CARNIVAL_KAFKA_BOOTSTRAP": f"localhost:{_BASE + 92}",
     "CARNIVAL_KAFKA_CONTROLLER_PORT": str(_BASE + 93),
