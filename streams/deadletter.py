@@ -2,10 +2,16 @@
 
 Nothing is dropped silently: every rejected record becomes one ``deadletter.v1`` record keyed by its
 source topic, carrying the source position (or input line) and an error kind an operator can group by.
+
+A dead letter is bounded whatever it carries: the value keeps its first ``VALUE_MAX_BYTES`` (with the
+original size and a SHA-256 of the whole, so the record can still be matched to its source), the key
+its first ``KEY_MAX_BYTES``, the error text its first ``ERROR_MAX_CHARS``. A dead letter therefore
+always fits the broker's message limit, however large the record that caused it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Protocol
 
@@ -18,6 +24,17 @@ VALIDATION = "VALIDATION"
 UNKNOWN_FINGERPRINT = "UNKNOWN_FINGERPRINT"
 DECODE = "DECODE"
 PROCESSING = "PROCESSING"
+FUTURE_TIMESTAMP = "FUTURE_TIMESTAMP"  # event time beyond the allowed skew past its arrival
+LATE = "LATE"  # event time behind the stream's own recent event time, past the allowance
+TOMBSTONE = "TOMBSTONE"  # a null value on a topic that is not compacted
+EXPIRED = "EXPIRED"  # held waiting for something that never came (by event time)
+OVERSIZED = "OVERSIZED"  # larger than the broker or a documented field limit allows
+SINK_REJECTED = "SINK_REJECTED"  # ClickHouse refuses this record for good (not a transient error)
+DELIVERY_REJECTED = "DELIVERY_REJECTED"  # a webhook receiver answered 4xx for this alert
+
+VALUE_MAX_BYTES = 64 * 1024
+KEY_MAX_BYTES = 1024
+ERROR_MAX_CHARS = 2000
 
 
 class _Encoder(Protocol):
@@ -26,6 +43,13 @@ class _Encoder(Protocol):
 
 class _Producer(Protocol):
     def produce(self, topic: str, value: bytes, key: bytes | str | None = None) -> None: ...
+
+
+def bounded_text(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... [{len(text) - limit + 40} more characters]"
 
 
 def deadletter_record(
@@ -39,17 +63,21 @@ def deadletter_record(
     line: int | None = None,
     processor: str | None = None,
 ) -> dict[str, Any]:
+    size = None if value is None else len(value)
     return {
-        "value": value,
-        "key": key,
-        "source_topic": source_topic,
+        "value": value if value is None else value[:VALUE_MAX_BYTES],
+        "key": key if key is None else key[:KEY_MAX_BYTES],
+        "source_topic": source_topic[:255],
         "source_partition": partition,
         "source_offset": offset,
         "error_kind": error_kind,
-        "error": error,
+        "error": bounded_text(error),
         "ts": int(time.time() * 1000),
         "line": line,
         "processor": processor,
+        "value_size": size,
+        "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+        "truncated": size is not None and size > VALUE_MAX_BYTES,
     }
 
 

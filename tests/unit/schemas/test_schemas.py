@@ -42,7 +42,7 @@ SPEC_FIELDS = {
     "alerts.v1": "fingerprint status severity kind site_id region summary starts_at ends_at labels "
     "incident_id",
     "deadletter.v1": "value key source_topic source_partition source_offset error_kind error ts line "
-    "processor",
+    "processor value_size value_sha256 truncated",
 }
 
 
