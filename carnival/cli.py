@@ -50,13 +50,21 @@ def stack() -> None:
 
 
 @stack.command("up")
-def stack_up() -> None:
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Kafka brokers to run (a local KRaft cluster; 3 gives replication 3 and min.insync.replicas 2). "
+    "Remembered in the data dir for every later command [CARNIVAL_STACK_BROKERS, else 1].",
+)
+def stack_up(brokers: int | None) -> None:
     """Start Kafka and ClickHouse, create topics and apply the ClickHouse schema."""
     from carnival.stack.errors import StackError
     from carnival.stack.lifecycle import stack_up as up
 
+    settings = _settings() if brokers is None else Settings(stack_brokers=brokers)
     try:
-        lines = up(_settings())
+        lines = up(settings)
     except StackError as exc:
         _fail(str(exc))
     for line in lines:

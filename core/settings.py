@@ -14,6 +14,7 @@ The component models live in ``core.sections`` and are re-exported here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -119,6 +120,18 @@ class _CarnivalEnv(EnvSettingsSource):
         return data
 
 
+STACK_SHAPE_FILE = "stack.json"
+
+
+def remembered_brokers(data_dir: Path) -> int | None:
+    """How many brokers the local stack in ``data_dir`` was started with (``stack up`` writes it), so every
+    command run on that data dir sees the same cluster without repeating CARNIVAL_STACK_BROKERS."""
+    try:
+        return int(json.loads((data_dir / STACK_SHAPE_FILE).read_text())["brokers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # -- the settings -------------------------------------------------------------------------------------
 class Settings(BaseSettings):
     """Every knob an operator turns. Defaults run a whole stack on one laptop."""
@@ -165,7 +178,19 @@ class Settings(BaseSettings):
         default=None, description="registry basic-auth password (a secret)"
     )
     topic_partitions: int = Field(default=6, description="default partitions per topic")
-    topic_replication: int = Field(default=1, description="replication factor (1 on a laptop)")
+    topic_replication: int = Field(
+        default=1, ge=1, description="replication factor [1; min(3, stack_brokers) on a local cluster]"
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas of every topic [2 at replication 3+, else 1]"
+    )
+    stack_brokers: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="brokers of the local stack (`stack up --brokers N`); more than one: a KRaft quorum of "
+        "all of them, each broker's port 2 above the last (9092, 9094, 9096) unless the bootstrap lists them",
+    )
 
     # ClickHouse
     clickhouse_url: str = Field(default="http://localhost:8123", description="HTTP(S) URL of ClickHouse")
@@ -218,6 +243,19 @@ class Settings(BaseSettings):
             return cls(**values)
         finally:
             _ENVIRON.reset(token)
+
+    @model_validator(mode="after")
+    def _local_cluster(self) -> Settings:
+        """A local stack of several brokers: clients bootstrap from all of them (one down must not stop a
+        new client), and topics are replicated unless the operator chose a replication factor."""
+        if "stack_brokers" not in self.model_fields_set:
+            self.stack_brokers = remembered_brokers(self.data_dir) or self.stack_brokers
+        if self.stack_brokers > 1:
+            if len(self.kafka_bootstrap.split(",")) < self.stack_brokers:
+                self.kafka_bootstrap = ",".join(f"{host}:{port}" for _, host, port, _ in self.local_brokers())
+            if "topic_replication" not in self.model_fields_set:
+                self.topic_replication = min(3, self.stack_brokers)
+        return self
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="after")
     @classmethod
@@ -297,6 +335,26 @@ class Settings(BaseSettings):
     @property
     def controller_port(self) -> int:
         return self.kafka_controller_port or self.kafka_host_port[1] + 1
+
+    @property
+    def min_insync_replicas(self) -> int:
+        if self.topic_min_insync_replicas is not None:
+            return min(self.topic_min_insync_replicas, self.topic_replication)
+        return 2 if self.topic_replication >= 3 else 1
+
+    def local_brokers(self) -> list[tuple[int, str, int, int]]:
+        """(node id, host, broker port, controller port) of each broker of the local stack: the listed
+        bootstrap endpoints in order when there are enough, else ports 2 apart from the first."""
+        endpoints = [e.strip() for e in self.kafka_bootstrap.split(",") if e.strip()]
+        host, port = self.kafka_host_port
+        brokers = []
+        for i in range(self.stack_brokers):
+            if len(endpoints) >= self.stack_brokers:
+                h, _, p = endpoints[i].rpartition(":")
+                brokers.append((i + 1, h or "localhost", int(p), self.controller_port + 2 * i))
+            else:
+                brokers.append((i + 1, host, port + 2 * i, self.controller_port + 2 * i))
+        return brokers
 
     @property
     def clickhouse_host_port(self) -> tuple[str, int]:

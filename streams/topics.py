@@ -133,6 +133,9 @@ def apply_topics(
     """
     admin = admin or AdminClient(admin_config(settings))
     specs_by_name = dict(TOPICS) if specs is None else {spec.name: spec for spec in specs}
+    # Replicated topics refuse acks=all writes that fewer than min.insync.replicas brokers hold.
+    replicated = settings.topic_replication > 1
+    durability = {"min.insync.replicas": str(settings.min_insync_replicas)} if replicated else {}
     report = ApplyReport()
     existing = admin.list_topics(timeout=timeout_s).topics
     wanted = {name: spec.partitions or settings.topic_partitions for name, spec in specs_by_name.items()}
@@ -142,7 +145,7 @@ def apply_topics(
             name,
             num_partitions=wanted[name],
             replication_factor=settings.topic_replication,
-            config=specs_by_name[name].config(),
+            config={**specs_by_name[name].config(), **durability},
         )
         for name in specs_by_name
         if name not in existing
@@ -165,7 +168,7 @@ def apply_topics(
     for name in specs_by_name:
         if name in report.created:
             continue
-        if _reconcile_config(admin, name, specs_by_name[name].config(), timeout_s):
+        if _reconcile_config(admin, name, {**specs_by_name[name].config(), **durability}, timeout_s):
             report.reconfigured.append(name)
         elif name not in report.repartitioned:
             report.unchanged.append(name)

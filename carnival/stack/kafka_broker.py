@@ -1,8 +1,10 @@
-"""A real single-node Apache Kafka broker in KRaft mode, run from the official Maven Central jars.
+"""Real Apache Kafka brokers in KRaft mode, run from the official Maven Central jars: one on a laptop,
+or a local cluster of ``stack_brokers`` nodes (each a broker and a controller voter, one quorum).
 
-Layout under ``<data_dir>/kafka``: ``server.properties``, ``data/`` (KRaft log dirs), ``broker.pid``.
-The jars are resolved once per Kafka version into a cache shared by every data dir, so test sessions
-and the laptop stack do not download them twice.
+Layout of node 1 under ``<data_dir>/kafka``, node N under ``<data_dir>/kafka-N``: ``server.properties``,
+``data/`` (KRaft log dirs), ``broker.pid``. All nodes are formatted with one cluster id. The jars are
+resolved once per Kafka version into a cache shared by every data dir, so test sessions and the laptop
+stack do not download them twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ STOP_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class BrokerPaths:
     root: Path
+    node: int = 1
 
     @property
     def config(self) -> Path:
@@ -49,11 +52,17 @@ class BrokerPaths:
 
     @property
     def log_file(self) -> Path:
-        return self.root.parent / "logs" / "kafka.log"
+        name = "kafka.log" if self.node == 1 else f"kafka-{self.node}.log"
+        return self.root.parent / "logs" / name
 
 
-def paths(settings: Settings) -> BrokerPaths:
-    return BrokerPaths(settings.data_dir.resolve() / "kafka")
+def paths(settings: Settings, node: int = 1) -> BrokerPaths:
+    name = "kafka" if node == 1 else f"kafka-{node}"
+    return BrokerPaths(settings.data_dir.resolve() / name, node)
+
+
+def nodes(settings: Settings) -> list[int]:
+    return [node for node, _, _, _ in settings.local_brokers()]
 
 
 def cache_dir(settings: Settings) -> Path:
@@ -135,14 +144,22 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "(no log written)"
 
 
-def server_properties(settings: Settings, log_dirs: Path) -> str:
-    host, port = settings.kafka_host_port
-    listen_host = "127.0.0.1" if host in ("localhost", "127.0.0.1") else host
-    ctrl = settings.controller_port
+def _listen_host(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "127.0.0.1") else host
+
+
+def server_properties(settings: Settings, log_dirs: Path, node: int = 1) -> str:
+    brokers = settings.local_brokers()
+    _, host, port, ctrl = brokers[node - 1]
+    listen_host = _listen_host(host)
+    voters = ",".join(f"{n}@{_listen_host(h)}:{c}" for n, h, _, c in brokers)
+    # Internal topics as replicated as the cluster allows; few partitions start faster.
+    replication = str(min(3, len(brokers)))
+    min_isr = str(settings.min_insync_replicas)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{listen_host}:{ctrl}",
+        "node.id": str(node),
+        "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://{listen_host}:{port},CONTROLLER://{listen_host}:{ctrl}",
         "advertised.listeners": f"PLAINTEXT://{listen_host}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -150,14 +167,15 @@ def server_properties(settings: Settings, log_dirs: Path) -> str:
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(log_dirs),
         "num.partitions": str(settings.topic_partitions),
-        # A single node: internal topics cannot be replicated, and few partitions start faster.
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(settings.topic_replication),
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replication,
         "offsets.topic.num.partitions": "12",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replication,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replication,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
         "log.retention.check.interval.ms": "60000",
@@ -190,7 +208,22 @@ def _java_cmd(java: str, libs: Path, main: str, *args: str, heap: str = "-Xmx768
     ]
 
 
-def _format_storage(java: str, libs: Path, bp: BrokerPaths) -> None:
+def cluster_id(settings: Settings) -> str:
+    """The cluster id every node is formatted with: node 1's if it was formatted before (a data dir from
+    a single-broker stack grows into a cluster), else a new one, kept in ``<data_dir>/kafka-cluster.id``."""
+    meta = paths(settings).log_dirs / "meta.properties"
+    if meta.exists():
+        for line in meta.read_text().splitlines():
+            if line.startswith("cluster.id="):
+                return line.split("=", 1)[1].strip()
+    keep = settings.data_dir.resolve() / "kafka-cluster.id"
+    if not keep.exists():
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_text(_cluster_id())
+    return keep.read_text().strip()
+
+
+def _format_storage(java: str, libs: Path, bp: BrokerPaths, cid: str) -> None:
     if (bp.log_dirs / "meta.properties").exists():
         return
     cmd = _java_cmd(
@@ -199,7 +232,7 @@ def _format_storage(java: str, libs: Path, bp: BrokerPaths) -> None:
         "kafka.tools.StorageTool",
         "format",
         "-t",
-        _cluster_id(),
+        cid,
         "-c",
         str(bp.config),
         heap="-Xmx256m",
@@ -211,41 +244,81 @@ def _format_storage(java: str, libs: Path, bp: BrokerPaths) -> None:
 
 
 def broker_status(settings: Settings) -> dict[str, object]:
-    bp = paths(settings)
-    host, port = settings.kafka_host_port
-    pid = read_pid(bp.pid_file)
+    """Node 1's process and whether the cluster answers; with several nodes, ``brokers`` has each one."""
+    per_node = [node_status(settings, node) for node in nodes(settings)]
+    first = per_node[0]
     return {
         "component": "kafka",
-        "running": pid is not None,
-        "pid": pid,
+        "running": any(b["running"] for b in per_node),
+        "pid": first["pid"],
         "bootstrap": settings.kafka_bootstrap,
+        "answering": any(b["answering"] for b in per_node),
+        "log": first["log"],
+        "brokers": per_node,
+    }
+
+
+def node_status(settings: Settings, node: int) -> dict[str, object]:
+    bp = paths(settings, node)
+    _, host, port, _ = settings.local_brokers()[node - 1]
+    return {
+        "node": node,
+        "running": read_pid(bp.pid_file) is not None,
+        "pid": read_pid(bp.pid_file),
+        "address": f"{host}:{port}",
         "answering": port_open(host, port),
         "log": str(bp.log_file),
     }
 
 
-def start_broker(settings: Settings) -> int:
-    """Start the broker (idempotent for a broker this data dir already runs); return its pid."""
-    bp = paths(settings)
-    host, port = settings.kafka_host_port
-    pid = read_pid(bp.pid_file)
-    if pid is not None:
-        raise StackError(
-            f"Kafka is already running (pid {pid}, data dir {bp.root}); `carnival stack down` stops it"
-        )
-    for p in (port, settings.controller_port):
-        if port_open(host, p):
+def under_replicated(settings: Settings, timeout_s: float = 5.0) -> list[str]:
+    """``topic/partition`` of every partition with fewer in-sync replicas than replicas."""
+    from streams.kafka import make_admin
+
+    admin = make_admin(settings, **{"log_level": 0})
+    topics = admin.list_topics(timeout=timeout_s).topics
+    return sorted(
+        f"{name}/{pid}"
+        for name, meta in topics.items()
+        for pid, part in meta.partitions.items()
+        if len(part.isrs) < len(part.replicas)
+    )
+
+
+def start_broker(settings: Settings, node: int | None = None) -> int:
+    """Start every node of the stack (or only ``node``) and wait until the cluster answers; return node
+    1's pid (or ``node``'s). A node this data dir already runs is an error when started alone."""
+    chosen = nodes(settings) if node is None else [node]
+    for n in chosen:
+        pid = read_pid(paths(settings, n).pid_file)
+        if pid is not None:
             raise StackError(
-                f"Port {p} on {host} is already in use by another process; stop it or set "
-                "CARNIVAL_KAFKA_BOOTSTRAP / CARNIVAL_KAFKA_CONTROLLER_PORT to free ports"
+                f"Kafka is already running (pid {pid}, data dir {paths(settings, n).root}); "
+                "`carnival stack down` stops it"
             )
+    for n in chosen:
+        _, host, port, ctrl = settings.local_brokers()[n - 1]
+        for p in (port, ctrl):
+            if port_open(host, p):
+                raise StackError(
+                    f"Port {p} on {host} is already in use by another process; stop it or set "
+                    "CARNIVAL_KAFKA_BOOTSTRAP / CARNIVAL_KAFKA_CONTROLLER_PORT to free ports"
+                )
     java = require_tool("java", "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)")
     libs = resolve_jars(settings)
+    cid = cluster_id(settings)
+    procs = {n: _launch(settings, java, libs, n, cid) for n in chosen}  # a quorum needs them all at once
+    for n, proc in procs.items():
+        _wait_ready(settings, proc, paths(settings, n), n)
+    return procs[chosen[0]].pid
+
+
+def _launch(settings: Settings, java: str, libs: Path, node: int, cid: str) -> subprocess.Popen[bytes]:
+    bp = paths(settings, node)
     bp.log_dirs.mkdir(parents=True, exist_ok=True)
     bp.log_file.parent.mkdir(parents=True, exist_ok=True)
-    bp.config.write_text(server_properties(settings, bp.log_dirs))
-    _format_storage(java, libs, bp)
-
+    bp.config.write_text(server_properties(settings, bp.log_dirs, node))
+    _format_storage(java, libs, bp, cid)
     with open(bp.log_file, "ab") as out:
         proc = subprocess.Popen(
             _java_cmd(java, libs, "kafka.Kafka", str(bp.config)),
@@ -256,13 +329,12 @@ def start_broker(settings: Settings) -> int:
             cwd=bp.root,
         )
     bp.pid_file.write_text(str(proc.pid))
-    log.info("kafka_starting", pid=proc.pid, bootstrap=settings.kafka_bootstrap)
-    _wait_ready(settings, proc, bp)
-    return proc.pid
+    log.info("kafka_starting", pid=proc.pid, node=node, bootstrap=settings.kafka_bootstrap)
+    return proc
 
 
-def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPaths) -> None:
-    """Ready means the broker answers metadata requests, not just that its port is open."""
+def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPaths, node: int = 1) -> None:
+    """Ready means the node is registered in the cluster's metadata, not just that its port is open."""
     from streams.kafka import make_admin
 
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -272,33 +344,53 @@ def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], bp: BrokerPat
         if proc.poll() is not None:
             bp.pid_file.unlink(missing_ok=True)
             raise StackError(
-                f"Kafka exited during start (code {proc.returncode}). "
+                f"Kafka node {node} exited during start (code {proc.returncode}). "
                 f"Last lines of {bp.log_file}:\n{log_tail(bp.log_file)}"
             )
         try:
             meta = admin.list_topics(timeout=2)
-            if meta.brokers:
-                log.info("kafka_ready", pid=proc.pid, brokers=len(meta.brokers))
+            if node in meta.brokers:
+                log.info("kafka_ready", pid=proc.pid, node=node, brokers=len(meta.brokers))
                 return
         except Exception:  # noqa: BLE001 - not up yet; retry until the deadline
             pass
         time.sleep(0.5)
     stop_broker(settings)
     raise StackError(
-        f"Kafka did not answer within {START_TIMEOUT_S:.0f}s. "
+        f"Kafka node {node} did not answer within {START_TIMEOUT_S:.0f}s. "
         f"Last lines of {bp.log_file}:\n{log_tail(bp.log_file)}"
     )
 
 
-def stop_broker(settings: Settings) -> bool:
-    """Stop the broker cleanly (SIGTERM, then SIGKILL after a timeout). False if none was running."""
-    bp = paths(settings)
+def stop_broker(settings: Settings, node: int | None = None) -> bool:
+    """Stop every node (or only ``node``) cleanly: SIGTERM to all at once (a node stopped after the others
+    would wait for a quorum that is gone), then SIGKILL what outlives the timeout. False if none ran."""
+    running = {}
+    for n in nodes(settings) if node is None else [node]:
+        pid = read_pid(paths(settings, n).pid_file)
+        if pid is not None:
+            running[n] = pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+    for n, pid in running.items():
+        _terminate(pid, STOP_TIMEOUT_S)
+        paths(settings, n).pid_file.unlink(missing_ok=True)
+        log.info("kafka_stopped", pid=pid, node=n)
+    return bool(running)
+
+
+def kill_broker(settings: Settings, node: int) -> bool:
+    """SIGKILL one node, as a crash would (fault injection). False if it was not running."""
+    bp = paths(settings, node)
     pid = read_pid(bp.pid_file)
     if pid is None:
         return False
-    _terminate(pid, STOP_TIMEOUT_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.05)
     bp.pid_file.unlink(missing_ok=True)
-    log.info("kafka_stopped", pid=pid)
+    log.info("kafka_killed", pid=pid, node=node)
     return True
 
 

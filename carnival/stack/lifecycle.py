@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from carnival.stack import clickhouse_server, kafka_broker
 from carnival.stack.errors import StackError
-from core.settings import Settings
+from core.settings import STACK_SHAPE_FILE, Settings, remembered_brokers
 
 
 def stack_up(settings: Settings) -> list[str]:
@@ -13,11 +15,17 @@ def stack_up(settings: Settings) -> list[str]:
     from streams.topics import apply_topics
 
     lines: list[str] = []
-    if kafka_broker.read_pid(kafka_broker.paths(settings).pid_file) is None:
+    remember_shape(settings)
+    idle = [n for n in kafka_broker.nodes(settings) if not kafka_broker.node_status(settings, n)["running"]]
+    if len(idle) == len(kafka_broker.nodes(settings)):
         pid = kafka_broker.start_broker(settings)
-        lines.append(f"kafka: started (pid {pid}) on {settings.kafka_bootstrap}")
+        brokers = f"{len(idle)} brokers" if len(idle) > 1 else f"pid {pid}"
+        lines.append(f"kafka: started ({brokers}) on {settings.kafka_bootstrap}")
     else:
-        lines.append(f"kafka: already running on {settings.kafka_bootstrap}")
+        for node in idle:  # a node that died rejoins the running quorum
+            pid = kafka_broker.start_broker(settings, node)
+            lines.append(f"kafka: node {node} started (pid {pid})")
+        lines.append(f"kafka: {'running' if idle else 'already running'} on {settings.kafka_bootstrap}")
     try:
         report = apply_topics(settings)
     except Exception as exc:  # noqa: BLE001 - surfaced as one clear message
@@ -52,6 +60,19 @@ def stack_up(settings: Settings) -> list[str]:
     return lines
 
 
+def remember_shape(settings: Settings) -> None:
+    """Record the broker count in the data dir (other commands read it); refuse to shrink a cluster, whose
+    topics are replicated over brokers that would no longer run."""
+    known = remembered_brokers(settings.data_dir.resolve())
+    if known is not None and known > settings.stack_brokers:
+        raise StackError(
+            f"the data dir {settings.data_dir.resolve()} holds a {known}-broker cluster; start it with "
+            f"--brokers {known} (or CARNIVAL_STACK_BROKERS={known}), or use another CARNIVAL_DATA_DIR"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / STACK_SHAPE_FILE).write_text(json.dumps({"brokers": settings.stack_brokers}) + "\n")
+
+
 def stack_down(settings: Settings) -> list[str]:
     lines = []
     if settings.hosts_embedded_clickhouse:
@@ -72,7 +93,22 @@ def _describe(name: str, status: dict[str, object], address: str) -> str:
 def stack_status(settings: Settings) -> tuple[bool, list[str]]:
     kafka = kafka_broker.broker_status(settings)
     healthy = bool(kafka["answering"])
-    lines = [_describe("kafka", kafka, settings.kafka_bootstrap)]
+    brokers: list[dict[str, object]] = kafka["brokers"]  # type: ignore[assignment]
+    if len(brokers) == 1:
+        lines = [_describe("kafka", kafka, settings.kafka_bootstrap)]
+    else:
+        lines = [_describe(f"kafka {b['node']}", b, str(b["address"])) for b in brokers]
+        healthy = healthy and all(b["answering"] for b in brokers)
+        if kafka["answering"]:
+            try:
+                lagging = kafka_broker.under_replicated(settings)
+            except Exception as exc:  # noqa: BLE001 - shown, not raised: status must always answer
+                lines.append(f"replicas:   unknown ({exc})")
+            else:
+                shown = ", ".join(lagging[:8]) + (" ..." if len(lagging) > 8 else "")
+                detail = f": {shown}" if lagging else ""
+                lines.append(f"replicas:   {len(lagging)} under-replicated partitions{detail}")
+                healthy = healthy and not lagging
     if settings.hosts_embedded_clickhouse:
         ch = clickhouse_server.clickhouse_status(settings)
         healthy = healthy and bool(ch.get("answering"))

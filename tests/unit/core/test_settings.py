@@ -181,3 +181,39 @@ def test_group_env_is_read_back_as_the_same_values() -> None:
     c = scheduler_config(s)
     assert (c.pools, c.hw_best_fit, c.lease_s) == (("us-west", "us-east"), False, 60.0)
     assert worker_knobs(s).tick_s == 0.5
+
+
+# -- a local cluster of several brokers --------------------------------------------------------------------
+
+
+def test_a_local_cluster_bootstraps_from_every_broker_and_replicates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = Settings.from_env({"CARNIVAL_KAFKA_BOOTSTRAP": "localhost:19092", "CARNIVAL_STACK_BROKERS": "3",
+                           "CARNIVAL_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert s.kafka_bootstrap == "localhost:19092,localhost:19094,localhost:19096"
+    assert s.local_brokers() == [
+        (1, "localhost", 19092, 19093), (2, "localhost", 19094, 19095), (3, "localhost", 19096, 19097)
+    ]  # fmt: skip
+    assert (s.topic_replication, s.min_insync_replicas) == (3, 2)
+
+
+def test_an_explicit_replication_factor_wins_over_the_cluster_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = Settings.from_env({"CARNIVAL_STACK_BROKERS": "3", "CARNIVAL_TOPIC_REPLICATION": "2",
+                           "CARNIVAL_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert (s.topic_replication, s.min_insync_replicas) == (2, 1)
+    assert Settings.from_env({"CARNIVAL_DATA_DIR": str(tmp_path)}).min_insync_replicas == 1
+
+
+def test_listed_bootstrap_endpoints_are_the_brokers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = Settings.from_env({"CARNIVAL_KAFKA_BOOTSTRAP": "localhost:9092,localhost:9192",
+                           "CARNIVAL_STACK_BROKERS": "2", "CARNIVAL_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert [(port, ctrl) for _, _, port, ctrl in s.local_brokers()] == [(9092, 9093), (9192, 9095)]
+
+
+def test_the_data_dir_remembers_how_many_brokers_its_stack_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "stack.json").write_text('{"brokers": 3}')
+    s = Settings.from_env({"CARNIVAL_DATA_DIR": str(tmp_path)})
+    assert (s.stack_brokers, s.topic_replication) == (3, 3)
+    explicit = Settings.from_env({"CARNIVAL_DATA_DIR": str(tmp_path), "CARNIVAL_STACK_BROKERS": "1"})
+    assert explicit.stack_brokers == 1
+    (tmp_path / "stack.json").write_text("not json")
+    assert Settings.from_env({"CARNIVAL_DATA_DIR": str(tmp_path)}).stack_brokers == 1
