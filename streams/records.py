@@ -311,6 +311,7 @@ class _TopicValidator:
                 check = _limited(check, limits[f["name"]])
             self.fields.append((f["name"], check, default))
         self.names = frozenset(n for n, _, _ in self.fields)
+        self.checks = {n: check for n, check, _ in self.fields}
         self.required = [n for n, _, d in self.fields if d is _MISSING]
 
     def __call__(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -379,20 +380,28 @@ def parse_json_record(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def redact_unknown(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` as it may be kept in a dead letter of a private topic: every field name stays, but the value
-    of a field outside the schema, of a text over its ``MAX_CHARS`` limit, or any object or array becomes
-    a placeholder like ``"<redacted 34 chars>"``: text a runtime put where it does not belong is not kept."""
-    validate = _validator_for(topic)
-    limits = MAX_CHARS.get(topic, {})
-    out: dict[str, Any] = {}
-    for name, value in obj.items():
-        keep = name in validate.names and (
-            value is None
-            or type(value) in (bool, int, float)
-            or (type(value) is str and len(value) <= limits.get(name, len(value)))
-        )
-        out[name] = value if keep else _placeholder(value)
-    return out
+    """``obj`` as it may be kept in a dead letter of a private topic: every field name stays, and so does
+    every value that is valid for its field; any other value (a field outside the schema, a text over its
+    ``MAX_CHARS`` limit, a text where a number belongs) becomes a placeholder like ``"<redacted 34 chars>"``:
+    text a runtime put where it does not belong is not kept."""
+    checks = _validator_for(topic).checks
+    token = _QUOTE_TEXT.set(False)
+    try:
+        return {name: value if _valid(checks.get(name), value) else _placeholder(value) for name, value in obj.items()}
+    finally:
+        _QUOTE_TEXT.reset(token)
+
+
+def _valid(check: Validator | None, value: Any) -> bool:
+    if check is None:
+        return False
+    if value is None:
+        return True
+    try:
+        check(value)
+    except _Invalid:
+        return False
+    return True
 
 
 def _placeholder(value: Any) -> str:
