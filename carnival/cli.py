@@ -148,7 +148,9 @@ def migrate() -> None:
 @click.argument("file", default="-", type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="Do not print each rejected line.")
 @click.option(
-    "--allow-derived", is_flag=True, help="Also write topics Carnival derives (alerts.v1, tasks.lifecycle.v1, ...)."
+    "--allow-derived",
+    is_flag=True,
+    help="Also write topics Carnival derives (alerts.v1, tasks.lifecycle.v1, ...).",
 )
 def produce(topic: str, file: str, quiet: bool, allow_derived: bool) -> None:
     """Publish JSON lines from FILE (or - for stdin) to TOPIC.

@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     kafka_connect_timeout_s: float = Field(
         default=15.0,
         gt=0,
-        description="how long a command waits for the Kafka cluster to answer before it gives up with an error",
+        description="seconds a command waits for the Kafka cluster to answer before it exits with an error",
     )
     kafka_controller_port: int | None = Field(
         default=None, description="KRaft controller port of the local broker [broker port + 1]"

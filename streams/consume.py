@@ -116,5 +116,8 @@ def _json_line(
         if type(raw) is int:
             summary.raw_timestamps += 1
             if summary.raw_timestamps == 1:
-                report(f"{where}: field {name!r} = {raw} is outside years 1..9999; written as the raw epoch integer")
+                report(
+                    f"{where}: field {name!r} = {raw} is outside years 1..9999; "
+                    "written as the raw epoch integer"
+                )
     return line

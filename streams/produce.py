@@ -14,11 +14,12 @@ Beyond the schema, a line is refused when:
 - the encoded record (key + value) does not fit one Kafka message (``OVERSIZED``): the producer's
   ``message.max.bytes`` (``streams.kafka.MAX_MESSAGE_BYTES`` by default, below the broker's limit).
 
-Dead letters are bounded by ``streams.deadletter`` (value head, original size and SHA-256). For the topics
-in ``records.PRIVATE_TOPICS`` (emulator traces, which must never carry typed text) the dead letter's value is not
-the raw line but ``records.redact_unknown`` of it: field names kept, values outside the schema replaced by
-placeholders; a line that is not a JSON object keeps no value at all. ``value_size`` and ``value_sha256``
-still describe the original line, and ``truncated`` is true: ``value`` is not the whole original.
+Dead letters are bounded by ``streams.deadletter`` (value head, original size and SHA-256). For the
+topics in ``records.PRIVATE_TOPICS`` (emulator traces, which must never carry typed text) the dead letter's
+value is not the raw line but ``records.redact_unknown`` of it: field names kept, values that are not valid
+for their field replaced by placeholders; a line that is not a JSON object keeps no value at all.
+``value_size`` and ``value_sha256`` still describe the original line, and ``truncated`` is true: ``value``
+is not the whole original.
 """
 
 from __future__ import annotations
@@ -204,8 +205,12 @@ def _reject(
 
 def _deadletter(topic: str, raw: bytes, line: int, rejected: _Rejected) -> dict[str, Any]:
     if topic not in PRIVATE_TOPICS:
-        return deadletter_record(topic, rejected.kind, rejected.reason, value=raw, line=line, processor=PROCESSOR)
+        return deadletter_record(
+            topic, rejected.kind, rejected.reason, value=raw, line=line, processor=PROCESSOR
+        )
     kept = None if rejected.obj is None else orjson.dumps(redact_unknown(topic, rejected.obj))
-    record = deadletter_record(topic, rejected.kind, rejected.reason, value=kept, line=line, processor=PROCESSOR)
+    record = deadletter_record(
+        topic, rejected.kind, rejected.reason, value=kept, line=line, processor=PROCESSOR
+    )
     record.update(value_size=len(raw), value_sha256=hashlib.sha256(raw).hexdigest(), truncated=True)
     return record

@@ -26,7 +26,15 @@ import schemas
 from streams.exceptions import ValidationError
 from streams.topics import ACTIONS_TOPIC
 
-__all__ = ["MAX_CHARS", "PRIVATE_TOPICS", "RANGES", "parse_json_record", "redact_unknown", "timestamp_fields", "to_json_record"]
+__all__ = [
+    "MAX_CHARS",
+    "PRIVATE_TOPICS",
+    "RANGES",
+    "parse_json_record",
+    "redact_unknown",
+    "timestamp_fields",
+    "to_json_record",
+]
 
 # Value ranges from the SPEC (inclusive; None = unbounded), by field name across all topics.
 _PCT = (0.0, 100.0)
@@ -127,7 +135,9 @@ def _ranged(name: str, check: Validator) -> Validator:
     def ranged(v: Any) -> Any:
         v = check(v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise _Invalid(f"{_short(v)} out of range [{'' if lo is None else lo}, {'' if hi is None else hi}]")
+            raise _Invalid(
+                f"{_short(v)} out of range [{'' if lo is None else lo}, {'' if hi is None else hi}]"
+            )
         return v
 
     return ranged
@@ -337,7 +347,9 @@ class _TopicValidator:
                 raise ValidationError(f"{self.topic}: field '{name}': {exc}", name) from None
         if seen != len(obj):
             extra = sorted(k for k in obj if k not in self.names)
-            shown = ", ".join(map(_short, extra[:5])) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            shown = ", ".join(map(_short, extra[:5])) + (
+                f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            )
             raise ValidationError(
                 f"{self.topic}: unknown field(s) {shown}; allowed: {', '.join(n for n, _, _ in self.fields)}",
                 extra[0][:255] if extra else None,
@@ -387,7 +399,10 @@ def redact_unknown(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
     checks = _validator_for(topic).checks
     token = _QUOTE_TEXT.set(False)
     try:
-        return {name: value if _valid(checks.get(name), value) else _placeholder(value) for name, value in obj.items()}
+        return {
+            name: value if _valid(checks.get(name), value) else _placeholder(value)
+            for name, value in obj.items()
+        }
     finally:
         _QUOTE_TEXT.reset(token)
 
@@ -426,7 +441,7 @@ def _is_timestamp(schema: Any) -> bool:
 # -- output -------------------------------------------------------------------------------------
 
 
-def _ts_formatter(logical: str) -> Callable[[Any], str]:
+def _ts_formatter(logical: str) -> Callable[[Any], str | int]:
     unit, per_second = _UNITS[logical]
     spec = unit  # isoformat timespec: "milliseconds" / "microseconds"
 

@@ -52,7 +52,8 @@ RAW_SERDE = AvroSerde(raw_timestamps=True)
 
 EXTREME_NUMBERS: list[Any] = [
     0, -1, 1, 2**31, 2**31 - 1, -(2**31) - 1, 2**53 + 1, 2**62, 2**63, 2**63 - 1, -(2**63) - 1, 2**64, 10**40,
-    -(10**400), 10**4000, 0.0, -0.0, 5e-324, 1.7976931348623157e308, float("nan"), float("inf"), float("-inf"),
+    -(10**400), 10**4000, 0.0, -0.0, 5e-324, 1.7976931348623157e308,
+    float("nan"), float("inf"), float("-inf"),
     946684799999, 946684800000, 4102444799999, 4102444800000, 1748812500123, 1748812500123456, 1.5e12,
 ]  # fmt: skip
 HUGE = 10**5000  # repr() refuses it (4300+ digits): bulk only, hypothesis could not print a failing example
@@ -68,7 +69,9 @@ numbers = st.one_of(st.integers(), st.floats(), st.sampled_from(EXTREME_NUMBERS)
 texts = st.one_of(st.text(max_size=20), st.sampled_from(EXTREME_TEXTS))
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=8
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
 )
 
 
@@ -186,9 +189,11 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
     if roll < 0.55:
         return rng.choice(EXTREME_TEXTS)
     if roll < 0.65:
-        return "".join(chr(rng.randrange(1, 0x10FFFF)) for _ in range(rng.randint(0, 8))).encode(
-            "utf-8", "replace"
-        ).decode("utf-8", "replace")
+        return (
+            "".join(chr(rng.randrange(1, 0x10FFFF)) for _ in range(rng.randint(0, 8)))
+            .encode("utf-8", "replace")
+            .decode("utf-8", "replace")
+        )
     if roll < 0.75:
         return rng.choice([None, True, False])
     if roll < 0.8:

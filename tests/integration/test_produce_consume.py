@@ -185,7 +185,9 @@ def test_a_hostile_file_is_rejected_line_by_line_and_the_rest_goes_through(
     stderr = result.stderr.decode()
     assert result.returncode == 1, stderr
     assert "Traceback" not in stderr
-    assert "8 records read, 2 produced, 6 rejected" in stderr and "8 delivered, 0 failed" in stderr  # dead letters too
+    assert (
+        "8 records read, 2 produced, 6 rejected" in stderr and "8 delivered, 0 failed" in stderr
+    )  # dead letters too
     expected = {2: "VALIDATION", 3: "VALIDATION", 4: "VALIDATION", 5: "VALIDATION", 6: "FUTURE_TIMESTAMP",
                 7: "OVERSIZED"}  # fmt: skip
     for line_no, kind in expected.items():

@@ -57,7 +57,9 @@ def sample(tmp_path: Path) -> Path:
         ("topics", "apply"),
     ],
 )
-def test_an_unreachable_broker_is_one_clear_error(tmp_path: Path, sample: Path, args: tuple[str, ...]) -> None:
+def test_an_unreachable_broker_is_one_clear_error(
+    tmp_path: Path, sample: Path, args: tuple[str, ...]
+) -> None:
     result = _carnival(tmp_path, *args, CARNIVAL_LOG_LEVEL="DEBUG")
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -90,7 +90,12 @@ def _build_confluent_clients(settings: Settings) -> None:
 def test_scram_over_ssl_reaches_every_confluent_client(tmp_path: Path) -> None:
     settings = _settings(SCRAM_ENV, tmp_path)
     assert producer_config(settings) == {**CLIENT_LOGGING, **SCRAM_LIBRDKAFKA, **PRODUCER_DEFAULTS}
-    assert consumer_config(settings, "g") == {**CLIENT_LOGGING, **SCRAM_LIBRDKAFKA, "group.id": "g", **CONSUMER_DEFAULTS}
+    assert consumer_config(settings, "g") == {
+        **CLIENT_LOGGING,
+        **SCRAM_LIBRDKAFKA,
+        "group.id": "g",
+        **CONSUMER_DEFAULTS,
+    }
     assert admin_config(settings) == {**CLIENT_LOGGING, **SCRAM_LIBRDKAFKA}
     assert settings.kafka_client_config() == SCRAM_LIBRDKAFKA
     _build_confluent_clients(settings)
@@ -191,7 +196,12 @@ def test_oauthbearer_passes_through_to_confluent_and_faust(tmp_path: Path, token
         "sasl.oauthbearer.extensions": "logicalCluster=lkc-1,identityPoolId=pool-2",
     }
     assert producer_config(settings) == {**CLIENT_LOGGING, **PRODUCER_DEFAULTS, **expected}
-    assert consumer_config(settings, "g") == {**CLIENT_LOGGING, **expected, "group.id": "g", **CONSUMER_DEFAULTS}
+    assert consumer_config(settings, "g") == {
+        **CLIENT_LOGGING,
+        **expected,
+        "group.id": "g",
+        **CONSUMER_DEFAULTS,
+    }
     assert admin_config(settings) == {**CLIENT_LOGGING, **expected}
 
     app = create_app("security-test", settings)
@@ -229,7 +239,11 @@ def test_extra_config_reaches_every_client_and_wins_over_defaults(tmp_path: Path
     settings = _settings(env, tmp_path)
     base = {"bootstrap.servers": BOOTSTRAP, "ssl.ca.location": CA, **extra}
     assert admin_config(settings) == {**CLIENT_LOGGING, **base}
-    assert producer_config(settings) == {**CLIENT_LOGGING, **PRODUCER_DEFAULTS, **base}  # linger.ms 50, not 20
+    assert producer_config(settings) == {
+        **CLIENT_LOGGING,
+        **PRODUCER_DEFAULTS,
+        **base,
+    }  # linger.ms 50, not 20
     assert producer_config(settings, **{"linger.ms": 5})["linger.ms"] == 5  # what the code asks for wins
     assert consumer_config(settings, "g") == {**CLIENT_LOGGING, **base, "group.id": "g", **CONSUMER_DEFAULTS}
     _build_confluent_clients(settings)

@@ -48,7 +48,9 @@ def tel(**changes: Any) -> dict[str, Any]:
     return dict(EXAMPLES[TEL]) | {"ts": "2026-03-02T11:59:00Z"} | changes
 
 
-def run(topic: str, lines: list[bytes], producer: FakeProducer | None = None, **kw: Any) -> tuple[ProduceSummary, FakeProducer]:
+def run(
+    topic: str, lines: list[bytes], producer: FakeProducer | None = None, **kw: Any
+) -> tuple[ProduceSummary, FakeProducer]:
     producer = producer or FakeProducer()
     summary = produce_json_lines(topic, lines, producer, AvroSerde(), now_ms=lambda: NOW_MS, **kw)
     return summary, producer
@@ -135,7 +137,11 @@ def test_the_largest_record_accepted_is_accepted_by_librdkafka(tmp_path: Path) -
         summary = produce_json_lines(TEL, [line], producer, serde, now_ms=lambda: NOW_MS)
         assert summary.rejected == 0 and summary.produced == 1
         summary = produce_json_lines(
-            TEL, [orjson.dumps(tel(software_version="v" * (fill + 600)))], producer, serde, now_ms=lambda: NOW_MS
+            TEL,
+            [orjson.dumps(tel(software_version="v" * (fill + 600)))],
+            producer,
+            serde,
+            now_ms=lambda: NOW_MS,
         )
         assert [r.kind for r in summary.rejections] == ["OVERSIZED"]
     finally:
@@ -180,7 +186,12 @@ def test_a_rejected_emulator_action_never_carries_out_of_schema_text() -> None:
         orjson.dumps(action | {"text_len": typed}),
     ]
     summary, producer = run(ACTIONS, lines)
-    assert [r.kind for r in summary.rejections] == ["VALIDATION", "VALIDATION", "MALFORMED_JSON", "VALIDATION"]
+    assert [r.kind for r in summary.rejections] == [
+        "VALIDATION",
+        "VALIDATION",
+        "MALFORMED_JSON",
+        "VALIDATION",
+    ]
     dead = producer.records(DEADLETTER)
     assert len(dead) == 4
     for record, raw in zip(dead, lines, strict=True):

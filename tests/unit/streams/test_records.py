@@ -221,7 +221,10 @@ def test_iso_timestamps_have_the_epoch_integers_bounds(value: str) -> None:
 
 
 def test_timestamp_bounds_are_the_same_for_both_forms() -> None:
-    for iso, epoch_ms in [("2000-01-01T00:00:00Z", 946684800000), ("2099-12-31T23:59:59.999Z", 4102444799999)]:
+    for iso, epoch_ms in [
+        ("2000-01-01T00:00:00Z", 946684800000),
+        ("2099-12-31T23:59:59.999Z", 4102444799999),
+    ]:
         assert parse_json_record(TEL, _tel(ts=iso))["ts"] == parse_json_record(TEL, _tel(ts=epoch_ms))["ts"]
     _reject(TEL, _tel(ts=946684799999), "ts", "outside 2000..2100")
     _reject(TEL, _tel(ts="1999-12-31T23:59:59.999Z"), "ts", "outside 2000..2100")
