@@ -46,8 +46,12 @@ class _ClientLog:
 
 def _on_client_error(err: KafkaError) -> None:
     # Transport errors and "all brokers down" are retried by librdkafka; the callers see what matters
-    # (delivery reports, await_broker's timeout), so these are kept for debugging only.
-    log.debug("kafka_client_error", code=err.name(), error=err.str(), fatal=err.fatal())
+    # (delivery reports, await_broker's timeout), so these are kept for debugging. A fatal error ends the
+    # client (e.g. the idempotent producer's sequence lost): that one is an error.
+    if err.fatal():
+        log.error("kafka_client_fatal", code=err.name(), error=err.str())
+    else:
+        log.debug("kafka_client_error", code=err.name(), error=err.str())
 
 
 CLIENT_LOGGING: dict[str, Any] = {"logger": _ClientLog(), "error_cb": _on_client_error}
