@@ -41,7 +41,7 @@ class _ClientLog:
     log (served by the client's poll/flush/consume), so a retrying client never floods the terminal."""
 
     def log(self, level: int, fmt: str, *args: object) -> None:
-        log.debug("kafka_client_log", level=logging.getLevelName(level), message=fmt % args)
+        log.debug("kafka_client_log", level=logging.getLevelName(level), message=fmt % args if args else fmt)
 
 
 def _on_client_error(err: KafkaError) -> None:
