@@ -107,6 +107,7 @@ class FaultyReceiver:
         self.port = self._listen(0).getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self._threads: list[threading.Thread] = []
+        self.mode = mode
 
     # -- control --------------------------------------------------------------------------------
     @property
@@ -119,6 +120,9 @@ class FaultyReceiver:
             raise ValueError(f"unknown mode {mode!r}")
         with self._lock:
             self._mode = mode
+            if mode == REFUSE and self._listener is not None:  # refused from now on, not a moment later
+                self._listener.close()
+                self._listener = None
 
     def play(self, script: list[tuple[str, float]]) -> threading.Thread:
         """Run ``[(mode, seconds), ...]`` in the background; the last mode stays."""
@@ -169,21 +173,16 @@ class FaultyReceiver:
 
     def _serve(self) -> None:
         while not self._closing.is_set():
-            if self.mode == REFUSE:
-                if self._listener is not None:
-                    self._listener.close()
-                    self._listener = None
+            with self._lock:
+                if self._mode != REFUSE and self._listener is None:
+                    with contextlib.suppress(OSError):  # the port is briefly busy: try again
+                        self._listen(self.port)
+                listener = self._listener
+            if listener is None:
                 time.sleep(0.02)
                 continue
-            if self._listener is None:
-                try:
-                    self._listen(self.port)
-                except OSError:  # the port is briefly busy: try again
-                    time.sleep(0.05)
-                    continue
-            assert self._listener is not None
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except (TimeoutError, OSError):
                 continue
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
