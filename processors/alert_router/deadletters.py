@@ -122,3 +122,15 @@ class DeadLetterSender:
             self.poll(0.05)
             self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
         return self.pending
+
+    def close(self, timeout_s: float) -> int:
+        """Flush for up to ``timeout_s``, drop what is still unacknowledged (its records are not committed,
+        so they are dead-lettered again after a restart) and close the producer; returns how many."""
+        left = self.flush(timeout_s)
+        purge, close = getattr(self._producer, "purge", None), getattr(self._producer, "close", None)
+        if left and purge is not None:
+            purge()
+            self._producer.poll(0)
+        if close is not None:
+            close()
+        return left

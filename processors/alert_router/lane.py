@@ -99,7 +99,9 @@ class ReceiverLane:
             read += self._handle(msg)
         self._flow_control()
         if read == 0 and self.paused:
-            self.consumer.poll(0)  # serve rebalance callbacks and heartbeats while paused
+            msg = self.consumer.poll(0)  # serve rebalance callbacks while paused
+            if msg is not None:  # from a partition assigned since the pause: handled, never dropped
+                read += self._handle(msg)
         IN_FLIGHT.labels(**self._metric).set(self.tracker.in_flight)
         return read
 
@@ -139,14 +141,14 @@ class ReceiverLane:
                       error=str(exc))  # fmt: skip
             self._dead_letter(partition, offset, value, msg.key(), kind, str(exc))
             return 1
-        if not self.dedup.should_send(alert["fingerprint"], alert["status"]):
-            self.stats["deduplicated"] += 1
-            self._count("deduplicated")
-            log.info("alert_deduplicated", receiver=self.receiver.name, fingerprint=alert["fingerprint"],
-                     status=alert["status"])  # fmt: skip
-            self.tracker.done(partition, offset)
-            return 1
         try:
+            if not self.dedup.should_send(alert["fingerprint"], alert["status"]):
+                self.stats["deduplicated"] += 1
+                self._count("deduplicated")
+                log.info("alert_deduplicated", receiver=self.receiver.name, fingerprint=alert["fingerprint"],
+                         status=alert["status"])  # fmt: skip
+                self.tracker.done(partition, offset)
+                return 1
             body = self.receiver.payload(alert, self.config.external_url)
         except Exception as exc:  # noqa: BLE001 - a record this receiver's shape cannot express
             error = f"receiver {self.receiver.name}: cannot build the {self.receiver.kind} body: {exc!r}"

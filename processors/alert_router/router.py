@@ -123,7 +123,7 @@ class AlertRouter:
                  receivers={lane.receiver.name: lane.group for lane in self.lanes})  # fmt: skip
         try:
             while not stop.is_set():
-                read = sum(lane.step() for lane in self.lanes)
+                read = sum(self._step(lane) for lane in self.lanes)
                 self.deadletters.poll(0)
                 if read:
                     self._last_record = time.monotonic()
@@ -136,6 +136,16 @@ class AlertRouter:
         finally:
             self.close()
 
+    def _step(self, lane: ReceiverLane) -> int:
+        """One lane's step; an error in it (a bug, a client error) is logged and the lane goes on next time,
+        so no lane can stop the others or the router."""
+        try:
+            return lane.step()
+        except Exception as exc:  # noqa: BLE001 - records are guarded inside; this is the last line
+            log.exception("alert_lane_error", receiver=lane.receiver.name, error=str(exc))
+            time.sleep(0.1)
+            return 0
+
     def close(self) -> None:
         """Give receivers ``drain_timeout_s`` to finish, commit what is done, stop workers, close."""
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -146,6 +156,7 @@ class AlertRouter:
             lane.stop()
         self.deadletters.flush(max(0.5, deadline - time.monotonic()))
         self._commit(force=True)
+        self.deadletters.close(0.5)
         for lane in self.lanes:
             lane.close()
         with contextlib.suppress(RuntimeError, KafkaException):

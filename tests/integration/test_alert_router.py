@@ -107,12 +107,16 @@ def test_retry_dedup_isolation_and_commit_after_delivery(settings: Settings) -> 
             assert got.index((a, "firing")) < got.index((a, "resolved"))
         assert router.stats["deduplicated"] >= 1
 
-        # Offsets were committed after delivery: a new router of the same group re-sends nothing.
+        # Offsets were committed after delivery: a new router of the same group re-sends nothing, and a
+        # receiver added now starts where the router's group is, not at the start of the topic.
         before = (len(healthy.received), len(flaky.received))
-        again = AlertRouter(settings, [Receiver("healthy", healthy.url), Receiver("flaky", flaky.url)],
-                            RouterConfig(group_id=group, **FAST))  # fmt: skip
-        again.run(threading.Event(), max_idle_s=4.0)
+        with RecordingReceiver() as newcomer:
+            again = AlertRouter(settings, [Receiver("healthy", healthy.url), Receiver("flaky", flaky.url),
+                                           Receiver("newcomer", newcomer.url)],
+                                RouterConfig(group_id=group, **FAST))  # fmt: skip
+            again.run(threading.Event(), max_idle_s=4.0)
         assert (len(healthy.received), len(flaky.received)) == before
+        assert ours(newcomer, fps) == []
 
 
 def test_undelivered_alert_survives_router_restart(settings: Settings) -> None:
