@@ -135,8 +135,10 @@ def route(
 ) -> None:
     """Consume alerts.v1 and deliver each alert to every receiver.
 
-    Receivers come from --webhook, --slack-webhook and CARNIVAL_ALERT_WEBHOOKS. Offsets are committed only
-    after every receiver has an alert, so a restart re-delivers rather than loses.
+    Receivers come from --webhook, --slack-webhook and CARNIVAL_ALERT_WEBHOOKS. Each receiver reads
+    alerts.v1 in its own consumer group, so one that is down holds up only itself; the router's group is
+    committed only once every receiver delivered (or dead-lettered) an alert, so a restart re-delivers
+    rather than loses.
     """  # fmt: skip
     from core.metrics import serve_metrics
     from core.settings import get_settings
