@@ -5,12 +5,14 @@ receiver recovers. A 4xx is handed over once with its status and body."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 from router_fakes import alert, wait_until
+from structlog.testing import capture_logs
 
 from processors.alert_router.delivery import Backoff, DeliveryError, Job, Receiver, ReceiverWorker, post_json
 from processors.alert_router.testing import (
@@ -77,6 +79,26 @@ def test_worker_survives_every_fault_then_delivers_once_and_counts_each_error_cl
     assert [b["alerts"][0]["fingerprint"] for b in rx.received] == ["f1", "f2"]  # each once
 
 
+def test_an_ssl_error_is_retryable() -> None:
+    """An https URL answered in plain text: the TLS handshake fails (ssl.SSLError)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer_in_plain_text() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_in_plain_text, daemon=True)
+        thread.start()
+        with pytest.raises(DeliveryError) as err:
+            post_json(f"https://127.0.0.1:{port}/hook", {"x": 1}, 2.0)
+        thread.join(2)
+    assert err.value.retryable and err.value.error_class == "SSLError", err.value
+
+
 def test_an_unexpected_exception_from_the_sender_is_retried_not_fatal() -> None:
     calls: list[int] = []
 
@@ -88,10 +110,15 @@ def test_an_unexpected_exception_from_the_sender_is_retried_not_fatal() -> None:
     done: list[Job] = []
     worker = ReceiverWorker(Receiver("odd-sender", "http://unused"), done.append, backoff_initial_s=0.01,
                             sender=sender)  # fmt: skip
-    worker.start()
-    worker.submit(Job(0, 5, alert()))
-    assert wait_until(lambda: len(done) == 1)
-    worker.stop()
+    with capture_logs() as logs:
+        worker.start()
+        worker.submit(Job(0, 5, alert("f5")))
+        assert wait_until(lambda: len(done) == 1)
+        worker.stop()
+    retries = [e for e in logs if e["event"] == "alert_delivery_retry"]
+    assert [e["error_class"] for e in retries] == ["KeyError", "ValueError", "RuntimeError"]
+    assert all(e["receiver"] == "odd-sender" and e["fingerprint"] == "f5" and e["retry_in_s"] >= 0
+               for e in retries)  # fmt: skip
     assert len(calls) == 4
     assert errors("odd-sender", "KeyError") >= 1 and errors("odd-sender", "RuntimeError") >= 1
 
