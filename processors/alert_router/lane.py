@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import time
 from typing import Any
 
 import structlog
@@ -18,7 +19,15 @@ from prometheus_client import Counter, Gauge
 from core.settings import RouterSettings
 from processors.alert_router.deadletters import DeadLetterSender
 from processors.alert_router.dedup import DedupWindow
-from processors.alert_router.delivery import DeliveryError, Job, Receiver, ReceiverWorker, Sender, post_json
+from processors.alert_router.delivery import (
+    Backoff,
+    DeliveryError,
+    Job,
+    Receiver,
+    ReceiverWorker,
+    Sender,
+    post_json,
+)
 from processors.alert_router.offsets import OffsetTracker
 from streams.deadletter import DECODE, DELIVERY_REJECTED, PROCESSING, TOMBSTONE, deadletter_record
 
@@ -68,6 +77,10 @@ class ReceiverLane:
         self.stats = {"consumed": 0, "deduplicated": 0, "undecodable": 0, "dead_lettered": 0, "committed": 0}
         self.paused = False
         self._to_commit: dict[int, int] = {}  # partition -> offset done but not committed yet
+        self._registry_backoff = Backoff(
+            config.backoff_initial_s, config.backoff_max_s, config.backoff_multiplier
+        )
+        self._wait_until = 0.0  # no reading before this (monotonic): the schema registry was down
         self._metric = {"receiver": receiver.name}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -92,7 +105,8 @@ class ReceiverLane:
         """Read and dispatch up to a batch; returns how many records were read."""
         self.worker.ensure_alive()
         read = 0
-        while read < POLL_BATCH and self.tracker.in_flight < self.config.max_in_flight:
+        while (read < POLL_BATCH and self.tracker.in_flight < self.config.max_in_flight
+               and time.monotonic() >= self._wait_until):  # fmt: skip
             msg = self.consumer.poll(timeout_s if read == 0 else 0)
             if msg is None:
                 break
@@ -124,13 +138,17 @@ class ReceiverLane:
             log.warning("alert_consume_error", receiver=self.receiver.name, error=str(msg.error()))
             return 0
         partition, offset, value = msg.partition() or 0, msg.offset() or 0, msg.value()
-        self.stats["consumed"] += 1
-        self.tracker.add(partition, offset)
         try:
             if value is None:
                 raise _Unroutable(TOMBSTONE, "tombstone (null value) on the alerts topic")
             alert = self.serde.decode(msg.topic() or self.topic, value)
+            self._registry_backoff.reset()
         except Exception as exc:  # noqa: BLE001 - any unusable record goes to the dead-letter topic
+            if getattr(exc, "kind", None) == "REGISTRY":  # the record is fine; the schema registry is not
+                self._read_again_later(partition, offset, exc)
+                return 0
+            self.stats["consumed"] += 1
+            self.tracker.add(partition, offset)
             self.stats["undecodable"] += 1
             self._count("undecodable")
             kind = getattr(exc, "kind", None) or DECODE
@@ -141,6 +159,8 @@ class ReceiverLane:
                       error=str(exc))  # fmt: skip
             self._dead_letter(partition, offset, value, msg.key(), kind, str(exc))
             return 1
+        self.stats["consumed"] += 1
+        self.tracker.add(partition, offset)
         try:
             if not self.dedup.should_send(alert["fingerprint"], alert["status"]):
                 self.stats["deduplicated"] += 1
@@ -158,6 +178,14 @@ class ReceiverLane:
         self._count("routed")
         self.worker.submit(Job(partition, offset, alert, value, msg.key(), body))
         return 1
+
+    def _read_again_later(self, partition: int, offset: int, exc: Exception) -> None:
+        """A transient decode failure: read the record again after a backoff instead of dead-lettering it."""
+        delay = self._registry_backoff.next_delay()
+        log.warning("alert_registry_unavailable", receiver=self.receiver.name, partition=partition,
+                    offset=offset, error=str(exc), retry_in_s=round(delay, 2))  # fmt: skip
+        self.consumer.seek(TopicPartition(self.topic, partition, offset))
+        self._wait_until = time.monotonic() + delay
 
     def _count(self, result: str) -> None:
         CONSUMED.labels(receiver=self.receiver.name, result=result).inc()

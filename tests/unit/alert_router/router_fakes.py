@@ -108,6 +108,10 @@ class FakeConsumer:
             time.sleep(min(timeout, 0.005))
         return None
 
+    def seek(self, tp: TopicPartition) -> None:
+        assert self.position is not None
+        self.position[tp.partition] = tp.offset
+
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(TOPIC, p) for p in range(self.broker.partitions)]
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from router_fakes import FakeBroker, FakeProducer, alert, encoded, wait_until
+from router_fakes import SERDE, FakeBroker, FakeProducer, alert, encoded, wait_until
 
 from core.settings import Settings
 from processors.alert_router.delivery import Receiver
@@ -16,6 +16,7 @@ from processors.alert_router.lane import lane_group
 from processors.alert_router.router import AlertRouter, RouterConfig
 from processors.alert_router.testing import OK, REFUSE, REJECT_400, FaultyReceiver, RecordingReceiver
 from streams.deadletter import DELIVERY_REJECTED, PROCESSING, TOMBSTONE
+from streams.exceptions import SerializationError
 
 FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "commit_interval_s": 0.01, "drain_timeout_s": 0.5,
         "deadletter_retry_s": 0.02, "timeout_s": 1.0}  # fmt: skip
@@ -164,3 +165,31 @@ def test_receiver_groups_do_not_depend_on_order_or_name() -> None:
     assert lane_group("g", a) == lane_group("g", renamed) != lane_group("g", b)
     assert "http" not in lane_group("g", a) and lane_group("g", a).startswith("g.alertmanager-")
 
+
+
+class _RegistryDownTwice:
+    """The serde, except that the schema registry fails the first two decodes (a transient error)."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def decode(self, topic: str, data: bytes) -> dict[str, Any]:
+        if self.failures < 2:
+            self.failures += 1
+            raise SerializationError("REGISTRY", "schema id 1: connection refused")
+        return SERDE.decode(topic, data)
+
+    def encode(self, topic: str, record: dict[str, Any]) -> bytes:
+        return SERDE.encode(topic, record)
+
+
+def test_a_registry_outage_is_waited_out_not_dead_lettered() -> None:
+    broker = FakeBroker(encoded(alert("a"), alert("b")))
+    producer = FakeProducer()
+    with RecordingReceiver() as rx:
+        router = router_for(broker, [Receiver("one", rx.url)], producer)
+        router.lanes[0].serde = _RegistryDownTwice()
+        with running(router):
+            assert wait_until(lambda: broker.group_offsets(GROUP) == {0: 2})
+    assert producer.acked == [] and router.lanes[0].serde.failures == 2
+    assert fingerprints(rx.received) == ["a", "b"]  # in order, each once
