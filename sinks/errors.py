@@ -58,8 +58,8 @@ REJECTED_CODES = {
     407,  # DECIMAL_OVERFLOW
     469,  # VIOLATED_CONSTRAINT
     691,  # UNKNOWN_ELEMENT_OF_ENUM
-    1001,  # STD_EXCEPTION (the Avro reader's own errors)
 }
+STD_EXCEPTION = 1001  # rejected when it is the Avro reader's ("type: avro::Exception"), e.g. a bool byte 2
 # The insert is too large as a whole; its parts may each pass.
 TOO_BIG_CODES = {
     173,  # CANNOT_ALLOCATE_MEMORY
@@ -76,7 +76,7 @@ def error_code(message: str) -> int | None:
 
 def classify(code: int | None, message: str) -> Verdict:
     """The verdict for a ClickHouse error ``code`` (None: no code, e.g. a proxy's 502) and its text."""
-    if code in REJECTED_CODES:
+    if code in REJECTED_CODES or (code == STD_EXCEPTION and "avro::exception" in message.lower()):
         return Verdict.REJECTED
     if code in TOO_BIG_CODES:
         return Verdict.TOO_BIG
