@@ -1,8 +1,9 @@
-"""A real sink process that SIGKILLs itself right after the first insert of a batch landed, before the
-next one: ``python sink_crash_between_parts.py GROUP TOPIC`` (settings from the environment).
+"""A real sink process that SIGKILLs itself between two inserts of one batch, once about half of the
+batch's inserts landed: ``python sink_crash_between_parts.py GROUP TOPIC`` (settings from the
+environment).
 
 For ``tests/integration/test_sink_partition_resume.py``: a batch spanning a month boundary is inserted
-as one insert per month, and the crash falls between them."""
+as one insert per run of one month, and the crash falls between two of them."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ def main(group: str, topic: str) -> None:
     configure_logging(settings.log_level, settings.log_format)
     sink = KafkaSink(settings, SinkConfig.from_settings(settings, group_id=group), [topic])
 
+    landed: list[TopicBatch] = []
+
     def crash(piece: TopicBatch) -> None:
-        print(f"landed {piece.rows} rows ({piece.token()}); SIGKILL before the next insert", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+        landed.append(piece)
+        pieces = sink.plans[topic][0].pieces
+        left = len(pieces) if pieces else 0  # inserts of this batch still to come
+        if left and len(landed) >= left:
+            rows = sum(p.rows for p in landed)
+            print(f"{len(landed)} inserts ({rows} rows) landed, {left} to go: SIGKILL", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     sink.inserter.on_inserted = crash
     sink.run()
