@@ -27,7 +27,7 @@ LAG = Gauge(
     "carnival_sink_lag_records", "High watermark minus the next offset to insert", ["topic", "partition"]
 )
 PAUSED = Gauge(
-    "carnival_sink_paused", "1 while the sink is paused because ClickHouse does not accept inserts"
+    "carnival_sink_paused", "1 while any topic is paused because ClickHouse does not accept its inserts"
 )
 POSITIONS = Counter(
     "carnival_sink_positions_total", "Where assigned partitions resumed from", ["topic", "source"]
