@@ -208,8 +208,8 @@ class KafkaSink:
             ):
                 self._seal(topic)
         for topic in self.topics:
-            if self.plans[topic]:
-                self._advance(topic)
+            if self.plans[topic] or topic in self.paused_topics:
+                self._advance(topic)  # a paused topic whose batches were all revoked resumes here
 
     # ---------------------------------------------------------------------------- checkpoint
     def _seal(self, topic: str) -> TopicBatch:
@@ -339,6 +339,7 @@ class KafkaSink:
         for topic in {t for t, _ in gone}:
             if topic in self.batches:
                 lost = {p for t, p in gone if t == topic}
+                self._reposition_uncertain(topic, lost)
                 self.batches[topic].drop_partitions(lost)
                 for plan in self.plans[topic]:
                     plan.drop_partitions(lost)
@@ -350,6 +351,34 @@ class KafkaSink:
             with contextlib.suppress(KeyError):
                 metrics.LAG.remove(tp[0], str(tp[1]))
         log.info("sink_partitions_revoked", partitions=len(gone))
+
+    def _reposition_uncertain(self, topic: str, lost: set[int]) -> None:
+        """The head insert of ``topic`` timed out (it may have landed) and holds partitions being revoked:
+        its retry without them would carry another deduplication token, so if the first attempt did land,
+        the kept partitions' rows would land twice. Those partitions are positioned again instead, from
+        what ClickHouse holds (after fencing the attempt still in flight), like a new assignment."""
+        queue = self.plans[topic]
+        if (
+            not queue
+            or queue[0].error is None
+            or queue[0].error.reason != "unavailable"
+            or not queue[0].pieces
+        ):
+            return
+        in_head = set(queue[0].pieces[0].partitions_with_rows())
+        uncertain = in_head - lost if in_head & lost else set()
+        if not uncertain:
+            return
+        log.warning("sink_reposition_after_uncertain_insert", topic=topic, partitions=sorted(uncertain))
+        self.batches[topic].drop_partitions(uncertain)
+        for plan in queue:
+            plan.drop_partitions(uncertain)
+        tps = {(topic, p) for p in uncertain}
+        self.stash = deque(m for m in self.stash if (m.topic(), m.partition()) not in tps)
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.pending.add(tp)
+        self.consumer.pause([TopicPartition(t, p) for t, p in sorted(tps)])
 
     def _positions(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Where each partition resumes: max(stored max offset + 1, committed); {} if ClickHouse is down."""

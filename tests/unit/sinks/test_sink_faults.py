@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+from confluent_kafka import TopicPartition
 from sink_fakes import (
     DEADLETTER,
     FEB_1_MS,
@@ -248,3 +249,36 @@ def test_a_batch_across_a_month_boundary_is_inserted_one_month_at_a_time() -> No
     assert [sorted(p.rows_in_order())[0][:2] for p in writer.landed] == [(0, 0), (0, 5), (1, 3)]
     assert sorted(writer.rows(TELEMETRY)) == sorted([(0, o) for o in range(10)] + [(1, o) for o in range(6)])
     assert consumer.commits(TELEMETRY) == {0: 10, 1: 6}
+
+
+def test_revoking_part_of_an_insert_that_timed_out_repositions_the_rest_instead_of_a_new_token() -> None:
+    """The insert timed out (it may have landed). Partition 1 is revoked: retrying the rest under another
+    deduplication token could land partition 0's rows twice, so partition 0 is positioned again from
+    ClickHouse, like a new assignment; a topic left without batches resumes."""
+    events: Events = []
+    timeout = InsertFailed("unavailable", "Read timed out")
+    writer, producer = FakeWriter(events, lambda piece: timeout), FakeProducer(events)
+    sink, consumer = make_sink(events, writer, producer)
+    feed(sink, _telemetry_msgs(5, 0) + _telemetry_msgs(5, 1))
+    assert sink.paused_topics == {TELEMETRY} and sink.plans[TELEMETRY]
+
+    sink._on_revoke(consumer, [TopicPartition(TELEMETRY, 1)])  # type: ignore[arg-type]
+    assert (TELEMETRY, 0) in sink.pending and (TELEMETRY, 0) not in sink.expected
+    assert (TELEMETRY, 1) not in sink.pending and (TELEMETRY, 1) not in sink.expected
+    assert not sink.plans[TELEMETRY] and sink.batches[TELEMETRY].empty
+    assert (TELEMETRY, 0) in consumer.paused and not [e for e in events if e[0] == "commit"]
+    feed(sink, [])
+    assert TELEMETRY not in sink.paused_topics
+
+
+def test_revoking_part_of_a_refused_insert_just_drops_the_revoked_rows() -> None:
+    """An error with a code from the server means the insert did not land: nothing to reposition."""
+    events: Events = []
+    down = InsertFailed("code_242", "Code: 242. Table is in readonly mode")
+    writer, producer = FakeWriter(events, lambda piece: down), FakeProducer(events)
+    sink, consumer = make_sink(events, writer, producer)
+    feed(sink, _telemetry_msgs(5, 0) + _telemetry_msgs(5, 1))
+    sink._on_revoke(consumer, [TopicPartition(TELEMETRY, 1)])  # type: ignore[arg-type]
+    assert (TELEMETRY, 0) in sink.expected and not sink.pending
+    (plan,) = sink.plans[TELEMETRY]
+    assert plan.pieces is not None and [p.partitions_with_rows() for p in plan.pieces] == [[0]]
