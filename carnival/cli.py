@@ -137,10 +137,14 @@ def topics_list() -> None:
 @main.command()
 def migrate() -> None:
     """Apply the versioned ClickHouse DDL to CARNIVAL_CLICKHOUSE_URL (idempotent)."""
+    from sinks.clickhouse import ClickHouseUnavailable, require_reachable
     from sinks.migrate import migrate as apply
 
     try:
+        require_reachable(_settings())
         applied = apply(_settings())
+    except ClickHouseUnavailable as exc:
+        _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - one clear line for the operator
         _fail(f"could not apply the ClickHouse schema at {_settings().clickhouse.display_url}: {exc}")
     click.echo(
@@ -230,13 +234,14 @@ def worker(names: tuple[str, ...], list_only: bool) -> None:
 )
 def query(sql: str, fmt: str) -> None:
     """Run SQL on the analytics store (works while workers write)."""
-    from sinks.clickhouse import get_client
+    from sinks.clickhouse import ClickHouseUnavailable, get_client, require_reachable
     from sinks.query import QueryError, run_query
 
     try:
+        require_reachable(_settings())
         client = get_client(_settings())
         run_query(client, sql, fmt, sys.stdout)
-    except QueryError as exc:
+    except (QueryError, ClickHouseUnavailable) as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - connection problems: one clear line
         _fail(f"ClickHouse at {_settings().clickhouse.display_url} is not reachable: {exc}")

@@ -215,6 +215,12 @@ class Settings(BaseSettings):
     clickhouse_ca_cert: str | None = Field(default=None, description="CA certificate file (https)")
     clickhouse_client_cert: str | None = Field(default=None, description="client certificate (mutual TLS)")
     clickhouse_client_key: str | None = Field(default=None, description="client private key (mutual TLS)")
+    clickhouse_connect_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="how long `carnival query`, `carnival migrate` and a starting sink wait for ClickHouse "
+        "to answer before exiting with an error",
+    )
 
     # Process
     data_dir: Path = Field(default=Path(".carnival"), description="local state: broker, ClickHouse, faust")

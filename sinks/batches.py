@@ -1,8 +1,9 @@
 """What the sink holds between polls: one batch per topic, made of one contiguous run per partition.
 
-A batch has a single writer schema (so it is one Avro container, one insert, one part: all or
-nothing). Each partition's run covers a contiguous range of that partition's offsets: the rows, plus
-records that went to the dead-letter topic (they count as processed, but are not rows).
+A batch has a single writer schema (so it is one Avro container). Each partition's run covers a
+contiguous range of that partition's offsets: the rows, plus records that went to the dead-letter topic
+(they count as processed, but are not rows). It is inserted as pieces of one table partition each
+(``sinks/table_partitions.py``), so that every insert is one part, all or nothing.
 """
 
 from __future__ import annotations
@@ -107,6 +108,25 @@ class TopicBatch:
         if len(text) <= MAX_READABLE_TOKEN:
             return text
         return f"{self.topic}:sha256:{hashlib.sha256(ranges.encode()).hexdigest()}"
+
+    def rows_in_order(self) -> list[tuple[int, int, bytes, bytes | None]]:
+        """(partition, offset, payload, key) of every row, by partition then offset."""
+        return [
+            (p, o, payload, key)
+            for p, run in sorted(self.runs.items())
+            for o, payload, key in zip(run.offsets, run.payloads, run.keys, strict=True)
+        ]
+
+    def halves(self) -> tuple[TopicBatch, TopicBatch]:
+        """The rows split in two batches, the first holding the lower half in ``rows_in_order``: inserting
+        the first before the second keeps each partition's landed rows a prefix."""
+        assert self.schema is not None and self.rows > 1
+        rows = self.rows_in_order()
+        cut = len(rows) // 2
+        out = (TopicBatch(self.topic, self.table), TopicBatch(self.topic, self.table))
+        for i, (partition, offset, payload, key) in enumerate(rows):
+            out[i >= cut].add(partition, offset, self.schema, payload, key)
+        return out
 
     def partitions_with_rows(self) -> list[int]:
         return sorted(p for p, r in self.runs.items() if r.offsets)

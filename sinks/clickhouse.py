@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,6 @@ QUERY_RETRIES = 2  # read-only queries only; inserts are retried by sinks with a
 # Synchronous inserts: a returned insert is durable, and insert_deduplication_token keeps its plain
 # meaning (the embedded server has async_insert on by default).
 DEFAULT_SETTINGS: dict[str, Any] = {"async_insert": 0}
-
 
 
 class ClickHouseUnavailable(Exception):
@@ -67,20 +67,58 @@ def ping_url(settings: Settings) -> str:
     return f"{url.scheme or 'http'}://{host}:{port}/ping"
 
 
-def is_reachable(settings: Settings, timeout: float = 2.0) -> bool:
-    """True when ClickHouse answers ``/ping`` (no credentials needed, no handshake)."""
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """For https: the same certificate checks as the clients (a private CA must not look like "down")."""
+    ch = settings.clickhouse
+    if not ch.url.startswith("https"):
+        return None
+    context = ssl.create_default_context(cafile=ch.ca_cert or None)
+    if not ch.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if ch.client_cert:
+        context.load_cert_chain(ch.client_cert, ch.client_key or None)
+    return context
+
+
+def _ping(settings: Settings, timeout: float) -> str | None:
+    """None when ClickHouse answers ``/ping`` (no credentials needed, no handshake), else why not."""
     try:
-        with urllib.request.urlopen(ping_url(settings), timeout=timeout) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
+        context = _ssl_context(settings)
+        with urllib.request.urlopen(ping_url(settings), timeout=timeout, context=context) as resp:
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except urllib.error.URLError as exc:
+        return str(exc.reason)
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+def is_reachable(settings: Settings, timeout: float = 2.0) -> bool:
+    return _ping(settings, timeout) is None
 
 
 def wait_until_reachable(settings: Settings, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not is_reachable(settings, timeout=1.0):
+    """Poll ``/ping`` until it answers; raise ClickHouseUnavailable after ``timeout`` seconds, saying what
+    was tried, for how long, the last error and which setting to check."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        why = _ping(settings, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        if why is None:
+            return
         if time.monotonic() >= deadline:
             raise ClickHouseUnavailable(
-                f"ClickHouse at {settings.clickhouse.display_url} did not answer within {timeout:.0f}s"
+                f"ClickHouse at {settings.clickhouse.display_url} did not answer "
+                f"(GET {ping_url(settings)} for {time.monotonic() - started:.0f}s: {why}); "
+                "check CARNIVAL_CLICKHOUSE_URL and that the server is up (`carnival stack up` starts "
+                "the embedded one); CARNIVAL_CLICKHOUSE_CONNECT_TIMEOUT_S sets how long to wait"
             )
-        time.sleep(0.2)
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def require_reachable(settings: Settings) -> None:
+    """``wait_until_reachable`` for ``settings.clickhouse_connect_timeout_s``: what a command or a
+    starting worker calls before its first query."""
+    wait_until_reachable(settings, timeout=settings.clickhouse_connect_timeout_s)

@@ -7,16 +7,18 @@ Exactly-once as analysts see it (every Kafka record is one row, none lost, none 
    (a per-part projection, as durable as the rows) and resumes at max + 1, or at the committed Kafka
    offset when that is further (records at the end that went to the dead-letter topic), or at the
    beginning. No second state to fall out of step with the data.
-2. A batch (one per topic) holds one contiguous offset range per partition and one writer schema, and
-   is inserted as one Avro container: one insert, one part, all or nothing.
-3. A batch is retried with the same ``insert_deduplication_token`` (topic + exact ranges), so a retry
+2. A batch (one per topic) holds one contiguous offset range per partition and one writer schema. It is
+   inserted as pieces of one table partition each (one insert, one part, all or nothing), in an order
+   that keeps what landed of each partition a prefix of it (``sinks/inserts.py``).
+3. A piece is retried with the same ``insert_deduplication_token`` (topic + exact ranges), so a retry
    after a timeout that did land is dropped by ClickHouse.
-4. Offsets are committed after the insert returned (lag monitoring, and the fallback above).
+4. Offsets are committed after the batch landed and its dead letters were acknowledged.
 
-Records that cannot be decoded go to ``deadletter.v1`` (with their source partition and offset) and
-count as processed. When ClickHouse fails, every partition is paused, the consumer keeps being polled
-(group membership stays alive), and the batch is retried with exponential backoff until it lands.
-Checkpoint order: produce dead letters and flush the producer, insert, commit.
+Records that cannot be decoded, tombstones on topics that are not compacted, and records ClickHouse
+refuses for good go to ``deadletter.v1`` (with their source partition and offset) and count as
+processed. A transient ClickHouse error pauses only the topic whose batch failed: the batch is retried
+with exponential backoff while the other topics go on; the consumer keeps being polled (group membership
+stays alive).
 """
 
 from __future__ import annotations
@@ -25,30 +27,36 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Producer as ConfluentProducer
 
 from core.settings import Settings
 from sinks import metrics
 from sinks.avro_container import WriterSchemas
 from sinks.batches import TopicBatch
+from sinks.clickhouse import ClickHouseUnavailable, require_reachable
 from sinks.config import SINK_TABLES, SinkConfig
-from sinks.writer import ClickHouseWriter, InsertFailed
-from streams.deadletter import deadletter_record, send_to_deadletter
+from sinks.deadletters import DeadLetterOutbox, RawProducer
+from sinks.inserts import Inserter, InsertPlan, Outcome
+from sinks.writer import ClickHouseWriter
+from streams.deadletter import TOMBSTONE, deadletter_record
 from streams.exceptions import SerializationError
-from streams.kafka import Producer, make_consumer
+from streams.kafka import make_consumer, producer_config
 from streams.serde import serde_from_settings
+from streams.topics import TOPICS
 
 log = structlog.get_logger(__name__)
 
 PROCESSOR = "carnival-sink"
+DEADLETTER_FLUSH_S = 10.0
 
 
 class Stopping(Exception):
-    """The stop event was set while the sink waited for ClickHouse."""
+    """The stop event was set (or the shutdown deadline passed) while the sink waited."""
 
 
 class KafkaSink:
@@ -58,6 +66,10 @@ class KafkaSink:
         config: SinkConfig | None = None,
         topics: Iterable[str] | None = None,
         stop_event: threading.Event | None = None,
+        *,
+        consumer: Consumer | None = None,
+        writer: ClickHouseWriter | None = None,
+        make_producer: Callable[[], RawProducer] | None = None,
     ) -> None:
         self.settings = settings
         self.config = config or SinkConfig.from_settings(settings)
@@ -68,23 +80,44 @@ class KafkaSink:
         self.stop_event = stop_event or threading.Event()
         self.serde = serde_from_settings(settings)
         self.schemas = WriterSchemas(self.serde)
-        self.writer = ClickHouseWriter(settings, self.config)
-        consumer_conf: dict[str, Any] = {
-            "max.poll.interval.ms": 300_000,
-            "session.timeout.ms": self.config.session_timeout_ms,
-        }
-        if self.config.instance_id:
-            consumer_conf["group.instance.id"] = self.config.instance_id
-        self.consumer: Consumer = make_consumer(settings, self.config.group_id, **consumer_conf)
-        self.producer: Producer | None = None  # created on the first dead letter
+        self.writer = writer or ClickHouseWriter(settings, self.config)
+        if consumer is None:
+            consumer_conf: dict[str, Any] = {
+                "max.poll.interval.ms": 300_000,
+                "session.timeout.ms": self.config.session_timeout_ms,
+            }
+            if self.config.instance_id:
+                consumer_conf["group.instance.id"] = self.config.instance_id
+            consumer = make_consumer(settings, self.config.group_id, **consumer_conf)
+        self.consumer: Consumer = consumer
+        self.outbox = DeadLetterOutbox(
+            make_producer or (lambda: cast(RawProducer, ConfluentProducer(producer_config(settings)))),
+            self.serde,
+        )
+        self.inserter = Inserter(
+            self.writer,
+            self.serde,
+            self._dead_letter,
+            self._settle_dead_letters,
+            self.config.backoff_initial_s,
+            self.config.backoff_max_s,
+        )
         self.batches = {t: TopicBatch(t, SINK_TABLES[t]) for t in self.topics}
+        self.plans: dict[str, deque[InsertPlan]] = {t: deque() for t in self.topics}  # sealed, in order
         self.expected: dict[tuple[str, int], int] = {}  # assigned and positioned: next offset to take
         self.pending: set[tuple[str, int]] = set()  # assigned, position not known yet (ClickHouse down)
         self.stash: deque[Message] = deque()  # polled while waiting; processed in order afterwards
-        self.paused = False
-        self.dead_letters_unflushed = 0
-        self.rows_inserted = 0
+        self.paused_topics: set[str] = set()
+        self._deadline: float | None = None  # set while shutting down: waits end there
         self._last_lag = 0.0
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.paused_topics)
+
+    @property
+    def rows_inserted(self) -> int:
+        return self.inserter.rows_inserted
 
     # ----------------------------------------------------------------------------------- loop
     def run(self) -> None:
@@ -130,8 +163,8 @@ class KafkaSink:
         self.expected[tp] = offset + 1
         batch = self.batches[topic]
         value = msg.value()
-        if value is None:  # a tombstone (compacted topics): nothing to land
-            batch.skip(partition, offset)
+        if value is None:
+            self._tombstone(batch, partition, offset, msg.key())
             return
         try:
             ws, payload = self.schemas.resolve(topic, value)
@@ -143,10 +176,22 @@ class KafkaSink:
             batch.skip(partition, offset)
             return
         if not batch.accepts(ws):
-            self._flush(batch)  # a new writer schema starts a new batch (one container per schema)
+            batch = self._seal(topic)  # a new writer schema starts a new batch (one container per schema)
         batch.add(partition, offset, ws, payload, msg.key())
         if batch.rows >= self.config.batch_rows:
-            self._flush(batch)
+            self._seal(topic)
+
+    def _tombstone(self, batch: TopicBatch, partition: int, offset: int, key: bytes | None) -> None:
+        """A null value: the delete marker of a compacted topic (nothing to land), else a dead letter."""
+        topic = batch.topic
+        spec = TOPICS.get(topic)
+        if spec is not None and spec.compacted:
+            metrics.TOMBSTONES.labels(topic=topic, action="skipped").inc()
+        else:
+            metrics.TOMBSTONES.labels(topic=topic, action="deadlettered").inc()
+            error = f"{topic}: null value (tombstone) on a topic that is not compacted"
+            self._dead_letter(topic, partition, offset, None, key, TOMBSTONE, error)
+        batch.skip(partition, offset)
 
     def _retry_after_registry_error(self, tp: tuple[str, int], offset: int, exc: SerializationError) -> None:
         """The registry is unreachable: read the record again later (transient, never dead-lettered)."""
@@ -157,45 +202,42 @@ class KafkaSink:
         self._wait(self.config.backoff_max_s)
 
     def _flush_due(self, now: float) -> None:
-        for batch in self.batches.values():
+        for topic, batch in self.batches.items():
             if not batch.empty and (
                 batch.rows >= self.config.batch_rows or batch.age(now) >= self.config.flush_interval_s
             ):
-                self._flush(batch)
+                self._seal(topic)
+        for topic in self.topics:
+            if self.plans[topic] or topic in self.paused_topics:
+                self._advance(topic)  # a paused topic whose batches were all revoked resumes here
 
     # ---------------------------------------------------------------------------- checkpoint
-    def _flush(self, batch: TopicBatch, deadline: float | None = None) -> None:
-        """Dead letters out, then the insert (retried until it lands), then the commit."""
-        backoff = self.config.backoff_initial_s
-        while not batch.empty:
-            self._flush_dead_letters()
-            if batch.rows == 0:
-                break
-            try:
-                self.rows_inserted += self.writer.insert(batch)
-                break
-            except InsertFailed as exc:
-                if exc.data_error and self._dead_letter_rejected(batch):
-                    continue  # bad records removed: try the rest at once
-                metrics.INSERT_RETRIES.labels(table=batch.table, reason=exc.reason).inc()
-                log.warning(
-                    "sink_insert_failed",
-                    table=batch.table,
-                    rows=batch.rows,
-                    reason=exc.reason,
-                    retry_in_s=round(backoff, 2),
-                    error=str(exc)[:300],
-                )
-                if deadline is not None and time.monotonic() + backoff > deadline:
-                    raise Stopping from exc
-                self._pause()
-                self._wait(backoff)  # partitions revoked meanwhile leave the batch
-                backoff = min(backoff * 2, self.config.backoff_max_s)
+    def _seal(self, topic: str) -> TopicBatch:
+        """The topic's batch is complete: queue it for inserting; return the topic's new batch."""
+        batch = self.batches[topic]
         if not batch.empty:
-            self._commit(batch.topic, batch.commit_positions())
-        batch.clear()
-        if self.paused:
-            self._resume()
+            self.plans[topic].append(InsertPlan(batch))
+            batch = self.batches[topic] = TopicBatch(topic, batch.table)
+        return batch
+
+    def _advance(self, topic: str) -> None:
+        """Insert the topic's sealed batches in order, commit each that landed; on a transient error
+        pause this topic (only) until its retry lands."""
+        queue = self.plans[topic]
+        while queue:
+            plan = queue[0]
+            if plan.retry_at > time.monotonic():
+                return
+            outcome = self.inserter.run(plan)
+            if outcome is Outcome.RETRY:
+                self._pause(topic)
+                return
+            if outcome is Outcome.YIELD:
+                return
+            queue.popleft()
+            self._commit(topic, plan.batch.commit_positions())
+        if topic in self.paused_topics:
+            self._resume(topic)
 
     def _commit(self, topic: str, positions: dict[int, int]) -> None:
         offsets = [TopicPartition(topic, p, o) for p, o in positions.items() if (topic, p) in self.expected]
@@ -205,27 +247,6 @@ class KafkaSink:
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except Exception as exc:  # noqa: BLE001 - commits are advisory here: ClickHouse holds the state
             log.warning("sink_commit_failed", topic=topic, error=str(exc))
-
-    def _dead_letter_rejected(self, batch: TopicBatch) -> bool:
-        """ClickHouse could not parse the batch: decode every record, dead-letter the bad ones."""
-        assert batch.schema is not None
-        bad = 0
-        if batch.schema.header_len == 0:
-            return False  # re-encoded bodies were decoded by the serde already
-        for partition, run in list(batch.runs.items()):
-            rejected: set[int] = set()
-            for offset, payload, key in zip(run.offsets, run.payloads, run.keys, strict=True):
-                try:
-                    self.serde.decode(batch.topic, payload)
-                except SerializationError as exc:
-                    rejected.add(offset)
-                    self._dead_letter(batch.topic, partition, offset, payload, key, exc.kind, str(exc))
-            if rejected:
-                batch.remove_rows(partition, rejected)
-                bad += len(rejected)
-        if bad:
-            log.warning("sink_rejected_records_dead_lettered", topic=batch.topic, records=bad)
-        return bad > 0
 
     def _dead_letter(
         self,
@@ -237,48 +258,53 @@ class KafkaSink:
         kind: str,
         error: str,
     ) -> None:
-        if self.producer is None:
-            self.producer = Producer(self.settings)
         record = deadletter_record(
             topic, kind, error, value, key=key, partition=partition, offset=offset, processor=PROCESSOR
         )
-        send_to_deadletter(self.producer, self.serde, record)
+        self.outbox.add(record)
         metrics.DEADLETTERED.labels(topic=topic, kind=kind).inc()
-        self.dead_letters_unflushed += 1
 
-    def _flush_dead_letters(self) -> None:
-        if self.producer is None or not self.dead_letters_unflushed:
-            return
+    def _settle_dead_letters(self) -> None:
+        """Return once every dead letter is acknowledged (failed ones are produced again meanwhile)."""
         backoff = self.config.backoff_initial_s
-        while self.producer.flush(timeout=10.0):
-            log.warning("sink_deadletter_flush_pending", pending=self.dead_letters_unflushed)
+        while self.outbox.pending:
+            left = self.outbox.flush(timeout=DEADLETTER_FLUSH_S)
+            if not left:
+                return
+            log.warning("sink_deadletter_flush_pending", pending=left, retry_in_s=round(backoff, 2))
             self._wait(backoff)
             backoff = min(backoff * 2, self.config.backoff_max_s)
-        self.dead_letters_unflushed = 0
 
     # ------------------------------------------------------------------------- backpressure
-    def _pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            metrics.PAUSED.set(1)
-            log.warning("sink_paused")
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.pause(assignment)
+    def _topic_partitions(self, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in (*self.expected, *self.pending) if t == topic]
 
-    def _resume(self) -> None:
-        self.paused = False
-        metrics.PAUSED.set(0)
-        ready = [TopicPartition(t, p) for (t, p) in self.expected]
+    def _pause(self, topic: str) -> None:
+        if topic not in self.paused_topics:
+            self.paused_topics.add(topic)
+            metrics.PAUSED.set(1)
+            metrics.TOPIC_PAUSED.labels(topic=topic).set(1)
+            log.warning("sink_paused", topic=topic)
+        tps = self._topic_partitions(topic)
+        if tps:
+            self.consumer.pause(tps)
+
+    def _resume(self, topic: str) -> None:
+        self.paused_topics.discard(topic)
+        metrics.TOPIC_PAUSED.labels(topic=topic).set(0)
+        if not self.paused_topics:
+            metrics.PAUSED.set(0)
+        ready = [TopicPartition(t, p) for (t, p) in self.expected if t == topic]
         if ready:
             self.consumer.resume(ready)
-        log.info("sink_resumed")
+        log.info("sink_resumed", topic=topic)
 
     def _wait(self, seconds: float) -> None:
         """Keep the consumer polled (membership, rebalance callbacks) without taking new work."""
         deadline = time.monotonic() + seconds
         while True:
-            if self.stop_event.is_set():
+            past_deadline = self._deadline is not None and time.monotonic() >= self._deadline
+            if self.stop_event.is_set() or past_deadline:
                 raise Stopping
             left = deadline - time.monotonic()
             if left <= 0:
@@ -298,7 +324,7 @@ class KafkaSink:
                 self.expected[tp] = start
             assign.append(TopicPartition(tp[0], tp[1], start if start is not None else OFFSET_BEGINNING))
         consumer.assign(assign)
-        hold = [TopicPartition(t, p) for (t, p) in tps if (t, p) in self.pending or self.paused]
+        hold = [TopicPartition(t, p) for (t, p) in tps if (t, p) in self.pending or t in self.paused_topics]
         if hold:
             consumer.pause(hold)
         log.info(
@@ -312,7 +338,12 @@ class KafkaSink:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for topic in {t for t, _ in gone}:
             if topic in self.batches:
-                self.batches[topic].drop_partitions(p for t, p in gone if t == topic)
+                lost = {p for t, p in gone if t == topic}
+                self._reposition_uncertain(topic, lost)
+                self.batches[topic].drop_partitions(lost)
+                for plan in self.plans[topic]:
+                    plan.drop_partitions(lost)
+                self.plans[topic] = deque(plan for plan in self.plans[topic] if not plan.batch.empty)
         self.stash = deque(m for m in self.stash if (m.topic(), m.partition()) not in gone)
         for tp in gone:
             self.expected.pop(tp, None)
@@ -320,6 +351,34 @@ class KafkaSink:
             with contextlib.suppress(KeyError):
                 metrics.LAG.remove(tp[0], str(tp[1]))
         log.info("sink_partitions_revoked", partitions=len(gone))
+
+    def _reposition_uncertain(self, topic: str, lost: set[int]) -> None:
+        """The head insert of ``topic`` timed out (it may have landed) and holds partitions being revoked:
+        its retry without them would carry another deduplication token, so if the first attempt did land,
+        the kept partitions' rows would land twice. Those partitions are positioned again instead, from
+        what ClickHouse holds (after fencing the attempt still in flight), like a new assignment."""
+        queue = self.plans[topic]
+        if (
+            not queue
+            or queue[0].error is None
+            or queue[0].error.reason != "unavailable"
+            or not queue[0].pieces
+        ):
+            return
+        in_head = set(queue[0].pieces[0].partitions_with_rows())
+        uncertain = in_head - lost if in_head & lost else set()
+        if not uncertain:
+            return
+        log.warning("sink_reposition_after_uncertain_insert", topic=topic, partitions=sorted(uncertain))
+        self.batches[topic].drop_partitions(uncertain)
+        for plan in queue:
+            plan.drop_partitions(uncertain)
+        tps = {(topic, p) for p in uncertain}
+        self.stash = deque(m for m in self.stash if (m.topic(), m.partition()) not in tps)
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.pending.add(tp)
+        self.consumer.pause([TopicPartition(t, p) for t, p in sorted(tps)])
 
     def _positions(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Where each partition resumes: max(stored max offset + 1, committed); {} if ClickHouse is down."""
@@ -413,8 +472,7 @@ class KafkaSink:
             + [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.pending]
         )
         hold = [TopicPartition(t, p) for t, p in self.pending]
-        if self.paused:
-            hold += [TopicPartition(t, p) for t, p in self.expected]
+        hold += [TopicPartition(t, p) for t, p in self.expected if t in self.paused_topics]
         if hold:
             self.consumer.pause(hold)
         log.info("sink_positions_resolved", partitions=len(positions))
@@ -435,21 +493,27 @@ class KafkaSink:
 
     # ----------------------------------------------------------------------------- shutdown
     def _shutdown(self) -> None:
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
         stop = self.stop_event
-        self.stop_event = threading.Event()  # let _wait run during the final flush, bounded by deadline
+        self.stop_event = threading.Event()  # let _wait run during the final flush, bounded by the deadline
+        self._deadline = time.monotonic() + self.config.shutdown_timeout_s
         try:
-            for batch in self.batches.values():
-                if not batch.empty and self.expected:
-                    self._flush(batch, deadline=deadline)
+            if self.expected:
+                for topic in self.topics:
+                    self._seal(topic)
+                while any(self.plans.values()):
+                    for topic in self.topics:
+                        self._advance(topic)
+                    if any(self.plans.values()):
+                        self._wait(0.1)  # raises Stopping at the deadline
         except Stopping:
-            log.warning("sink_shutdown_unflushed", rows=sum(b.rows for b in self.batches.values()))
+            log.warning(
+                "sink_shutdown_unflushed", rows=sum(p.batch.rows for q in self.plans.values() for p in q)
+            )
         finally:
             self.stop_event = stop
-            if self.producer is not None:
-                self.producer.close()
-                self.producer = None  # let librdkafka's client go now, not at garbage collection
+            self._deadline = None
             try:
+                self.outbox.close()
                 self.consumer.close()
             finally:
                 self.writer.close()
@@ -463,8 +527,16 @@ def run_sink(
     config: SinkConfig | None = None,
     **overrides: Any,
 ) -> int:
-    """Run the sink until ``stop_event`` is set; return the number of rows inserted."""
+    """Run the sink until ``stop_event`` is set; return the number of rows inserted.
+
+    ClickHouse must answer within ``clickhouse_connect_timeout_s`` at the start (one clear error and
+    exit status 1 otherwise); an outage after that is waited out, paused, without losing anything."""
     cfg = config or SinkConfig.from_settings(settings, **overrides)
+    try:
+        require_reachable(settings)
+    except ClickHouseUnavailable as exc:
+        log.error("sink_clickhouse_unreachable", error=str(exc))
+        raise SystemExit(f"error: {exc}") from exc
     sink = KafkaSink(settings, cfg, topics, stop_event)
     sink.run()
     return sink.rows_inserted

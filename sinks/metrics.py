@@ -27,11 +27,33 @@ LAG = Gauge(
     "carnival_sink_lag_records", "High watermark minus the next offset to insert", ["topic", "partition"]
 )
 PAUSED = Gauge(
-    "carnival_sink_paused", "1 while the sink is paused because ClickHouse does not accept inserts"
+    "carnival_sink_paused", "1 while any topic is paused because ClickHouse does not accept its inserts"
 )
 POSITIONS = Counter(
     "carnival_sink_positions_total", "Where assigned partitions resumed from", ["topic", "source"]
 )
 FENCED = Counter(
     "carnival_sink_fenced_inserts_total", "In-flight inserts of a previous owner killed", ["topic"]
+)
+TOPIC_PAUSED = Gauge(
+    "carnival_sink_topic_paused", "1 while a topic is paused: its oldest batch waits for a retry", ["topic"]
+)
+SPLITS = Counter(
+    "carnival_sink_insert_splits_total",
+    "Inserts halved because ClickHouse refused them for good (finding the bad records) or as too big",
+    ["table", "verdict"],
+)
+REJECTED = Counter(
+    "carnival_sink_rejected_records_total",
+    "Records ClickHouse refused on their own, sent to deadletter.v1 as SINK_REJECTED",
+    ["table"],
+)
+DEADLETTER_FAILURES = Counter(
+    "carnival_sink_deadletter_delivery_failures_total",
+    "Dead letters the broker did not acknowledge (produced again; their offsets wait)",
+)
+TOMBSTONES = Counter(
+    "carnival_sink_tombstones_total",
+    "Null values: skipped on compacted topics, dead-lettered (TOMBSTONE) on the others",
+    ["topic", "action"],
 )

@@ -1,7 +1,8 @@
 """The sink's ClickHouse side: insert a batch atomically, and read back where each partition stands.
 
-The data in ClickHouse is the sink's state. Every row carries ``_topic, _partition, _offset``; a batch
-is one insert of one part, so after any crash ``max(_offset)`` per partition is exactly what landed.
+The data in ClickHouse is the sink's state. Every row carries ``_topic, _partition, _offset``; each
+insert is one part (the sink cuts batches at the table's partition key), so after any crash
+``max(_offset)`` per partition is exactly what landed.
 Every insert carries a query id naming its topic and partitions, so a new owner of a partition can kill
 an insert a previous owner (a zombie) still has in flight before it reads the positions.
 """
@@ -9,7 +10,6 @@ an insert a previous owner (a zombie) still has in flight before it reads the po
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 import uuid
 
@@ -23,27 +23,21 @@ from sinks.avro_container import SINK_FIELDS
 from sinks.batches import TopicBatch
 from sinks.clickhouse import get_client
 from sinks.config import SinkConfig
+from sinks.errors import Verdict, classify, error_code
 
 log = structlog.get_logger(__name__)
 
 QUERY_ID_PREFIX = "carnival-sink"
-# Server error codes meaning "the data of this insert cannot be parsed": worth checking record by record.
-DATA_ERROR_CODES = {6, 25, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 73, 117, 1001}
-_CODE_RE = re.compile(r"[Cc]ode: (\d+)")
 
 
 class InsertFailed(Exception):
-    """ClickHouse did not take the insert; ``reason`` is a metric label; ``data_error``: the data was bad."""
+    """ClickHouse did not take the insert; ``reason`` is a metric label; ``verdict`` what it means for the
+    rows (``sinks/errors.py``)."""
 
-    def __init__(self, reason: str, message: str, data_error: bool = False) -> None:
+    def __init__(self, reason: str, message: str, verdict: Verdict = Verdict.TRANSIENT) -> None:
         super().__init__(message)
         self.reason = reason
-        self.data_error = data_error
-
-
-def error_code(exc: BaseException) -> int | None:
-    m = _CODE_RE.search(str(exc))
-    return int(m.group(1)) if m else None
+        self.verdict = verdict
 
 
 def quote(value: str) -> str:
@@ -58,6 +52,7 @@ class ClickHouseWriter:
         self.config = config
         self._client: Client | None = None
         self._columns: dict[str, set[str]] = {}
+        self._partition_keys: dict[str, str] = {}
         self._instance = uuid.uuid4().hex[:8]
 
     @property
@@ -93,6 +88,28 @@ class ClickHouseWriter:
             self._columns[table] = cols
         return cols
 
+    def partition_key(self, table: str) -> str:
+        """The table's PARTITION BY expression ('' for none); on a cluster, that of its local table."""
+        key = self._partition_keys.get(table)
+        if key is None:
+            try:
+                rows = self.client.query(
+                    "SELECT name, engine, partition_key FROM system.tables "
+                    "WHERE database = currentDatabase() AND name IN ({t:String}, {l:String})",
+                    parameters={"t": table, "l": f"{table}_local"},
+                ).result_rows
+            except (ClickHouseError, OSError) as exc:
+                self.reset()
+                raise InsertFailed("unavailable", str(exc)) from exc
+            found = {str(name): (str(engine), str(expr)) for name, engine, expr in rows}
+            if table not in found:
+                raise InsertFailed("missing_table", f"table {table} does not exist (migrations not applied?)")
+            engine, key = found[table]
+            if engine == "Distributed" and f"{table}_local" in found:
+                key = found[f"{table}_local"][1]
+            self._partition_keys[table] = key
+        return key
+
     def insert(self, batch: TopicBatch) -> int:
         """Insert the batch as one Avro container; return rows inserted. Raises InsertFailed."""
         assert batch.schema is not None
@@ -122,8 +139,8 @@ class ClickHouseWriter:
             self.reset()
             raise InsertFailed("unavailable", str(exc)) from exc
         except DatabaseError as exc:
-            code = error_code(exc)
-            raise InsertFailed(f"code_{code}", str(exc), data_error=code in DATA_ERROR_CODES) from exc
+            code = error_code(str(exc))
+            raise InsertFailed(f"code_{code}", str(exc), classify(code, str(exc))) from exc
         except (ClickHouseError, OSError) as exc:
             self.reset()
             raise InsertFailed("unavailable", str(exc)) from exc
