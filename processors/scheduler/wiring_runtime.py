@@ -240,3 +240,8 @@ BATCH_SIZE = Histogram(
 )
 QUEUED = Gauge("carnival_scheduler_queued_tasks", "Tasks waiting in this worker's pools", ["partition"])
 IDLE = Gauge("carnival_scheduler_idle_nodes", "Eligible idle nodes in this worker's pools", ["partition"])
+MAP_ENTRIES = Gauge(
+    "carnival_scheduler_map_entries",
+    "Entries of each in-memory map that grows with input (docs/scheduler.md, bounded memory)",
+    ["map", "partition"],
+)
