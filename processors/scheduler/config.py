@@ -89,7 +89,7 @@ class SchedulerConfig:
     spill_after_s: float = 60.0  # an any-region task waiting this long moves on (doubling per hop)
     pools: tuple[str, ...] = ()  # known pools, for routing any-region tasks (empty: pools seen so far)
     local_pools: frozenset[str] | None = None  # pools this instance owns (None: all; else handoffs)
-    max_queued_tasks: int = 100_000  # tasks waiting per pool; a new request beyond it is REJECTED (QUEUE_FULL)
+    max_queued_tasks: int = 100_000  # tasks waiting per pool; a request beyond it is REJECTED (QUEUE_FULL)
     max_scan_tasks: int = 2000  # queue entries examined per matching pass
     max_candidates: int = 256  # feasible nodes ranked per task (free set is scanned in hash shards)
     node_republish_s: float = 600.0  # re-publish an unchanged node at least this often

@@ -68,18 +68,17 @@ from processors.scheduler.eligibility import (
     next_change_at,
 )
 from processors.scheduler.exceptions import InvalidRecord
-from streams.deadletter import FUTURE_TIMESTAMP, VALIDATION
-from streams.event_time import future_skew_error
 from processors.scheduler.prediction import stay_probability
 from processors.scheduler.records import HANDOFF, Out, assignment_record, lifecycle_record, node_record
 from processors.scheduler.reliability import is_trusted, record_failure, record_success
 from processors.scheduler.tasks import (
     ACTIVE,
-    MAX_REVOKED,
     ASSIGNED,
     COMPLETED,
     EXPIRED,
     FAILED,
+    MAX_ATTEMPT,
+    MAX_REVOKED,
     MOVED,
     QUEUED,
     REJECTED,
@@ -90,6 +89,8 @@ from processors.scheduler.tasks import (
     order_key,
     validate_request,
 )
+from streams.deadletter import FUTURE_TIMESTAMP, VALIDATION
+from streams.event_time import future_skew_error
 
 __all__ = ["Scheduler", "pool_for_request", "pool_for_telemetry"]
 
@@ -705,6 +706,9 @@ class Scheduler:
     ) -> None:
         task.vin = task.assignment_id = None
         task.assigned_ts = None
+        if task.attempt >= MAX_ATTEMPT:  # bounded: lifecycle and routes never see a larger attempt
+            self._finish(task, FAILED, now, out, reason="MAX_ATTEMPTS")
+            return
         self._queue(task, now)
         out.append(lifecycle_record(task, "REQUEUED", now, vin=vin, aid=aid, reason=reason))
         self.counters["task_requeued"] += 1
