@@ -30,15 +30,17 @@ def held_at(item: list[Any], default: int) -> int:
     return int(item[4]) if len(item) > 4 and item[4] is not None else default
 
 
-def expired_items(route: dict[str, Any], cutoff: int, now: int) -> tuple[list[list[Any]], list[list[Any]]]:
+def expired_items(
+    route: dict[str, Any], cutoff: int, indexed_at: int
+) -> tuple[list[list[Any]], list[list[Any]]]:
     """``route``'s held items split into (held before ``cutoff``, the others). An item with no
-    ``held_at`` (written before it existed) is kept and stamped ``now``: its time starts now."""
+    ``held_at`` (written before it existed) counts from ``indexed_at``, when the index first saw it."""
     gone: list[list[Any]] = []
     kept: list[list[Any]] = []
     for item in route["held"]:
         if len(item) < 5:
-            item[4:] = [now]
-        (gone if held_at(item, now) < cutoff else kept).append(item)
+            item[4:] = [indexed_at]
+        (gone if held_at(item, indexed_at) < cutoff else kept).append(item)
     return gone, kept
 
 
@@ -68,14 +70,14 @@ class HeldIndex:
     def add(self, partition: int, at: int, key: bytes) -> None:
         heapq.heappush(self._heaps.setdefault(partition, []), (at, key))
 
-    def due(self, partition: int, cutoff: int, limit: int) -> list[bytes]:
-        """Up to ``limit`` keys whose earliest held status is older than ``cutoff`` (removed from the
-        index: the caller re-adds what it keeps)."""
+    def due(self, partition: int, cutoff: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` ``(indexed at, key)`` whose earliest held status is older than ``cutoff``
+        (removed from the index: the caller re-adds what it keeps)."""
         heap = self._heaps.get(partition) or []
-        keys: list[bytes] = []
-        while heap and len(keys) < limit and heap[0][0] < cutoff:
-            keys.append(heapq.heappop(heap)[1])
-        return keys
+        due: list[tuple[int, bytes]] = []
+        while heap and len(due) < limit and heap[0][0] < cutoff:
+            due.append(heapq.heappop(heap))
+        return due
 
     def clear(self) -> None:
         self._heaps.clear()

@@ -267,12 +267,12 @@ class TaskRouter:
             self._held.rebuild(partition, glue.keys_of_partition(self.routes, partition), now)
         cutoff = now - self.held_ttl_ms
         store = glue.store_dict(self.routes)
-        for key in self._held.due(partition, cutoff, limit):
+        for indexed_at, key in self._held.due(partition, cutoff, limit):
             raw = store.get(key)
             if not raw:
                 continue
             route = orjson.loads(raw)
-            gone, kept = expired_items(route, cutoff, now)
+            gone, kept = expired_items(route, cutoff, indexed_at)
             if kept:
                 self._held.add(partition, min(held_at(item, now) for item in kept), key)
             if not gone:

@@ -328,8 +328,8 @@ def test_bad_records_are_dead_lettered(worker: SchedWorker, outputs: Outputs, fe
 
     outputs.wait(lambda: len(mine()) >= 3, what=lambda: f"dead letters: {mine()}")
     kinds = sorted(d["error_kind"] for d in mine())
-    assert "future_timestamp" in kinds and len(kinds) == 3
-    future = [d for d in mine() if d["error_kind"] == "future_timestamp"][0]
+    assert "FUTURE_TIMESTAMP" in kinds and len(kinds) == 3
+    future = [d for d in mine() if d["error_kind"] == "FUTURE_TIMESTAMP"][0]
     assert future["source_topic"] == "fleet.telemetry.v1" and future["source_offset"] >= 0
     assert outputs.node(f"{t}-future") is None and worker.alive()
 
