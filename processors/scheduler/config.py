@@ -70,8 +70,8 @@ class SchedulerConfig:
     preempt_reasons: frozenset[str] = PREEMPT_REASONS  # ineligibility reasons that revoke running work
     default_capacity: int = 1  # tasks a node runs at once
     # A record (telemetry, request, status) whose ts is more than this past its arrival (Kafka timestamp)
-    # is dead-lettered (FUTURE_TIMESTAMP) and moves no clock, lease or route; without a known arrival the
-    # scheduler's own clock is the reference.
+    # is dead-lettered (FUTURE_TIMESTAMP) and moves no clock, lease or route (direct calls with no arrival:
+    # telemetry is judged against the scheduler's own clock).
     max_future_skew_s: float = 300.0
     # A node silent this long (event time) that holds no work is forgotten, history and all (memory bound).
     node_ttl_s: float = 30 * 24 * 3600.0

@@ -84,7 +84,9 @@ def test_task_tombstones_and_year_3000_records_are_dead_lettered_and_move_no_clo
     feed.statuses(status(f"{t}-st3000", assignment_id_for(f"{t}-st3000", 1), vin, "STARTED", ts=YEAR_3000))
     keys = {f"{t}-tomb-req": "TOMBSTONE", f"{t}-tomb-st": "TOMBSTONE",
             f"{t}-req3000": "FUTURE_TIMESTAMP", f"{t}-st3000": "FUTURE_TIMESTAMP"}  # fmt: skip
-    outputs.wait(lambda: all(_dead(outputs, k) for k in keys), what=lambda: f"dead letters {outputs.deadletters}")
+    outputs.wait(
+        lambda: all(_dead(outputs, k) for k in keys), what=lambda: f"dead letters {outputs.deadletters}"
+    )
     assert {k: _dead(outputs, k)[0]["error_kind"] for k in keys} == keys
     assert outputs.states(f"{t}-req3000") == []
     # No clock moved to the year 3000: the car keeps its lease and takes the next task.
