@@ -68,7 +68,10 @@ class HeldIndex:
         self._heaps[partition] = heap
 
     def add(self, partition: int, at: int, key: bytes) -> None:
-        heapq.heappush(self._heaps.setdefault(partition, []), (at, key))
+        """Index a route; before the partition's index is built, ``rebuild`` will read it from the table."""
+        heap = self._heaps.get(partition)
+        if heap is not None:
+            heapq.heappush(heap, (at, key))
 
     def due(self, partition: int, cutoff: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` ``(indexed at, key)`` whose earliest held status is older than ``cutoff``

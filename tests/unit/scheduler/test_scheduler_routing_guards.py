@@ -130,3 +130,19 @@ def test_held_statuses_written_before_held_at_existed_expire_one_ttl_after_resta
         assert [(off, kind) for off, kind, _ in codec.dead] == [(5, "EXPIRED")]
 
     asyncio.run(main())
+
+
+def test_after_a_rebalance_held_statuses_restored_from_the_table_still_expire() -> None:
+    async def main() -> None:
+        router, pool_topic, codec = _router()
+        router.held_ttl_ms = H
+        aid = assignment_id_for("ghost", 1)
+        await router.handle(_event("tasks.status.v1", status("ghost", aid, "car-1", T0, "COMPLETED"), 0))
+        router.revoked()  # partitions go and come back: the index is rebuilt from the table
+        # The first record after the rebalance is itself a held status.
+        other = assignment_id_for("ghost2", 1)
+        await router.handle(_event("tasks.status.v1", status("ghost2", other, "car-1", T0 + 1, "STARTED"), 1))
+        await router.handle(_event("tasks.requests.v1", req("t1", T0 + H + 2), 2))
+        assert sorted((off, kind) for off, kind, _ in codec.dead) == [(0, "EXPIRED"), (1, "EXPIRED")]
+
+    asyncio.run(main())
