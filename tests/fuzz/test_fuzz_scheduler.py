@@ -226,7 +226,7 @@ def test_random_interleavings_of_extreme_records_keep_every_invariant(
     Scheduler.from_dict(state, cfg).check_invariants()
 
 
-@_fuzz(1500)
+@_fuzz(1000)
 @given(template=_telemetry)
 def test_one_telemetry_record_never_makes_a_car_eligible_on_an_unusable_value(
     template: dict[str, Any],
