@@ -69,7 +69,12 @@ class SchedulerConfig:
     plugged_states: frozenset[str] = PLUGGED_STATES  # charge states that count as plugged in
     preempt_reasons: frozenset[str] = PREEMPT_REASONS  # ineligibility reasons that revoke running work
     default_capacity: int = 1  # tasks a node runs at once
-    max_future_skew_s: float = 300.0  # telemetry this far ahead of the scheduler clock is rejected
+    # A record (telemetry, request, status) whose ts is more than this past its arrival (Kafka timestamp)
+    # is dead-lettered (FUTURE_TIMESTAMP) and moves no clock, lease or route (direct calls with no arrival:
+    # telemetry is judged against the scheduler's own clock).
+    max_future_skew_s: float = 300.0
+    # A node silent this long (event time) that holds no work is forgotten, history and all (memory bound).
+    node_ttl_s: float = 30 * 24 * 3600.0
 
     # --- queue, claims, deadlines ----------------------------------------------------------------
     aging_per_min: float = 0.1  # priority points a waiting task gains per minute (0 = strict priority)
@@ -84,6 +89,7 @@ class SchedulerConfig:
     spill_after_s: float = 60.0  # an any-region task waiting this long moves on (doubling per hop)
     pools: tuple[str, ...] = ()  # known pools, for routing any-region tasks (empty: pools seen so far)
     local_pools: frozenset[str] | None = None  # pools this instance owns (None: all; else handoffs)
+    max_queued_tasks: int = 100_000  # tasks waiting per pool; a request beyond it is REJECTED (QUEUE_FULL)
     max_scan_tasks: int = 2000  # queue entries examined per matching pass
     max_candidates: int = 256  # feasible nodes ranked per task (free set is scanned in hash shards)
     node_republish_s: float = 600.0  # re-publish an unchanged node at least this often
@@ -129,6 +135,10 @@ class SchedulerConfig:
             raise ValueError("default_capacity must be >= 1")
         if self.aging_per_min < 0:
             raise ValueError("aging_per_min must be >= 0")
+        if self.max_future_skew_s < 0 or self.node_ttl_s <= self.claim_lease_s:
+            raise ValueError("max_future_skew_s must be >= 0 and node_ttl_s > claim_lease_s")
+        if self.max_queued_tasks < 1:
+            raise ValueError("max_queued_tasks must be >= 1")
         if self.late_status_s < 0:
             raise ValueError("late_status_s must be >= 0")
         object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))

@@ -14,16 +14,24 @@ Not-reported values (the rule, precisely):
   ``field_ttl_s``. Otherwise the node is ``UNKNOWN_STATE`` (ineligible, but never preempted for it).
   So a not-reported value can keep a node eligible for a while but can never make it newly eligible.
 * Computer temperature is optional: unknown or older than ``field_ttl_s`` passes.
+* A double that is reported but unusable (NaN, +-inf, or outside its physical range ``READING_RANGES``)
+  is *not reported* as well (the last good value stays), and more: until a usable value of that field
+  arrives, every rule that needs it fails. A broken SoC makes the node ``SOC_INVALID``, a broken
+  computer temperature ``TEMP_INVALID`` (neither preempts running work, like ``UNKNOWN_STATE``).
+  ``charge_limit_pct`` and ``minutes_to_full`` feed only the idle-time prediction: unusable = not
+  reported, nothing else. So "not reported" never reads as "fine": NaN compares false with every
+  threshold, and it never reaches one.
 * Telemetry older than the newest seen (``ts`` smaller) is ignored as out of order; the same ``ts``
   again is a duplicate and a no-op. Both are counted by the caller.
 
 Reasons, checked in this order (the first that applies is reported): LEASE_EXPIRED, NOT_OPTED_IN,
-HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, UNKNOWN_STATE, SOC_TOO_LOW, TOO_HOT, DEPARTURE_SOON,
-THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the car itself ("ready").
+HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, SOC_INVALID, TEMP_INVALID, UNKNOWN_STATE, SOC_TOO_LOW, TOO_HOT,
+DEPARTURE_SOON, THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the car itself ("ready").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -38,7 +46,10 @@ __all__ = [
     "HW_TOO_OLD",
     "NOT_PARKED",
     "NOT_PLUGGED_IN",
+    "SOC_INVALID",
+    "TEMP_INVALID",
     "UNKNOWN_STATE",
+    "READING_RANGES",
     "SOC_TOO_LOW",
     "TOO_HOT",
     "DEPARTURE_SOON",
@@ -58,6 +69,8 @@ NOT_OPTED_IN = "NOT_OPTED_IN"
 HW_TOO_OLD = "HW_TOO_OLD"
 NOT_PARKED = "NOT_PARKED"
 NOT_PLUGGED_IN = "NOT_PLUGGED_IN"
+SOC_INVALID = "SOC_INVALID"
+TEMP_INVALID = "TEMP_INVALID"
 UNKNOWN_STATE = "UNKNOWN_STATE"
 SOC_TOO_LOW = "SOC_TOO_LOW"
 TOO_HOT = "TOO_HOT"
@@ -70,6 +83,8 @@ REASONS = (
     HW_TOO_OLD,
     NOT_PARKED,
     NOT_PLUGGED_IN,
+    SOC_INVALID,
+    TEMP_INVALID,
     UNKNOWN_STATE,
     SOC_TOO_LOW,
     TOO_HOT,
@@ -78,6 +93,16 @@ REASONS = (
     AT_CAPACITY,
 )
 _NOT_READY_OK = (None, THROTTLED, AT_CAPACITY)
+
+# Physical range of each double of fleet.telemetry.v1; outside it (or NaN/inf) a reading is unusable.
+READING_RANGES: dict[str, tuple[float, float]] = {
+    "soc_pct": (0.0, 100.0),
+    "compute_temp_c": (-100.0, 200.0),
+    "charge_limit_pct": (0.0, 100.0),
+    "minutes_to_full": (0.0, 7 * 24 * 60.0),
+}
+# The fields an eligibility rule needs, and the reason a node gets while its latest reading is unusable.
+_INVALID_REASON = {"soc_pct": SOC_INVALID, "compute_temp_c": TEMP_INVALID}
 
 _GEARS = frozenset({"P", "R", "N", "D"})
 _CHARGE_STATES = frozenset({"DISCONNECTED", "NO_POWER", "STARTING", "CHARGING", "COMPLETE", "STOPPED"})
@@ -127,6 +152,7 @@ class NodeState:
     completed: int = 0
     failed: int = 0
     history: IdleHistory = field(default_factory=IdleHistory)
+    invalid: list[str] = field(default_factory=list)  # fields whose latest reading was unusable (sorted)
     pub_sig: int = 0  # signature and time of the last published fleet.nodes.v1 record
     pub_ts: int = -1
     timer_at: int | None = None  # when the scheduler re-evaluates the node with no new input
@@ -171,6 +197,7 @@ class NodeState:
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self._PERSISTED}
         d["running"] = list(self.running)
+        d["invalid"] = list(self.invalid)
         d["history"] = self.history.to_dict()
         return d
 
@@ -181,12 +208,43 @@ class NodeState:
             if name in d:
                 setattr(node, name, d[name])
         node.running = list(d.get("running", []))
+        node.invalid = list(d.get("invalid") or [])
         node.history = IdleHistory.from_dict(d.get("history"))
         return node
 
 
 def _known(value: Any, allowed: frozenset[str]) -> str | None:
     return value if isinstance(value, str) and value in allowed else None
+
+
+def reading(value: Any, name: str) -> float | None:
+    """``value`` as a usable reading of double field ``name``, or None (NaN, inf, out of range, not a
+    number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    lo, hi = READING_RANGES[name]
+    number = float(value)
+    return number if math.isfinite(number) and lo <= number <= hi else None
+
+
+def _fold_readings(node: NodeState, rec: dict[str, Any], ts: int) -> None:
+    """The doubles of one record: usable ones are stored, unusable ones mark their field invalid."""
+    invalid = set(node.invalid)
+    for name in READING_RANGES:
+        raw = rec.get(name)
+        if raw is None:
+            continue  # not reported: nothing changes
+        value = reading(raw, name)
+        if value is None:
+            invalid.add(name)
+            continue
+        invalid.discard(name)
+        setattr(node, name, value)
+        if name == "soc_pct":
+            node.soc_at = ts
+        elif name == "compute_temp_c":
+            node.temp_at = ts
+    node.invalid = sorted(invalid)
 
 
 def apply_telemetry(
@@ -216,13 +274,7 @@ def apply_telemetry(
     charge = _known(rec.get("charge_state"), _CHARGE_STATES)
     if charge is not None:
         node.charge_state, node.charge_at = charge, ts
-    if rec.get("soc_pct") is not None:
-        node.soc_pct, node.soc_at = float(rec["soc_pct"]), ts
-    if rec.get("compute_temp_c") is not None:
-        node.compute_temp_c, node.temp_at = float(rec["compute_temp_c"]), ts
-    for name in ("charge_limit_pct", "minutes_to_full"):
-        if rec.get(name) is not None:
-            setattr(node, name, float(rec[name]))
+    _fold_readings(node, rec, ts)
     if rec.get("scheduled_departure") is not None:
         node.scheduled_departure = opt_ms(rec["scheduled_departure"])
     if rec.get("at_home") is not None:
@@ -264,6 +316,9 @@ def evaluate(node: NodeState, now: int, cfg: SchedulerConfig) -> tuple[bool, str
         return False, NOT_PARKED
     if node.charge_state is not None and node.charge_state not in cfg.plugged_states:
         return False, NOT_PLUGGED_IN
+    for name, reason in _INVALID_REASON.items():
+        if name in node.invalid:
+            return False, reason
     ttl = (cfg.field_ttl_s if node.ready_since is not None else cfg.confirm_s) * 1000
     if not (
         _fresh(node.gear_at, now, ttl) and _fresh(node.charge_at, now, ttl) and _fresh(node.soc_at, now, ttl)

@@ -32,6 +32,19 @@ task, as in-order delivery would have: a newer assignment is revoked (REVOKE + P
 COMPLETED_EARLIER, so the lifecycle ends it; not counted as a preemption), a queued copy leaves the
 queue, an EXPIRED or FAILED end is replaced. A task is never COMPLETED twice. A late STARTED or FAILED
 stays stale: the node was told to stop, and the task was already requeued.
+
+Hostile input (each record is judged on its own, and no record can disable the matcher):
+
+* **Event time**: a record whose ``ts`` is more than ``max_future_skew_s`` past its arrival (the Kafka
+  timestamp the wiring passes as ``arrival_ms``; for telemetry, the scheduler's own clock when none is
+  known) raises
+  ``InvalidRecord(FUTURE_TIMESTAMP)`` before it touches anything: it never moves the clock, a lease or a
+  node. Never the wall clock: the main job replays a simulated past.
+* **Bounded work**: nothing loops over a count taken from a record (attempts, hops).
+* **Bounded memory** (``sizes()`` for the gauges): ``nodes`` forgets a node silent for ``node_ttl_s``
+  that holds no work; ``tasks`` keeps finished tasks ``tombstone_ttl_s`` and at most ``max_queued_tasks``
+  waiting per pool; a pool with no node and no queue is dropped; the timer heap is compacted to its live
+  entries when it outgrows the state.
 """
 
 from __future__ import annotations
@@ -64,6 +77,8 @@ from processors.scheduler.tasks import (
     COMPLETED,
     EXPIRED,
     FAILED,
+    MAX_ATTEMPT,
+    MAX_REVOKED,
     MOVED,
     QUEUED,
     REJECTED,
@@ -74,11 +89,14 @@ from processors.scheduler.tasks import (
     order_key,
     validate_request,
 )
+from streams.deadletter import FUTURE_TIMESTAMP, VALIDATION
+from streams.event_time import future_skew_error
 
 __all__ = ["Scheduler", "pool_for_request", "pool_for_telemetry"]
 
 N_SHARDS = 64
 STATE_VERSION = 1
+_MIN_COMPACT_TIMERS = 4096  # the timer heap is compacted past max(this, 4 x (nodes + tasks)) entries
 
 
 def _crc(text: str) -> int:
@@ -102,10 +120,11 @@ def pool_for_request(rec: dict[str, Any], cfg: SchedulerConfig) -> str:
 class _Pool:
     """Derived indexes of one pool (rebuilt from node and task state on restore, never persisted)."""
 
-    __slots__ = ("name", "queue", "free", "free_count")
+    __slots__ = ("name", "queue", "free", "free_count", "members")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.members = 0  # nodes whose pool this is (a pool with none and an empty queue is dropped)
         self.queue: list[tuple[tuple[float, int, str], str]] = []  # sorted (order_key, task_id)
         self.free: list[set[str]] = [set() for _ in range(N_SHARDS)]  # eligible nodes, sharded by vin hash
         self.free_count = 0
@@ -134,25 +153,39 @@ class Scheduler:
         self._touched: set[str] = set()  # pools whose supply or demand changed: match them
         self._dirty_nodes: set[str] = set()
         self._dirty_tasks: set[str] = set()
+        self._compact_at = _MIN_COMPACT_TIMERS
 
     # ------------------------------------------------------------------ public event handlers
+
+    def _event_ms(self, rec: dict[str, Any], arrival_ms: int | None, what: str) -> int:
+        """The record's ``ts`` (ms), checked against its arrival before any use. With no arrival known
+        (direct calls), telemetry is checked against the scheduler's clock, as it always was."""
+        try:
+            ts = to_ms(rec["ts"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidRecord(VALIDATION, f"{what} ts {rec['ts']!r} is not a timestamp: {exc}") from None
+        if arrival_ms is not None and arrival_ms > 0:
+            error = future_skew_error(ts, arrival_ms, self.cfg.max_future_skew_s)
+        elif what == "telemetry":
+            error = future_skew_error(ts, self.clock, self.cfg.max_future_skew_s)
+        else:
+            error = None
+        if error is not None:
+            self.counters[f"{what}_future"] += 1
+            ref = "its arrival" if arrival_ms else "the scheduler clock"
+            raise InvalidRecord(FUTURE_TIMESTAMP, f"{what} ts {ts} is ahead of {ref}: {error}")
+        return ts
 
     def on_telemetry(
         self, rec: dict[str, Any], now: int | None = None, arrival_ms: int | None = None
     ) -> list[Out]:
-        """``arrival_ms``: when the record reached Kafka (wall clock), if known. An event cannot be
+        """``arrival_ms``: when the record reached Kafka (its timestamp), if known. An event cannot be
         later than its arrival, so a live record is accepted even while the clock lags (replaying an
-        older backlog); a far-future timestamp (a broken car clock) is rejected either way."""
+        older backlog); a far-future timestamp (a broken car clock) is rejected (``_event_ms``)."""
         vin = rec.get("vin")
-        if not vin or rec.get("ts") is None:
-            raise InvalidRecord("missing_field", "telemetry needs vin and ts")
-        ts = to_ms(rec["ts"])
-        horizon = max(self.clock, arrival_ms or 0)
-        if horizon > 0 and ts > horizon + self.cfg.max_future_skew_s * 1000:
-            self.counters["telemetry_future"] += 1
-            raise InvalidRecord(
-                "future_timestamp", f"ts {ts} is ahead of the scheduler clock {self.clock} and its arrival"
-            )
+        if not vin or not isinstance(vin, str) or rec.get("ts") is None:
+            raise InvalidRecord(VALIDATION, "telemetry needs vin and ts")
+        ts = self._event_ms(rec, arrival_ms, "telemetry")
         now = self._advance(ts if now is None else to_ms(now))
         out: list[Out] = []
         node = self.nodes.get(vin)
@@ -165,24 +198,34 @@ class Scheduler:
             self.counters[f"telemetry_{result.value}"] += 1
             return out
         self.counters["telemetry_applied"] += 1
-        self.nodes[vin] = node
         new_pool = node.region
-        if node.pool != new_pool:
+        if vin not in self.nodes:
+            self.nodes[vin] = node
+            node.pool = new_pool
+            self._pool(new_pool).members += 1
+        elif node.pool != new_pool:
             if node.pool:
                 self._set_free(node, False)
                 for task_id in list(node.running):
                     self._preempt(self.tasks[task_id], "REGION_CHANGED", now, out)
+            self._leave_pool(node.pool)
             node.pool = new_pool
-        self._pool(new_pool)
+            self._pool(new_pool).members += 1
         self._refresh_node(node, now, out)
         self._match_touched(now, out)
         return out
 
-    def on_request(self, rec: dict[str, Any], now: int | None = None, pool: str | None = None) -> list[Out]:
+    def on_request(
+        self,
+        rec: dict[str, Any],
+        now: int | None = None,
+        pool: str | None = None,
+        arrival_ms: int | None = None,
+    ) -> list[Out]:
         task_id = rec.get("task_id")
-        if not task_id or rec.get("ts") is None:
-            raise InvalidRecord("missing_field", "request needs task_id and ts")
-        ts = to_ms(rec["ts"])
+        if not task_id or not isinstance(task_id, str) or rec.get("ts") is None:
+            raise InvalidRecord(VALIDATION, "request needs task_id and ts")
+        ts = self._event_ms(rec, arrival_ms, "request")
         now = self._advance(ts if now is None else to_ms(now))
         out: list[Out] = []
         old = self.tasks.get(task_id)
@@ -192,6 +235,9 @@ class Scheduler:
         reason = validate_request(rec, self.cfg)
         if pool is None:
             pool = rec.get("region") or self._route_any(task_id)
+        queue = self._pools.get(pool or "")
+        if reason is None and queue is not None and len(queue.queue) >= self.cfg.max_queued_tasks:
+            reason = "QUEUE_FULL"
         if reason is not None:
             prio = rec.get("priority")
             task = Task(
@@ -221,7 +267,9 @@ class Scheduler:
         self._match_touched(now, out)
         return out
 
-    def on_status(self, rec: dict[str, Any], now: int | None = None) -> list[Out]:
+    def on_status(
+        self, rec: dict[str, Any], now: int | None = None, arrival_ms: int | None = None
+    ) -> list[Out]:
         task_id, aid, vin, status = (
             rec.get("task_id"),
             rec.get("assignment_id"),
@@ -234,8 +282,8 @@ class Scheduler:
             or rec.get("ts") is None
             or status not in ("STARTED", "COMPLETED", "FAILED")
         ):
-            raise InvalidRecord("missing_field", "status needs task_id, assignment_id, ts and a known status")
-        ts = to_ms(rec["ts"])
+            raise InvalidRecord(VALIDATION, "status needs task_id, assignment_id, ts and a known status")
+        ts = self._event_ms(rec, arrival_ms, "status")
         now = self._advance(ts if now is None else to_ms(now))
         out: list[Out] = []
         task = self.tasks.get(task_id)
@@ -284,9 +332,8 @@ class Scheduler:
         """Advance the clock to ``now`` (ms or datetime) and run everything that became due."""
         now = self._advance(to_ms(now), from_record=False)
         out: list[Out] = []
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            at, kind, key = heapq.heappop(timers)
+        while self._timers and self._timers[0][0] <= now:  # (a compaction may replace the list)
+            at, kind, key = heapq.heappop(self._timers)
             self._fire(at, kind, key, now, out)
         self._match_touched(now, out)
         return out
@@ -341,6 +388,7 @@ class Scheduler:
             node = NodeState.from_dict(nd)
             s.nodes[node.vin] = node
             pool = s._pool(node.pool)
+            pool.members += 1
             if node.eligible:
                 pool.free[_crc(node.vin) % N_SHARDS].add(node.vin)
                 pool.free_count += 1
@@ -352,11 +400,14 @@ class Scheduler:
             s._task_timers(task)
             if task.state == QUEUED:
                 s._pool(task.pool).enqueue(order_key(task, s.cfg), task.task_id)
+        s._compact_at = max(_MIN_COMPACT_TIMERS, 4 * (len(s.nodes) + len(s.tasks)))
         return s
 
-    def drain_dirty(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any] | None]]:
-        """Nodes and tasks changed since the last call, as ``{key: dict}``; a task value None = deleted."""
-        nodes = {v: self.nodes[v].to_dict() for v in sorted(self._dirty_nodes) if v in self.nodes}
+    def drain_dirty(
+        self,
+    ) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
+        """Nodes and tasks changed since the last call, as ``{key: dict}``; a value None = deleted."""
+        nodes = {v: (self.nodes[v].to_dict() if v in self.nodes else None) for v in sorted(self._dirty_nodes)}
         tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in sorted(self._dirty_tasks)}
         self._dirty_nodes.clear()
         self._dirty_tasks.clear()
@@ -375,6 +426,16 @@ class Scheduler:
 
     def pools(self) -> list[str]:
         return sorted(self._pools)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of every map that grows with input (for the gauges; see "Bounded memory")."""
+        return {
+            "nodes": len(self.nodes),
+            "tasks": len(self.tasks),
+            "pools": len(self._pools),
+            "queued": sum(len(p.queue) for p in self._pools.values()),
+            "timers": len(self._timers),
+        }
 
     def check_invariants(self) -> None:
         """Assert the structural invariants (used by tests and, cheaply sampled, by the wiring)."""
@@ -396,7 +457,9 @@ class Scheduler:
                 f"{vin} free-set membership {in_free} != eligible {node.eligible}"
             )
         queued: set[str] = set()
+        members = Counter(node.pool for node in self.nodes.values())
         for name, pool in self._pools.items():
+            assert pool.members == members[name], f"pool {name} counts {pool.members} != {members[name]}"
             assert pool.queue == sorted(pool.queue), f"queue of {name} out of order"
             assert pool.free_count == sum(len(s) for s in pool.free)
             for _, tid in pool.queue:
@@ -423,6 +486,16 @@ class Scheduler:
 
     def _push(self, at: int | float, kind: str, key: str) -> None:
         heapq.heappush(self._timers, (int(at), kind, key))
+        if len(self._timers) > self._compact_at:
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Keep only the entries that would still do something when popped (exactly what ``_fire``
+        checks), once each: stale entries (a node re-armed, a task gone) otherwise pile up, e.g. the
+        deadline of every task that finished long before it."""
+        live = {entry for entry in self._timers if self._live(*entry)}
+        self._timers = sorted(live)  # a sorted list is a heap
+        self._compact_at = max(_MIN_COMPACT_TIMERS, 4 * (len(self.nodes) + len(self.tasks)), 2 * len(live))
 
     def _task_timers(self, task: Task) -> None:
         """(Re)create the timers implied by a task's state (used on restore)."""
@@ -436,36 +509,51 @@ class Scheduler:
         if task.state in TERMINAL and task.done_ts is not None:
             self._push(task.done_ts + cfg.tombstone_ttl_s * 1000, "gc", task.task_id)
 
-    def _fire(self, at: int, kind: str, key: str, now: int, out: list[Out]) -> None:
+    def _live(self, at: int, kind: str, key: str) -> bool:
+        """Whether the timer ``(at, kind, key)`` still stands for something (else popping it is a no-op)."""
         cfg = self.cfg
         if kind == "node":
             node = self.nodes.get(key)
-            if node is not None and node.timer_at == at:
-                node.timer_at = None
-                self._refresh_node(node, now, out)
-            return
+            return node is not None and node.timer_at == at
         task = self.tasks.get(key)
         if task is None:
-            return
+            return False
         if kind == "deadline":
-            if task.state in ACTIVE and task.deadline == at:
-                self._expire(task, now, out)
-        elif kind == "claim":
-            if (
+            return task.state in ACTIVE and task.deadline == at
+        if kind == "claim":
+            return (
                 task.state == ASSIGNED
                 and task.assigned_ts is not None
                 and int(task.assigned_ts + cfg.claim_timeout_s * 1000) == at
-            ):
-                self._claim_timeout(task, now, out)
-        elif kind == "spill":
-            if task.state == QUEUED and task.region is None and self._spill_at(task) == at:
-                self._spill(task, now, out)
-        elif (
+            )
+        if kind == "spill":
+            return task.state == QUEUED and task.region is None and self._spill_at(task) == at
+        return (
             kind == "gc"
             and task.state in TERMINAL
             and task.done_ts is not None
             and int(task.done_ts + cfg.tombstone_ttl_s * 1000) == at
-        ):
+        )
+
+    def _fire(self, at: int, kind: str, key: str, now: int, out: list[Out]) -> None:
+        if not self._live(at, kind, key):
+            return
+        if kind == "node":
+            node = self.nodes[key]
+            node.timer_at = None
+            if not node.running and now - node.ts > self.cfg.node_ttl_s * 1000:
+                self._forget_node(node)
+            else:
+                self._refresh_node(node, now, out)
+            return
+        task = self.tasks[key]
+        if kind == "deadline":
+            self._expire(task, now, out)
+        elif kind == "claim":
+            self._claim_timeout(task, now, out)
+        elif kind == "spill":
+            self._spill(task, now, out)
+        else:
             del self.tasks[key]
             self._dirty_tasks.add(key)
 
@@ -476,6 +564,28 @@ class Scheduler:
         if pool is None:
             pool = self._pools[name] = _Pool(name)
         return pool
+
+    def _leave_pool(self, name: str) -> None:
+        """A node left pool ``name``."""
+        pool = self._pools.get(name)
+        if pool is not None:
+            pool.members -= 1
+            self._drop_if_empty(name)
+
+    def _drop_if_empty(self, name: str) -> None:
+        """Drop pool ``name`` once no node and no queued task is in it (pool names come from input)."""
+        pool = self._pools.get(name)
+        if pool is not None and pool.members <= 0 and not pool.queue and pool.free_count == 0:
+            del self._pools[name]
+            self._touched.discard(name)
+
+    def _forget_node(self, node: NodeState) -> None:
+        """Drop a node silent for ``node_ttl_s`` that holds no work (it is re-learnt if it comes back)."""
+        self._set_free(node, False)
+        del self.nodes[node.vin]
+        self._dirty_nodes.add(node.vin)
+        self._leave_pool(node.pool)
+        self.counters["node_forgotten"] += 1
 
     def _set_free(self, node: NodeState, free: bool) -> None:
         pool = self._pool(node.pool)
@@ -553,7 +663,7 @@ class Scheduler:
     def _spill_at(self, task: Task) -> int:
         """When a waiting any-region task moves on: ``spill_after_s``, doubling per hop (at most 32x)."""
         assert task.queued_ts is not None
-        return int(task.queued_ts + self.cfg.spill_after_s * 1000 * min(2**task.hops, 32))
+        return int(task.queued_ts + self.cfg.spill_after_s * 1000 * 2 ** min(max(task.hops, 0), 5))
 
     def _finish(
         self,
@@ -596,6 +706,9 @@ class Scheduler:
     ) -> None:
         task.vin = task.assignment_id = None
         task.assigned_ts = None
+        if task.attempt >= MAX_ATTEMPT:  # bounded: lifecycle and routes never see a larger attempt
+            self._finish(task, FAILED, now, out, reason="MAX_ATTEMPTS")
+            return
         self._queue(task, now)
         out.append(lifecycle_record(task, "REQUEUED", now, vin=vin, aid=aid, reason=reason))
         self.counters["task_requeued"] += 1
@@ -637,10 +750,14 @@ class Scheduler:
             )
         elif task.state == QUEUED:
             self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
+            self._drop_if_empty(task.pool)
         node = self.nodes[vin]
         record_success(node, self.cfg)
         self.counters["status_late_completed"] += 1
-        attempts = range(task.attempt, 0, -1)
+        # The revoked assignment is one of the last few attempts (MAX_REVOKED revokes, failures between):
+        # a bounded look back, whatever ``attempt`` says.
+        oldest = max(task.attempt - MAX_REVOKED - self.cfg.max_failures - 1, 0)
+        attempts = range(task.attempt, oldest, -1)
         attempt = next((k for k in attempts if assignment_id_for(task.task_id, k) == aid), None)
         self._finish(task, COMPLETED, now, out, vin=vin, aid=aid, reason="REPORTED_LATE", attempt=attempt)
         for v in sorted({vin} if holder is None else {vin, holder}):
@@ -659,6 +776,7 @@ class Scheduler:
         vin = aid = None
         if task.state == QUEUED:
             self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
+            self._drop_if_empty(task.pool)
         else:
             vin, aid = self._revoke(task, "DEADLINE", now, out)
         self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason="DEADLINE_PASSED")
@@ -676,6 +794,7 @@ class Scheduler:
             return
         nxt = names[(names.index(task.pool) + 1) % len(names)] if task.pool in names else names[0]
         self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
+        self._drop_if_empty(task.pool)
         task.hops += 1
         self.counters["task_spilled"] += 1
         if self.cfg.local_pools is None or nxt in self.cfg.local_pools:
@@ -694,7 +813,9 @@ class Scheduler:
             names = sorted(self._touched)
             self._touched.clear()
             for name in names:
-                self._match_pool(self._pools[name], now, out)
+                pool = self._pools.get(name)
+                if pool is not None:
+                    self._match_pool(pool, now, out)
 
     def _match_pool(self, pool: _Pool, now: int, out: list[Out]) -> None:
         i = scanned = 0

@@ -69,6 +69,8 @@ class NodeState(Protocol):
     session_start: int | None
     history: IdleHistory
     pred_cache: tuple[Any, float, float] | None
+
+
 _TOD = 100  # keys 100..105: the same 4-hour block of the day, any weekday
 _PER_DAY = 24 // BUCKET_HOURS
 HAZARD_DECAY = 0.97  # per recorded session (a car records ~2-4 a day): a half-life of about a week

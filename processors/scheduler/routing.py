@@ -12,6 +12,13 @@ changelog partition), a few per event. They outlive the scheduler's task tombsto
 still reaches the pool that knows the task was finished. A final FAILED is followed by nothing, a
 retried one by REQUEUED at once, so FAILED with nothing after it for the TTL is an end too.
 
+Guards, before a record has any effect (each dead-lettered with its reason): a tombstone (TOMBSTONE:
+these topics are not compacted); a ``ts`` more than ``max_future_skew_s`` past the record's Kafka
+timestamp (FUTURE_TIMESTAMP: it moves neither the partition's routing clock nor a route); a lifecycle
+``attempt`` outside ``0..MAX_ATTEMPT`` (VALIDATION). Whether a status matches one of the task's
+assignments looks at the last ``ATTEMPT_LOOKBACK`` attempts only, so its cost never depends on a field
+value. Held statuses expire by event time (``held``).
+
 One error policy (``processors.runtime.policy``): a record whose routing raises is dead-lettered as
 PROCESSING and the stream goes on.
 """
@@ -30,9 +37,10 @@ from processors.runtime import PROCESSING, processing_error
 from processors.runtime import faust_glue as glue
 from processors.scheduler._time import to_ms
 from processors.scheduler.config import SchedulerConfig
+from processors.scheduler.held import HeldIndex, expired_items, held_at, is_empty_route
 from processors.scheduler.matching import pool_for_request
 from processors.scheduler.records import LIFECYCLE_TOPIC
-from processors.scheduler.tasks import assignment_id_for
+from processors.scheduler.tasks import MAX_ATTEMPT, MAX_REVOKED, assignment_id_for
 from processors.scheduler.wiring_runtime import (
     DEAD_LETTERED,
     HELD,
@@ -42,6 +50,8 @@ from processors.scheduler.wiring_runtime import (
     STATUS,
     pack,
 )
+from streams.deadletter import EXPIRED, FUTURE_TIMESTAMP, TOMBSTONE, VALIDATION
+from streams.event_time import future_skew_error
 from streams.topics import REQUESTS_TOPIC, STATUS_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -49,6 +59,9 @@ log = structlog.get_logger(__name__)
 TERMINAL_STATES = frozenset({"COMPLETED", "EXPIRED", "REJECTED"})
 _MAY_END = TERMINAL_STATES | {"FAILED"}
 TASK_TOPICS = (REQUESTS_TOPIC, STATUS_TOPIC, LIFECYCLE_TOPIC)
+# Attempts back from the latest a status may belong to: the scheduler accepts the current assignment and a
+# late COMPLETED of one of its last MAX_REVOKED revoked ones (failed attempts in between).
+ATTEMPT_LOOKBACK = 2 * MAX_REVOKED + 8
 
 
 class TaskRouter:
@@ -64,20 +77,24 @@ class TaskRouter:
         *,
         hold_max: int,
         route_ttl_ms: int,
+        held_ttl_ms: int = 3_600_000,
     ) -> None:
         self.routes, self.pool_topic, self.codec, self.config = routes, pool_topic, codec, config
         self.hold_max = hold_max
         self.route_ttl_ms = route_ttl_ms
+        self.held_ttl_ms = held_ttl_ms
         self._ended: dict[int, deque[tuple[int, bytes]]] = {}  # partition -> (ended_ts, key), oldest first
+        self._held = HeldIndex()
         self._clock: dict[int, int] = {}  # source partition -> newest event time seen
 
     async def handle(self, event: Any) -> None:
         """One record, under the error policy: a record that breaks routing is dead-lettered."""
         try:
             record = await self.route(event)
-            if record is not None and record.get("ts") is not None:
-                msg = event.message
-                self.forget_ended(msg.partition, record["ts"], int(msg.timestamp * 1000))
+            partition = event.message.partition
+            if record is not None and partition in self._clock:
+                await self.expire_held(partition, self._clock[partition])
+                self.forget_ended(partition, self._clock[partition])
         except Exception as exc:
             log.exception("scheduler_route_failed", topic=event.message.topic)
             DEAD_LETTERED.labels(kind=PROCESSING).inc()
@@ -85,6 +102,16 @@ class TaskRouter:
 
     def revoked(self) -> None:
         self._ended.clear()  # rebuilt from the table for the partitions this worker gets next
+        self._held.clear()
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of the router's maps that grow with input (for the gauges)."""
+        return {
+            "routes": len(glue.store_dict(self.routes)),
+            "routes_ended_index": sum(len(d) for d in self._ended.values()),
+            "routes_held_index": self._held.size(),
+            "route_clocks": len(self._clock),
+        }
 
     # -- routing ----------------------------------------------------------------------------------
     def _route_of(self, task_id: str) -> dict[str, Any]:
@@ -97,7 +124,10 @@ class TaskRouter:
             return False
         if route["done"]:
             return True
-        return any(assignment_id_for(task_id, a) == aid for a in range(route["attempt"], 0, -1))
+        latest = int(route["attempt"])
+        return any(
+            assignment_id_for(task_id, a) == aid for a in range(latest, max(latest - ATTEMPT_LOOKBACK, 0), -1)
+        )
 
     async def _forward(self, kind: bytes, pool: str, value: bytes, partition: int, offset: int) -> None:
         await glue.send(self.pool_topic, pool.encode(), pack(kind, value, partition, offset))
@@ -109,14 +139,27 @@ class TaskRouter:
     async def route(self, event: Any) -> dict[str, Any] | None:
         """Route one request/status/lifecycle record; returns the decoded record (None if dead-lettered)."""
         msg = event.message
+        if msg.value is None:
+            await self._reject(msg, TOMBSTONE, f"a tombstone (null value) on {msg.topic} (not compacted)")
+            return None
         record: dict[str, Any] | None = await self.codec.decode(event)
         if record is None:
             DEAD_LETTERED.labels(kind="DECODE").inc()
             return record
+        ts = to_ms(record["ts"])
+        error = future_skew_error(ts, int(msg.timestamp * 1000), self.config.max_future_skew_s)
+        if error is not None:
+            await self._reject(msg, FUTURE_TIMESTAMP, f"{msg.topic}: {error}")
+            return None
+        self._clock[msg.partition] = max(self._clock.get(msg.partition, ts), ts)
         task_id = record.get("task_id")
         if not task_id:
-            await self.codec.dead_letter(msg, "VALIDATION", "record has no task_id")
+            await self._reject(msg, VALIDATION, "record has no task_id")
             return record
+        attempt = record.get("attempt")
+        if msg.topic == LIFECYCLE_TOPIC and attempt is not None and not 0 <= attempt <= MAX_ATTEMPT:
+            await self._reject(msg, VALIDATION, f"attempt {attempt} is outside 0..{MAX_ATTEMPT}")
+            return None
         if msg.topic == REQUESTS_TOPIC:
             pool = pool_for_request(record, self.config)
             await self._forward(REQUEST, pool, msg.value, msg.partition, msg.offset)
@@ -129,6 +172,10 @@ class TaskRouter:
             await self._apply_lifecycle(msg, task_id, route, record)
         return record
 
+    async def _reject(self, msg: Any, kind: str, error: str) -> None:
+        DEAD_LETTERED.labels(kind=kind).inc()
+        await self.codec.dead_letter(msg, kind, error)
+
     async def _route_status(
         self, msg: Any, task_id: str, route: dict[str, Any], record: dict[str, Any]
     ) -> None:
@@ -138,10 +185,13 @@ class TaskRouter:
             return
         held = route["held"]
         aid = record.get("assignment_id") or ""
-        held.append([msg.partition, msg.offset, aid, base64.b64encode(msg.value).decode()])
+        now = self._clock[msg.partition]
+        held.append([msg.partition, msg.offset, aid, base64.b64encode(msg.value).decode(), now])
         HELD.labels(outcome="held").inc()
+        if len(held) == 1:
+            self._held.add(msg.partition, now, task_id.encode())
         if len(held) > self.hold_max:
-            part, off, _, value = held.pop(0)
+            part, off, _, value, *_ = held.pop(0)
             HELD.labels(outcome="dropped").inc()
             DEAD_LETTERED.labels(kind="UNROUTABLE").inc()
             gone = SimpleNamespace(topic=STATUS_TOPIC, partition=part, offset=off, key=task_id.encode(),
@@ -171,7 +221,7 @@ class TaskRouter:
             route.pop("ended_ts", None)  # a FAILED attempt that was requeued: not the end after all
         still: list[Any] = []
         for item in route["held"]:
-            part, off, aid, value = item
+            part, off, aid, value, *_ = item
             if self.routable(task_id, route, aid):
                 await self._forward(STATUS, route["pool"], base64.b64decode(value), part, off)
                 HELD.labels(outcome="released").inc()
@@ -194,16 +244,10 @@ class TaskRouter:
             index = self._ended[partition] = deque(sorted(found))
         return index
 
-    def forget_ended(self, partition: int, event_ts: Any, arrival_ms: int, limit: int = 16) -> None:
+    def forget_ended(self, partition: int, now: int, limit: int = 16) -> None:
         """Forget up to ``limit`` routes that ended ``route_ttl_ms`` before the partition's event time
-        (never trusted further than ``max_future_skew_s`` past the record's arrival: one bogus timestamp
-        must not forget every route)."""
-        try:
-            ts = min(to_ms(event_ts), arrival_ms + int(self.config.max_future_skew_s * 1000))
-        except TypeError:
-            return
-        now = max(self._clock.get(partition, 0), ts)
-        self._clock[partition] = now
+        ``now`` (made only of records within ``max_future_skew_s`` of their arrival: one bogus timestamp
+        cannot forget every route)."""
         index = self._ended_routes(partition)
         store = glue.store_dict(self.routes)
         while index and limit and index[0][0] < now - self.route_ttl_ms:
@@ -214,3 +258,38 @@ class TaskRouter:
                 del self.routes[key]
                 glue.track_partition(self.routes, key, None)
                 ROUTES_FORGOTTEN.inc()
+
+    # -- expiring held statuses -------------------------------------------------------------------
+    async def expire_held(self, partition: int, now: int, limit: int = 16) -> None:
+        """Dead-letter (EXPIRED) the statuses of up to ``limit`` routes held ``held_ttl_ms`` before the
+        partition's event time ``now``; a route left with nothing is deleted."""
+        if not self._held.known(partition):
+            self._held.rebuild(partition, glue.keys_of_partition(self.routes, partition), now)
+        cutoff = now - self.held_ttl_ms
+        store = glue.store_dict(self.routes)
+        for indexed_at, key in self._held.due(partition, cutoff, limit):
+            raw = store.get(key)
+            if not raw:
+                continue
+            route = orjson.loads(raw)
+            gone, kept = expired_items(route, cutoff, indexed_at)
+            if kept:
+                self._held.add(partition, min(held_at(item, now) for item in kept), key)
+            if not gone:
+                continue
+            task_id = key.decode(errors="replace")
+            for part, off, aid, value, *_ in gone:
+                HELD.labels(outcome="expired").inc()
+                DEAD_LETTERED.labels(kind=EXPIRED).inc()
+                src = SimpleNamespace(topic=STATUS_TOPIC, partition=part, offset=off, key=key,
+                                      value=base64.b64decode(value))  # fmt: skip
+                await self.codec.dead_letter(src, EXPIRED, (
+                    f"status for assignment {aid} of task {task_id} held {self.held_ttl_ms // 1000} s of "
+                    f"event time and no assignment matched it (pool {route['pool'] or 'unknown'}, "
+                    f"latest attempt {route['attempt']})"))  # fmt: skip
+            route["held"] = kept
+            if is_empty_route(route):
+                del self.routes[key]
+                glue.track_partition(self.routes, key, None)
+            else:
+                self._set_route(key, route, partition)

@@ -53,6 +53,7 @@ from processors.scheduler.wiring_runtime import (
     EVENTS,
     HANDOFF,
     IDLE,
+    MAP_ENTRIES,
     OUTPUTS,
     QUEUED,
     REBUILDS,
@@ -71,6 +72,7 @@ from processors.scheduler.wiring_runtime import (
     unpack_batch,
 )
 from processors.scheduler.wiring_state import PartitionState
+from streams.deadletter import DECODE, TOMBSTONE
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde
 from streams.topics import REQUESTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
@@ -99,8 +101,11 @@ def expand(events: Sequence[Any]) -> list[_Input]:
     items: list[_Input] = []
     for event in events:
         msg = event.message
-        pool = msg.key.decode() if isinstance(msg.key, bytes) else str(msg.key or "")
+        pool = msg.key.decode(errors="replace") if isinstance(msg.key, bytes) else str(msg.key or "")
         arrival_ms = int(msg.timestamp * 1000)
+        if msg.value is None:
+            items.append(_Input(event, None, TOMBSTONE, pool, arrival_ms))
+            continue
         try:
             env = unpack(msg.value)
             if env.kind == TELEMETRY_BATCH:
@@ -251,12 +256,12 @@ class PoolScheduler:
         if kind == TICK:
             return sched.on_tick(state.tick_time(tick_ms(env.payload)))
         if kind == REQUEST:
-            return sched.on_request(decode(REQUESTS_TOPIC, env.payload), pool=pool)
+            return sched.on_request(decode(REQUESTS_TOPIC, env.payload), pool=pool, arrival_ms=arrival_ms)
         if kind == STATUS:
-            return sched.on_status(decode(STATUS_TOPIC, env.payload))
+            return sched.on_status(decode(STATUS_TOPIC, env.payload), arrival_ms=arrival_ms)
         if kind == HANDOFF:
             return sched.on_handoff(orjson.loads(env.payload))
-        raise InvalidRecord("unknown_kind", f"unknown pool record kind {kind!r}")
+        raise InvalidRecord(DECODE, f"unknown pool record kind {kind!r}")
 
     def run_partition(
         self, partition: int, events: list[Any]
@@ -272,8 +277,12 @@ class PoolScheduler:
             dead: list[tuple[Any, str, str]] = []
             results: Counter[tuple[str, str]] = Counter()
             for i, (event, env, error, pool, arrival_ms) in enumerate(items):
+                if env is None and error == TOMBSTONE:
+                    dead.append((event.message, TOMBSTONE, "a tombstone (null value) on the pool topic"))
+                    results[("unknown", "invalid")] += 1
+                    continue
                 if env is None:
-                    dead.append((event.message, "DECODE", error or "undecodable pool record"))
+                    dead.append((event.message, DECODE, error or "undecodable pool record"))
                     results[("unknown", "invalid")] += 1
                     continue
                 label = _KIND_LABEL.get(env.kind, "unknown")
@@ -391,6 +400,8 @@ class PoolScheduler:
                 pools = state.scheduler._pools  # read-only peek for the gauges
                 QUEUED.labels(partition=str(partition)).set(sum(len(p.queue) for p in pools.values()))
                 IDLE.labels(partition=str(partition)).set(sum(p.free_count for p in pools.values()))
+                for name, size in state.scheduler.sizes().items():
+                    MAP_ENTRIES.labels(map=name, partition=str(partition)).set(size)
 
     def _gc_maintenance(self) -> None:
         """Keep the cyclic GC off the scheduler state. 20k nodes are millions of long-lived objects, and a

@@ -25,6 +25,7 @@ from processors.scheduler.config import HW_RANK, SchedulerConfig
 
 __all__ = [
     "ACTIVE",
+    "MAX_ATTEMPT",
     "MAX_REVOKED",
     "TERMINAL",
     "Task",
@@ -41,6 +42,7 @@ ACTIVE = frozenset({QUEUED, ASSIGNED, RUNNING})
 TERMINAL = frozenset({COMPLETED, FAILED, EXPIRED, REJECTED, MOVED})
 
 MAX_REVOKED = 4  # previous assignments remembered per task (for late COMPLETED reports)
+MAX_ATTEMPT = 1000  # assignments of one task; at that many the task ends FAILED (MAX_ATTEMPTS)
 
 _NAMESPACE = uuid.UUID("6f1c2f8e-6a55-4d0b-9c7e-2b8f3c5a9d10")  # Carnival assignments
 

@@ -13,6 +13,12 @@ committed (synchronously, before the next ``consume``, so a rebalance never hand
 routed-but-uncommitted records). A crash replays at most the uncommitted batch: duplicates on the pool
 topic, which the scheduler ignores (same vin and ts = duplicate, older ts = late). Order per vin is kept:
 one input partition is routed by one thread, and the idempotent producer keeps per-partition order.
+A batch with a record Kafka refused (past ``message.timeout.ms``) is not committed: the router stops and
+the worker exits, so the next start routes the batch again (the runtime's policy for Kafka failures).
+
+Guards, each a dead letter with its reason, before a record reaches a pool: a tombstone (TOMBSTONE, the
+topic is not compacted), an undecodable value, a ``ts`` more than ``max_future_skew_s`` past the record's
+Kafka timestamp (FUTURE_TIMESTAMP, judged against the arrival, never the wall clock).
 
 Consumer group ``carnival-scheduler-router`` (its own group: the router is stateless, so its partitions
 may be split differently from the faust group's), same session timeout as the faust consumer so a
@@ -22,11 +28,12 @@ SIGKILLed worker's telemetry partitions move to the others as fast as its pool p
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, TopicPartition
 from confluent_kafka import Producer as RawProducer
 
 from core.metrics import RECORDS_REJECTED
@@ -40,7 +47,8 @@ from processors.scheduler.wiring_runtime import (
     pack,
     pack_batch,
 )
-from streams.deadletter import deadletter_record
+from streams.deadletter import FUTURE_TIMESTAMP, TOMBSTONE, deadletter_record
+from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S, future_skew_error
 from streams.exceptions import SerializationError
 from streams.kafka import Producer, make_consumer, producer_config
 from streams.topics import DEADLETTER_TOPIC, TELEMETRY_TOPIC
@@ -56,9 +64,10 @@ class TelemetryRouter(threading.Thread):
     def __init__(
         self,
         settings: Settings,
-        region_of: Callable[[bytes], str],
+        route_of: Callable[[bytes], tuple[str, int]],
         encode: Callable[[str, dict[str, Any]], bytes],
         *,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
         session_timeout_s: float = 10.0,
         batch_max: int = 5000,
         pack_max: int = 200,
@@ -67,8 +76,9 @@ class TelemetryRouter(threading.Thread):
     ) -> None:
         super().__init__(name="scheduler-telemetry-router", daemon=True)
         self.settings = settings
-        self.region_of = region_of
+        self.route_of = route_of  # value -> (pool, event ts in ms); SerializationError if undecodable
         self.encode = encode
+        self.max_future_skew_s = max_future_skew_s
         self.session_timeout_s = session_timeout_s
         self.batch_max = batch_max
         self.pack_max = max(1, pack_max)
@@ -111,33 +121,18 @@ class TelemetryRouter(threading.Thread):
                 if first is None:
                     continue
                 msgs = [first, *consumer.consume(self.batch_max - 1, 0)]
-                positions: dict[tuple[str, int], int] = {}
-                packs: dict[str, list[tuple[bytes, int, int]]] = {}
-                n = 0
-                for msg in msgs:
-                    if msg.error():
-                        log.warning("scheduler_router_consume_error", error=str(msg.error()))
-                        continue
-                    # A tombstone (no value) decodes as BAD_MAGIC and is dead-lettered like any bad record.
-                    value, part, off = msg.value() or b"", int(msg.partition() or 0), int(msg.offset() or 0)
-                    positions[(str(msg.topic()), part)] = off + 1
-                    try:
-                        pool = self.region_of(value)
-                    except SerializationError as exc:
-                        self._dead_letter(producer, msg, exc.kind, str(exc))
-                        continue
-                    items = packs.setdefault(pool, [])
-                    items.append((value, part, off))
-                    if len(items) >= self.pack_max:
-                        self._produce_pack(producer, pool, packs.pop(pool))
-                    n += 1
-                for pool, items in packs.items():
-                    self._produce_pack(producer, pool, items)
+                failed_before = producer.stats.failed
+                positions, n = self.route_batch(producer, msgs)
                 if not positions:
                     continue
                 while producer.flush(10.0):  # all acknowledged before the offsets move past them
                     if self.stopping.is_set():
                         return  # not committed: replayed by whoever gets the partitions
+                if producer.stats.failed > failed_before:  # never commit past a record Kafka refused
+                    raise KafkaException(
+                        f"{producer.stats.failed - failed_before} routed records or dead letters were not "
+                        f"delivered ({producer.stats.last_error}); the batch is not committed"
+                    )
                 try:
                     consumer.commit(
                         offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
@@ -150,6 +145,43 @@ class TelemetryRouter(threading.Thread):
             producer.flush(10.0)
             consumer.close()  # leaves the group: the partitions move now, not after the session timeout
             log.info("scheduler_router_stopped")
+
+    def route_batch(self, producer: Producer, msgs: list[Any]) -> tuple[dict[tuple[str, int], int], int]:
+        """Produce one consumed batch to the pool topic (and its bad records to deadletter.v1); returns the
+        offsets to commit once all is acknowledged, and how many records were routed."""
+        positions: dict[tuple[str, int], int] = {}
+        packs: dict[str, list[tuple[bytes, int, int]]] = {}
+        n = 0
+        for msg in msgs:
+            if msg.error():
+                log.warning("scheduler_router_consume_error", error=str(msg.error()))
+                continue
+            value, part, off = msg.value(), int(msg.partition() or 0), int(msg.offset() or 0)
+            positions[(str(msg.topic()), part)] = off + 1
+            if value is None:
+                self._dead_letter(producer, msg, TOMBSTONE, f"a tombstone (null value) on {msg.topic()}, "
+                                  "which is not compacted")  # fmt: skip
+                continue
+            try:
+                pool, ts = self.route_of(value)
+            except SerializationError as exc:
+                self._dead_letter(producer, msg, exc.kind, str(exc))
+                continue
+            kind, arrival = msg.timestamp()
+            error = future_skew_error(
+                ts, None if kind == TIMESTAMP_NOT_AVAILABLE else arrival, self.max_future_skew_s
+            )
+            if error is not None:
+                self._dead_letter(producer, msg, FUTURE_TIMESTAMP, f"{msg.topic()}: {error}")
+                continue
+            items = packs.setdefault(pool, [])
+            items.append((value, part, off))
+            if len(items) >= self.pack_max:
+                self._produce_pack(producer, pool, packs.pop(pool))
+            n += 1
+        for pool, items in packs.items():
+            self._produce_pack(producer, pool, items)
+        return positions, n
 
     @staticmethod
     def _produce_pack(producer: Producer, pool: str, items: list[tuple[bytes, int, int]]) -> None:
@@ -179,12 +211,19 @@ class BatchProducer:
     record is one ``produce`` call and a batch ends with one ``flush`` (waited for in a thread, so the
     event loop keeps fetching and heart-beating). Idempotent, acks from all replicas, order kept per
     partition. Any delivery failure fails the batch (``flush`` raises), like a failed faust send did.
+
+    A record still in flight when a flush slice ends is not a failure: librdkafka settles every record
+    within ``message.timeout.ms`` (delivered, or failed with an error report), so ``flush`` waits that
+    long (plus a margin) before it gives up; a broker that is away for a minute delays the checkpoint
+    instead of failing it (the runtime's checkpoint failure is final: the worker exits). A failed flush
+    keeps nothing: the next one judges only what was reported since.
     """
 
-    def __init__(self, settings: Settings, linger_ms: float = 1.0) -> None:
+    def __init__(self, settings: Settings, linger_ms: float = 1.0, raw: Any | None = None) -> None:
         config = producer_config(settings, **{"linger.ms": linger_ms, "compression.type": "none",
                                               "delivery.report.only.error": True})  # fmt: skip
-        self._producer = RawProducer(config)
+        self._producer = raw if raw is not None else RawProducer(config)
+        self.settle_s = float(config.get("message.timeout.ms", 300_000)) / 1000 + 30.0
         self._errors: list[str] = []
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -199,9 +238,13 @@ class BatchProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
-    def flush(self, timeout: float = 60.0) -> None:
-        """Block until every record is acknowledged; raise if any failed. Run it off the event loop."""
-        remaining = self._producer.flush(timeout)
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every record is acknowledged (at most ``timeout``, default ``settle_s``); raise if
+        any failed or some are still unsettled then. Run it off the event loop."""
+        deadline = time.monotonic() + (self.settle_s if timeout is None else timeout)
+        remaining = self._producer.flush(min(10.0, max(deadline - time.monotonic(), 0.0)))
+        while remaining and not self._errors and time.monotonic() < deadline:
+            remaining = self._producer.flush(min(10.0, max(deadline - time.monotonic(), 0.0)))
         if self._errors or remaining:
             errors, self._errors = self._errors, []
             raise KafkaException(f"{remaining} records unacknowledged, failed: {errors[:5]}")

@@ -29,6 +29,7 @@ __all__ = [
     "pack_tick",
     "partition_of",
     "peek_region",
+    "peek_ts_region",
     "scheduler_config",
     "unpack",
     "unpack_batch",
@@ -61,6 +62,8 @@ class WorkerKnobs:
     batch_max: int = 2000  # most pool events processed as one batch (one producer flush per batch)
     batch_within_s: float = 0.005  # longest a batch waits to fill (adds to match latency)
     hold_max: int = 16  # status reports held per task while its pool is unknown
+    # A held status no lifecycle record releases within this much event time goes to deadletter.v1 (EXPIRED)
+    held_status_ttl_s: float = 3600.0
     linger_s: float = 0.003  # producer batching delay per hop
     session_timeout_s: float = 10.0  # consumer group session: how long a dead worker keeps partitions
     route_batch_max: int = 5000  # telemetry records routed per producer flush + offset commit
@@ -190,17 +193,24 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def peek_region(body: bytes) -> str:
-    """``region`` of a telemetry body written with a schema that starts vin, ts, hw, region.
+def peek_ts_region(body: bytes) -> tuple[int, str]:
+    """``(ts, region)`` of a telemetry body written with a schema that starts vin, ts, hw, region.
 
     Skips a full Avro decode on the router's hot path; the caller checks the writer fingerprint.
     """
     n, pos = _varint(body, 0)  # vin
     pos += n
-    _, pos = _varint(body, pos)  # ts
+    ts, pos = _varint(body, pos)
     _, pos = _varint(body, pos)  # hw enum index
     n, pos = _varint(body, pos)
-    return body[pos : pos + n].decode()
+    if n < 0 or pos + n > len(body):
+        raise IndexError("region runs past the record")
+    return ts, body[pos : pos + n].decode()
+
+
+def peek_region(body: bytes) -> str:
+    """``region`` of a telemetry body (see ``peek_ts_region``)."""
+    return peek_ts_region(body)[1]
 
 
 # -- metrics (carnival_<system>_<verb>_total) ------------------------------------------------------------
@@ -240,3 +250,8 @@ BATCH_SIZE = Histogram(
 )
 QUEUED = Gauge("carnival_scheduler_queued_tasks", "Tasks waiting in this worker's pools", ["partition"])
 IDLE = Gauge("carnival_scheduler_idle_nodes", "Eligible idle nodes in this worker's pools", ["partition"])
+MAP_ENTRIES = Gauge(
+    "carnival_scheduler_map_entries",
+    "Entries of each in-memory map that grows with input (docs/scheduler.md, bounded memory)",
+    ["map", "partition"],
+)

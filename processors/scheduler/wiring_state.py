@@ -258,7 +258,7 @@ class PartitionState:
         nodes, tasks = self.scheduler.drain_dirty()
         p = self.partition
         entries: list[tuple[bytes, bytes | None]] = [
-            (node_key(p, vin), orjson.dumps(nd)) for vin, nd in nodes.items()
+            (node_key(p, vin), None if nd is None else orjson.dumps(nd)) for vin, nd in nodes.items()
         ]
         entries.extend(
             (task_key(p, tid), None if td is None else orjson.dumps(td)) for tid, td in tasks.items()

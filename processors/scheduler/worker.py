@@ -63,10 +63,11 @@ from processors.scheduler.scheduling import PoolScheduler
 from processors.scheduler.wiring_router import BatchProducer, TelemetryRouter
 from processors.scheduler.wiring_runtime import (
     BYPOOL_TOPIC,
+    MAP_ENTRIES,
     PROCESSOR,
     config_from_env,
     knobs_from_env,
-    peek_region,
+    peek_ts_region,
 )
 from streams.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from streams.topics import DEADLETTER_TOPIC, TELEMETRY_TOPIC
@@ -79,8 +80,6 @@ _CHANGELOG_CONFIG = {
     "min.cleanable.dirty.ratio": "0.2",
     "delete.retention.ms": str(24 * 3600 * 1000),
 }
-
-
 
 
 _fatal = drive.exit_on_failure(PROCESSOR)
@@ -126,6 +125,7 @@ routes = app.Table(
 router = TaskRouter(
     routes, bypool_topic, codec, config, hold_max=knobs.hold_max,
     route_ttl_ms=int((knobs.route_ttl_s or config.tombstone_ttl_s + 3600) * 1000),
+    held_ttl_ms=int(knobs.held_status_ttl_s * 1000),
 )  # fmt: skip
 pools = PoolScheduler(
     app, state_table, bypool_topic, codec, serde, config, knobs,
@@ -142,17 +142,21 @@ _PEEKABLE = frozenset(
 )
 
 
-def _region(value: bytes) -> str:
+def _route_of(value: bytes) -> tuple[str, int]:
+    """(pool, event ts) of a telemetry value, peeked without a full decode where the schema allows."""
     if value[:10] in _PEEKABLE:
         try:
-            return peek_region(value[10:])
+            ts, region = peek_ts_region(value[10:])
+            return region, ts
         except (IndexError, UnicodeDecodeError):
             pass  # the full decode below names the problem
-    return str(serde.decode(TELEMETRY_TOPIC, value)["region"] or "")
+    record = serde.decode(TELEMETRY_TOPIC, value)
+    return str(record["region"] or ""), int(record["ts"])
 
 
 telemetry_router = TelemetryRouter(
-    settings, _region, serde.encode, session_timeout_s=knobs.session_timeout_s,
+    settings, _route_of, serde.encode, max_future_skew_s=config.max_future_skew_s,
+    session_timeout_s=knobs.session_timeout_s,
     batch_max=knobs.route_batch_max, pack_max=knobs.route_pack_max, linger_ms=knobs.route_linger_ms,
     processor=PROCESSOR,
 )  # fmt: skip
@@ -219,6 +223,8 @@ async def checkpoint() -> None:
 @app.timer(interval=knobs.tick_s)
 async def tick() -> None:
     await pools.tick()
+    for name, size in router.sizes().items():
+        MAP_ENTRIES.labels(map=name, partition="all").set(size)
 
 
 log.info("scheduler_worker_configured", partitions=PARTITIONS, knobs=dataclasses.asdict(knobs),

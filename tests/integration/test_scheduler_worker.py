@@ -186,7 +186,10 @@ def test_preemption_on_gear_change_and_unplug(worker: SchedWorker, outputs: Outp
         outputs.wait(lambda b=b: outputs.node(b))
         feed.telemetry(tel(a, region, **leave))
         reason = "NOT_PARKED" if case == "gear" else "NOT_PLUGGED_IN"
-        outputs.wait(lambda r=region: len(outputs.assigned(f"{r}-t")) == 2, what=f"{case}: reassignment")
+        # Lifecycle, assignments and nodes are three topics with no order between them: wait for all three.
+        outputs.wait(lambda r=region, a=a, reason=reason: len(outputs.assigned(f"{r}-t")) == 2
+                     and len(outputs.commands(r)) == 3 and (outputs.node(a) or {}).get("reason") == reason,
+                     what=f"{case}: reassignment")  # fmt: skip
         states = outputs.states(f"{region}-t")
         assert states == ["REQUESTED", "QUEUED", "ASSIGNED", "STARTED", "PREEMPTED", "REQUEUED", "ASSIGNED"]
         life = {r["state"]: r for r in outputs.lifecycle[f"{region}-t"]}
@@ -328,8 +331,8 @@ def test_bad_records_are_dead_lettered(worker: SchedWorker, outputs: Outputs, fe
 
     outputs.wait(lambda: len(mine()) >= 3, what=lambda: f"dead letters: {mine()}")
     kinds = sorted(d["error_kind"] for d in mine())
-    assert "future_timestamp" in kinds and len(kinds) == 3
-    future = [d for d in mine() if d["error_kind"] == "future_timestamp"][0]
+    assert "FUTURE_TIMESTAMP" in kinds and len(kinds) == 3
+    future = [d for d in mine() if d["error_kind"] == "FUTURE_TIMESTAMP"][0]
     assert future["source_topic"] == "fleet.telemetry.v1" and future["source_offset"] >= 0
     assert outputs.node(f"{t}-future") is None and worker.alive()
 

@@ -86,6 +86,8 @@ def test_every_reason_is_covered() -> None:
         ({"hw": "HW3"}, "HW_TOO_OLD"),
         ({"gear": "D"}, "NOT_PARKED"),
         ({"charge_state": "DISCONNECTED"}, "NOT_PLUGGED_IN"),
+        ({"soc_pct": float("nan")}, "SOC_INVALID"),
+        ({"compute_temp_c": float("nan")}, "TEMP_INVALID"),
         ({"gear": "UNKNOWN"}, "UNKNOWN_STATE"),
         ({"soc_pct": 10.0}, "SOC_TOO_LOW"),
         ({"compute_temp_c": 99.0}, "TOO_HOT"),

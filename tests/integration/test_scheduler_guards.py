@@ -1,0 +1,110 @@
+"""Hostile records through the real broker (issue 11): a tombstone, a year-3000 timestamp or a NaN on a
+scheduler input goes to deadletter.v1 with its reason, and the worker keeps serving the fleet."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+from test_scheduler_itsupport import Feed, Outputs, SchedWorker, now_ms, req, status, tag, tel, worker_env
+
+from core.settings import Settings
+from processors.scheduler import assignment_id_for
+
+pytestmark = pytest.mark.integration
+
+YEAR_3000 = 32_503_680_000_000
+
+
+@pytest.fixture(scope="module")
+def outputs(stack: Settings) -> Iterator[Outputs]:
+    out = Outputs(stack)
+    yield out
+    out.close()
+
+
+@pytest.fixture(scope="module")
+def feed(stack: Settings) -> Iterator[Feed]:
+    f = Feed(stack)
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def worker(
+    stack: Settings, stack_env: dict[str, str], outputs: Outputs, feed: Feed,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[SchedWorker]:  # fmt: skip
+    w = SchedWorker(worker_env(stack_env, tick_s=0.5), tmp_path_factory.mktemp("sched-guards"))
+    w.start()
+    try:
+        probe = tag("probe")
+        feed.telemetry(tel(f"{probe}-v", probe))
+        try:
+            outputs.wait(lambda: outputs.node(f"{probe}-v"), timeout_s=120, what="the worker to come up")
+        except AssertionError:
+            pytest.fail(f"scheduler worker did not come up:\n{w.log_tail()}")
+        yield w
+    finally:
+        w.stop()
+
+
+def _dead(outputs: Outputs, key: str) -> list[dict[str, object]]:
+    return [d for d in outputs.deadletters if d.get("key") == key.encode()]
+
+
+def test_a_telemetry_tombstone_is_dead_lettered_and_the_worker_keeps_serving(
+    worker: SchedWorker, outputs: Outputs, feed: Feed
+) -> None:
+    t = tag("tomb")
+    vin = f"{t}-v"
+    feed.raw("fleet.telemetry.v1", None, vin)  # type: ignore[arg-type]
+    feed.telemetry(tel(vin, t))
+    outputs.wait(lambda: (outputs.node(vin) or {}).get("eligible"), what=f"{vin} eligible")
+    feed.requests(req(f"{t}-task", t))
+    outputs.wait(lambda: outputs.assigned(f"{t}-task"), what="the task assigned")
+    outputs.wait(lambda: _dead(outputs, vin), what="the tombstone's dead letter")
+    [dead] = _dead(outputs, vin)
+    assert dead["error_kind"] == "TOMBSTONE" and dead["source_topic"] == "fleet.telemetry.v1"
+    assert dead["value"] is None and "tombstone" in str(dead["error"])
+    assert worker.alive()
+
+
+def test_task_tombstones_and_year_3000_records_are_dead_lettered_and_move_no_clock(
+    worker: SchedWorker, outputs: Outputs, feed: Feed
+) -> None:
+    t = tag("future")
+    vin = f"{t}-v"
+    feed.telemetry(tel(vin, t))
+    outputs.wait(lambda: (outputs.node(vin) or {}).get("eligible"), what=f"{vin} eligible")
+    feed.raw("tasks.requests.v1", None, f"{t}-tomb-req")  # type: ignore[arg-type]
+    feed.raw("tasks.status.v1", None, f"{t}-tomb-st")  # type: ignore[arg-type]
+    feed.requests(req(f"{t}-req3000", t, ts=YEAR_3000))
+    feed.statuses(status(f"{t}-st3000", assignment_id_for(f"{t}-st3000", 1), vin, "STARTED", ts=YEAR_3000))
+    keys = {f"{t}-tomb-req": "TOMBSTONE", f"{t}-tomb-st": "TOMBSTONE",
+            f"{t}-req3000": "FUTURE_TIMESTAMP", f"{t}-st3000": "FUTURE_TIMESTAMP"}  # fmt: skip
+    outputs.wait(
+        lambda: all(_dead(outputs, k) for k in keys), what=lambda: f"dead letters {outputs.deadletters}"
+    )
+    assert {k: _dead(outputs, k)[0]["error_kind"] for k in keys} == keys
+    assert outputs.states(f"{t}-req3000") == []
+    # No clock moved to the year 3000: the car keeps its lease and takes the next task.
+    feed.telemetry(tel(vin, t))
+    feed.requests(req(f"{t}-task", t))
+    got = outputs.wait(lambda: outputs.assigned(f"{t}-task"), what="the task assigned")
+    assert got[0]["vin"] == vin and got[0]["ts"] < now_ms() + 60_000
+    assert (outputs.node(vin) or {}).get("reason") in (None, "AT_CAPACITY")
+
+
+def test_a_nan_soc_is_not_reported_and_the_car_is_ineligible(
+    worker: SchedWorker, outputs: Outputs, feed: Feed
+) -> None:
+    t = tag("nan")
+    vin = f"{t}-v"
+    feed.telemetry(tel(vin, t, soc_pct=math.nan))
+    outputs.wait(lambda: outputs.node(vin), what=f"a node record of {vin}")
+    node = outputs.node(vin)
+    assert node is not None and (node["eligible"], node["reason"]) == (False, "SOC_INVALID")
+    feed.telemetry(tel(vin, t))  # a usable SoC again
+    outputs.wait(lambda: (outputs.node(vin) or {}).get("eligible"), what=f"{vin} eligible again")
