@@ -115,10 +115,15 @@ def topics() -> None:
 @topics.command("apply")
 def topics_apply() -> None:
     """Create missing topics and update configs that differ (idempotent)."""
+    from streams.exceptions import BrokerUnreachable
+    from streams.kafka import await_broker
     from streams.topics import apply_topics
 
     try:
+        await_broker(_settings())
         report = apply_topics(_settings())
+    except BrokerUnreachable as exc:
+        _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - one clear line for the operator
         _fail(f"could not apply topics: {exc}")
     click.echo(f"topics: {report.summary()}")
@@ -160,15 +165,23 @@ def migrate() -> None:
 @click.argument("topic")
 @click.argument("file", default="-", type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="Do not print each rejected line.")
-def produce(topic: str, file: str, quiet: bool) -> None:
+@click.option(
+    "--allow-derived",
+    is_flag=True,
+    help="Also write topics Carnival derives (alerts.v1, tasks.lifecycle.v1, ...).",
+)
+def produce(topic: str, file: str, quiet: bool, allow_derived: bool) -> None:
     """Publish JSON lines from FILE (or - for stdin) to TOPIC.
 
     Each line is validated against the topic's schema and sent as Avro. Bad lines are reported with
-    their line number and reason and go to deadletter.v1. Exits 1 if any line was rejected.
+    their line number and reason and go to deadletter.v1: schema errors, timestamps outside 2000..2100,
+    a `ts` more than 5 minutes ahead of now, records over the broker's message limit. Exits 1 if any
+    line was rejected or Kafka does not answer within CARNIVAL_KAFKA_CONNECT_TIMEOUT_S; 2 for a derived
+    topic without --allow-derived.
     """
     from carnival.produce_cmd import run_produce
 
-    sys.exit(run_produce(_settings(), topic, file, quiet))
+    sys.exit(run_produce(_settings(), topic, file, quiet, allow_derived))
 
 
 @main.command()
@@ -179,7 +192,11 @@ def produce(topic: str, file: str, quiet: bool) -> None:
     "--timeout", "timeout_s", type=click.FloatRange(min=0), help="Stop after S seconds without new data."
 )
 def consume(topic: str, from_beginning: bool, max_records: int | None, timeout_s: float | None) -> None:
-    """Decode TOPIC to JSON lines on stdout (timestamps as ISO-8601 UTC)."""
+    """Decode TOPIC to JSON lines on stdout (timestamps as ISO-8601 UTC).
+
+    Records that cannot be decoded are skipped with a line on stderr. A timestamp beyond year 9999 (or
+    before year 1) is written as its raw epoch integer; NaN as null.
+    """
     from carnival.produce_cmd import run_consume
 
     sys.exit(run_consume(_settings(), topic, from_beginning, max_records, timeout_s))

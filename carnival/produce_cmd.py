@@ -1,4 +1,8 @@
-"""``carnival produce`` and ``carnival consume``: terminal front ends of streams.produce/streams.consume."""
+"""``carnival produce`` and ``carnival consume``: terminal front ends of streams.produce/streams.consume.
+
+Both first wait for the cluster (``kafka_connect_timeout_s``): an unreachable broker is one error line
+naming the bootstrap servers and the settings to check, and exit code 1, not a retry loop on the terminal.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import BinaryIO
 import click
 
 from core.settings import Settings
-from streams.topics import DEADLETTER_TOPIC, TOPICS
+from streams.topics import DEADLETTER_TOPIC, DERIVED_TOPICS, INPUT_TOPICS, TOPICS
 
 
 def _check_topic(topic: str) -> bool:
@@ -20,23 +24,51 @@ def _check_topic(topic: str) -> bool:
     return False
 
 
+def _check_writable(topic: str, allow_derived: bool) -> bool:
+    if topic not in DERIVED_TOPICS or allow_derived:
+        return True
+    click.secho(
+        f"error: {topic} is a derived topic: Carnival's processors publish it, and a hand-made record there "
+        f"could forge what they say. Producers publish {', '.join(INPUT_TOPICS)}; "
+        "pass --allow-derived to write it anyway.",
+        fg="red",
+        err=True,
+    )
+    return False
+
+
+def _broker_answers(settings: Settings) -> bool:
+    from streams.exceptions import BrokerUnreachable
+    from streams.kafka import await_broker
+
+    try:
+        await_broker(settings)
+    except BrokerUnreachable as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return False
+    return True
+
+
 def _open_input(path: str) -> BinaryIO:
     if path == "-":
         return sys.stdin.buffer
     return open(path, "rb")  # noqa: SIM115 - closed by the caller's context manager
 
 
-def run_produce(settings: Settings, topic: str, path: str, quiet: bool) -> int:
-    """Returns the exit code: 0 all good, 1 if any line was rejected or not delivered, 130 on Ctrl-C."""
+def run_produce(settings: Settings, topic: str, path: str, quiet: bool, allow_derived: bool = False) -> int:
+    """Returns the exit code: 0 all good, 1 if any line was rejected or not delivered or Kafka does not
+    answer, 2 for a usage error (unknown or derived topic, no such file), 130 on Ctrl-C."""
     from streams.kafka import Producer
     from streams.produce import ProduceSummary, Rejection, produce_json_lines
     from streams.serde import serde_from_settings
 
-    if not _check_topic(topic):
+    if not _check_topic(topic) or not _check_writable(topic, allow_derived):
         return 2
     if path != "-" and not Path(path).is_file():
         click.secho(f"error: no such file: {path}", fg="red", err=True)
         return 2
+    if not _broker_answers(settings):
+        return 1
 
     def report(rejection: Rejection) -> None:
         if not quiet:
@@ -57,7 +89,13 @@ def run_produce(settings: Settings, topic: str, path: str, quiet: bool) -> int:
                     bar.update(task, completed=n)
 
             summary = produce_json_lines(
-                topic, lines, producer, serde, on_reject=report, on_progress=on_progress
+                topic,
+                lines,
+                producer,
+                serde,
+                on_reject=report,
+                on_progress=on_progress,
+                max_message_bytes=producer.max_message_bytes,
             )
     except KeyboardInterrupt:
         interrupted = True
@@ -104,11 +142,15 @@ def _progress(path: str):  # type: ignore[no-untyped-def]
 def run_consume(
     settings: Settings, topic: str, from_beginning: bool, max_records: int | None, timeout_s: float | None
 ) -> int:
+    from confluent_kafka import KafkaException
+
     from streams.consume import consume_json_lines
     from streams.kafka import make_consumer
 
     if not _check_topic(topic):
         return 2
+    if not _broker_answers(settings):
+        return 1
     consumer = make_consumer(settings)
     try:
         summary = consume_json_lines(
@@ -124,12 +166,20 @@ def run_consume(
     except LookupError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         return 2
+    except KafkaException as exc:  # the cluster went away between the check and the metadata request
+        click.secho(f"error: Kafka at {settings.kafka_bootstrap}: {exc.args[0]}", fg="red", err=True)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
         consumer.close()
     if summary.undecodable:
         click.echo(f"{summary.undecodable} records could not be decoded", err=True)
+    if summary.raw_timestamps:
+        click.echo(
+            f"{summary.raw_timestamps} timestamps outside years 1..9999 were written as raw epoch integers",
+            err=True,
+        )
     return 0
 
 

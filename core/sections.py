@@ -103,10 +103,25 @@ class RouterSettings(BaseModel):
         default=300.0, description="a repeated (fingerprint, status) within this is not sent again"
     )
     dedup_max_entries: int = Field(default=100_000, description="most (fingerprint, status) pairs remembered")
-    max_in_flight: int = Field(default=10_000, description="consumption pauses past this many undelivered")
+    max_in_flight: int = Field(
+        default=10_000,
+        description="per receiver: its consumer pauses past this many unfinished records (the others go on)",
+    )
     timeout_s: float = Field(default=5.0, description="HTTP timeout per attempt")
     backoff_initial_s: float = Field(default=0.5, description="first wait before retrying a receiver")
     backoff_max_s: float = Field(default=30.0, description="longest wait between retries of a receiver")
+    backoff_multiplier: float = Field(
+        default=2.0, ge=1.0, description="each failed attempt multiplies the wait (up to backoff_max_s)"
+    )
+    rejected_body_max_bytes: int = Field(
+        default=2048, ge=0, description="how much of a rejecting (4xx) receiver's answer a dead letter keeps"
+    )
+    deadletter_retry_s: float = Field(
+        default=1.0, description="wait before producing again a dead letter the broker did not acknowledge"
+    )
+    broker_timeout_s: float = Field(
+        default=30.0, gt=0, description="how long `carnival alerts route` tries to reach the broker at start"
+    )
     commit_interval_s: float = Field(default=0.5, description="how often delivered offsets are committed")
     drain_timeout_s: float = Field(
         default=5.0, description="how long a stopping router waits for deliveries in flight"

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = Field(default="localhost:9092", description="bootstrap servers, comma separated")
+    kafka_connect_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds a command waits for the Kafka cluster to answer before it exits with an error",
+    )
     kafka_controller_port: int | None = Field(
         default=None, description="KRaft controller port of the local broker [broker port + 1]"
     )

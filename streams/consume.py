@@ -2,6 +2,12 @@
 
 Reads every partition of a topic without joining a consumer group's commits (a reader, not a
 processor), from the beginning or the end, until ``max_records`` or ``timeout_s`` without new data.
+
+Any bytes are survived: a record that cannot be decoded (bad framing, unknown schema, corrupt body, a
+tombstone) is skipped with one line through ``on_error`` (partition, offset, why) and counted. A timestamp
+no ISO date can hold (before year 1, after 9999) is written as its raw epoch integer (a JSON number where
+timestamps are otherwise strings), counted in ``raw_timestamps`` and the first one told through
+``on_error``. A NaN or infinite double is written as null (JSON has no NaN): "not reported".
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
 from streams.exceptions import SerializationError
-from streams.records import to_json_record
+from streams.records import timestamp_fields, to_json_record
 
 
 class _Serde(Protocol):
@@ -27,6 +33,7 @@ class ConsumeSummary:
     topic: str
     records: int = 0
     undecodable: int = 0
+    raw_timestamps: int = 0  # timestamps written as raw epoch integers (outside years 1..9999)
 
 
 def assign_all_partitions(consumer: Consumer, topic: str, from_beginning: bool, timeout_s: float = 10) -> int:
@@ -51,6 +58,8 @@ def consume_json_lines(
     """Write each record of ``topic`` as one JSON line to ``out``; return what was read."""
     assign_all_partitions(consumer, topic, from_beginning)
     summary = ConsumeSummary(topic)
+    report = on_error or (lambda message: None)
+    ts_fields = timestamp_fields(topic)
     last_data = time.monotonic()
     batch_size = 1000 if max_records is None else max(1, min(1000, max_records))
     while max_records is None or summary.records < max_records:
@@ -63,17 +72,14 @@ def consume_json_lines(
         lines = []
         for msg in msgs:
             if msg.error():
-                if on_error:
-                    on_error(f"kafka error: {msg.error()}")
+                report(f"kafka error: {msg.error()}")
                 continue
-            try:
-                record = serde.decode(topic, msg.value() or b"")
-            except SerializationError as exc:
+            where = f"partition {msg.partition()} offset {msg.offset()}"
+            line = _json_line(topic, serde, msg.value(), ts_fields, summary, where, report)
+            if line is None:
                 summary.undecodable += 1
-                if on_error:
-                    on_error(f"partition {msg.partition()} offset {msg.offset()}: {exc}")
                 continue
-            lines.append(orjson.dumps(to_json_record(topic, record)))
+            lines.append(line)
             summary.records += 1
             if max_records is not None and summary.records >= max_records:
                 break
@@ -81,3 +87,37 @@ def consume_json_lines(
             out.write(b"\n".join(lines) + b"\n")
             out.flush()
     return summary
+
+
+def _json_line(
+    topic: str,
+    serde: _Serde,
+    value: bytes | None,
+    ts_fields: tuple[str, ...],
+    summary: ConsumeSummary,
+    where: str,
+    report: Callable[[str], None],
+) -> bytes | None:
+    """One record as a JSON line, or None (told through ``report``) when it cannot be shown."""
+    if value is None:
+        report(f"{where}: tombstone (null value), nothing to decode")
+        return None
+    try:
+        out = to_json_record(topic, serde.decode(topic, value))
+        line = orjson.dumps(out)
+    except SerializationError as exc:
+        report(f"{where}: {exc}")
+        return None
+    except orjson.JSONEncodeError as exc:  # e.g. a string no JSON text can hold
+        report(f"{where}: DECODE: {topic}: cannot be written as JSON: {exc}")
+        return None
+    for name in ts_fields:
+        raw = out.get(name)
+        if type(raw) is int:
+            summary.raw_timestamps += 1
+            if summary.raw_timestamps == 1:
+                report(
+                    f"{where}: field {name!r} = {raw} is outside years 1..9999; "
+                    "written as the raw epoch integer"
+                )
+    return line

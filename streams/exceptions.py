@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["CarnivalStreamsError", "SerializationError", "SerializationErrorKind", "ValidationError"]
+__all__ = [
+    "BrokerUnreachable",
+    "CarnivalStreamsError",
+    "SerializationError",
+    "SerializationErrorKind",
+    "ValidationError",
+]
 
 SerializationErrorKind = Literal["UNKNOWN_FINGERPRINT", "DECODE", "ENCODE", "BAD_MAGIC", "REGISTRY"]
 
@@ -42,3 +48,8 @@ class ValidationError(CarnivalStreamsError, ValueError):
         self.message = message
         self.field = field
         self.kind = kind
+
+
+class BrokerUnreachable(CarnivalStreamsError):
+    """The Kafka cluster did not answer within the connect timeout; the message says what was tried for
+    how long and which settings to check (one line for the operator, not a retry loop on the terminal)."""

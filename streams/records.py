@@ -4,22 +4,37 @@
 Avro encoder would silently coerce or crash on, with a message naming the field. Validators are
 compiled once per topic from the schema, so validation costs a few microseconds per record.
 ``to_json_record`` is the inverse for output: timestamps as ISO-8601 UTC with ``Z``, bytes as base64.
+
+Hostile input gets a reason, never an exception other than ValidationError: values are quoted in messages
+through a bounded repr (a field nested a thousand levels deep, a ten-thousand-digit integer), timestamps
+are held to 2000..2100 whether ISO strings (any offset) or epoch integers, and the free-text fields of
+``MAX_CHARS`` have a maximum length.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import math
+import reprlib
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import schemas
 from streams.exceptions import ValidationError
+from streams.topics import ACTIONS_TOPIC
 
-__all__ = ["RANGES", "parse_json_record", "to_json_record"]
+__all__ = [
+    "MAX_CHARS",
+    "PRIVATE_TOPICS",
+    "RANGES",
+    "parse_json_record",
+    "redact_unknown",
+    "timestamp_fields",
+    "to_json_record",
+]
 
 # Value ranges from the SPEC (inclusive; None = unbounded), by field name across all topics.
 _PCT = (0.0, 100.0)
@@ -48,6 +63,14 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "source_offset": (0, None),
     "line": (1, None),
 }
+# Maximum lengths (characters) of free-text fields, by topic; longer values are rejected (VALIDATION).
+# The emulator's `keys` is a key combination and `error` a short message: anything longer is most likely
+# typed text a runtime put in the wrong field, and typed text must never be carried (SPEC).
+MAX_CHARS: dict[str, dict[str, int]] = {ACTIONS_TOPIC: {"keys": 64, "error": 1000}}
+PRIVATE_TOPICS = frozenset({ACTIONS_TOPIC})
+"""Topics whose text is never quoted in a rejection (which lands in the dead-letter topic, then ClickHouse):
+messages say how long a text is, not what it says (``redact_unknown`` for the dead letter's value)."""
+_QUOTE_TEXT: ContextVar[bool] = ContextVar("carnival_quote_text", default=True)
 # Identifier fields that must not be empty strings (they key messages and joins).
 _NON_EMPTY = {
     "vin",
@@ -75,8 +98,25 @@ class _Invalid(Exception):
     """Internal: a value failed; the caller adds topic and field to the message."""
 
 
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's depth- and width-limited repr, also for integers too long for ``repr`` (4300+ digits)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:
+            return f"<integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _BoundedRepr()
+_REPR.maxlevel = 2
+_REPR.maxstring = _REPR.maxother = 60
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A repr for messages: bounded in depth and width whatever ``value`` is (no RecursionError)."""
+    if not (_QUOTE_TEXT.get() or value is None or type(value) in (bool, int, float)):
+        return _placeholder(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -95,7 +135,9 @@ def _ranged(name: str, check: Validator) -> Validator:
     def ranged(v: Any) -> Any:
         v = check(v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise _Invalid(f"{v!r} out of range [{'' if lo is None else lo}, {'' if hi is None else hi}]")
+            raise _Invalid(
+                f"{_short(v)} out of range [{'' if lo is None else lo}, {'' if hi is None else hi}]"
+            )
         return v
 
     return ranged
@@ -117,14 +159,20 @@ def _timestamp(logical: str) -> Validator:
                 dt = datetime.fromisoformat(v)
             except ValueError:
                 raise _Invalid(f"expected ISO-8601 timestamp or {label}, got {_short(v)}") from None
-            return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+            try:
+                dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+            except OverflowError:  # an offset that moves year 1 or 9999 out of datetime's range
+                raise _Invalid(f"{_short(v)} is outside 2000..2100 (UTC)") from None
+            if not _TS_MIN <= dt < _TS_MAX:
+                raise _Invalid(f"{_short(v)} is {dt.date().isoformat()} (UTC), outside 2000..2100")
+            return dt
         if type(v) is int:
             try:
                 dt = _from_epoch(v, per_second)
             except OverflowError:
-                dt = _TS_MAX
+                raise _Invalid(f"{_short(v)} as {label} is outside 2000..2100: wrong unit?") from None
             if not _TS_MIN <= dt < _TS_MAX:
-                raise _Invalid(f"{v} as {label} is {dt:%Y-%m-%d}, outside 2000..2100: wrong unit?")
+                raise _Invalid(f"{v} as {label} is {dt.date().isoformat()}, outside 2000..2100: wrong unit?")
             return dt
         raise _Invalid(f"expected ISO-8601 string or {label} integer, {_got(v)}")
 
@@ -158,7 +206,7 @@ def _primitive(type_name: str, name: str) -> Validator:
             if type(v) is not int:
                 raise _Invalid(f"expected integer ({type_name}), {_got(v)}")
             if not lo <= v <= hi:
-                raise _Invalid(f"{v} does not fit an Avro {type_name}")
+                raise _Invalid(f"{_short(v)} does not fit an Avro {type_name}")
             return v
 
         return _ranged(name, integer)
@@ -171,7 +219,10 @@ def _primitive(type_name: str, name: str) -> Validator:
                     raise _Invalid(f"expected a finite number, got {v!r}")
                 return v  # type: ignore[no-any-return]
             if t is int:
-                return float(v)
+                try:
+                    return float(v)
+                except OverflowError:
+                    raise _Invalid(f"{_short(v)} is too large for a double") from None
             raise _Invalid(f"expected number, {_got(v)}")
 
         return _ranged(name, number)
@@ -182,7 +233,7 @@ def _primitive(type_name: str, name: str) -> Validator:
                 raise _Invalid(f"expected base64 string, {_got(v)}")
             try:
                 return base64.b64decode(v, validate=True)
-            except binascii.Error as exc:
+            except ValueError as exc:  # binascii.Error, or a non-ASCII character in the text
                 raise _Invalid(f"invalid base64: {exc}") from None
 
         return b64
@@ -236,7 +287,7 @@ def _validator(schema: Any, name: str, named: dict[str, Any]) -> Validator:
                 try:
                     out[k] = values(item)
                 except _Invalid as exc:
-                    raise _Invalid(f"[{k!r}]: {exc}") from None
+                    raise _Invalid(f"[{_short(k)}]: {exc}") from None
             return out
 
         return mapping
@@ -262,10 +313,15 @@ class _TopicValidator:
         raw = schemas.raw_schema_for(topic)
         named: dict[str, Any] = {}
         self.fields: list[tuple[str, Validator, Any]] = []  # (name, validator, default or _MISSING)
+        limits = MAX_CHARS.get(topic, {})
         for f in raw["fields"]:
             default = f.get("default", _MISSING)
-            self.fields.append((f["name"], _validator(f["type"], f["name"], named), default))
+            check = _validator(f["type"], f["name"], named)
+            if f["name"] in limits:
+                check = _limited(check, limits[f["name"]])
+            self.fields.append((f["name"], check, default))
         self.names = frozenset(n for n, _, _ in self.fields)
+        self.checks = {n: check for n, check, _ in self.fields}
         self.required = [n for n, _, d in self.fields if d is _MISSING]
 
     def __call__(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -291,12 +347,24 @@ class _TopicValidator:
                 raise ValidationError(f"{self.topic}: field '{name}': {exc}", name) from None
         if seen != len(obj):
             extra = sorted(k for k in obj if k not in self.names)
+            shown = ", ".join(map(_short, extra[:5])) + (
+                f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            )
             raise ValidationError(
-                f"{self.topic}: unknown field(s) {', '.join(map(repr, extra))}; "
-                f"allowed: {', '.join(n for n, _, _ in self.fields)}",
-                extra[0] if extra else None,
+                f"{self.topic}: unknown field(s) {shown}; allowed: {', '.join(n for n, _, _ in self.fields)}",
+                extra[0][:255] if extra else None,
             )
         return out
+
+
+def _limited(check: Validator, limit: int) -> Validator:
+    def limited(v: Any) -> Any:
+        v = check(v)
+        if v is not None and len(v) > limit:
+            raise _Invalid(f"{len(v)} characters, at most {limit}")
+        return v
+
+    return limited
 
 
 @cache
@@ -314,27 +382,84 @@ def parse_json_record(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
         validate = _validator_for(topic)
     except KeyError as exc:
         raise ValidationError(str(exc.args[0])) from None
-    return validate(obj)
+    if topic not in PRIVATE_TOPICS:
+        return validate(obj)
+    token = _QUOTE_TEXT.set(False)
+    try:
+        return validate(obj)
+    finally:
+        _QUOTE_TEXT.reset(token)
+
+
+def redact_unknown(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as it may be kept in a dead letter of a private topic: every field name stays, and so does
+    every value that is valid for its field; any other value (a field outside the schema, a text over its
+    ``MAX_CHARS`` limit, a text where a number belongs) becomes a placeholder like ``"<redacted 34 chars>"``:
+    text a runtime put where it does not belong is not kept."""
+    checks = _validator_for(topic).checks
+    token = _QUOTE_TEXT.set(False)
+    try:
+        return {
+            name: value if _valid(checks.get(name), value) else _placeholder(value)
+            for name, value in obj.items()
+        }
+    finally:
+        _QUOTE_TEXT.reset(token)
+
+
+def _valid(check: Validator | None, value: Any) -> bool:
+    if check is None:
+        return False
+    if value is None:
+        return True
+    try:
+        check(value)
+    except _Invalid:
+        return False
+    return True
+
+
+def _placeholder(value: Any) -> str:
+    if type(value) is str:
+        return f"<redacted {len(value)} chars>"
+    kind = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}
+    return f"<redacted {kind.get(type(value), 'null' if value is None else type(value).__name__)}>"
+
+
+@cache
+def timestamp_fields(topic: str) -> tuple[str, ...]:
+    """The fields of ``topic`` that hold timestamps (any logical timestamp type, nullable or not)."""
+    return tuple(f["name"] for f in schemas.raw_schema_for(topic)["fields"] if _is_timestamp(f["type"]))
+
+
+def _is_timestamp(schema: Any) -> bool:
+    if isinstance(schema, list):
+        return any(_is_timestamp(branch) for branch in schema)
+    return isinstance(schema, dict) and schema.get("logicalType") in _UNITS
 
 
 # -- output -------------------------------------------------------------------------------------
 
 
-def _ts_formatter(logical: str) -> Callable[[Any], str]:
+def _ts_formatter(logical: str) -> Callable[[Any], str | int]:
     unit, per_second = _UNITS[logical]
     spec = unit  # isoformat timespec: "milliseconds" / "microseconds"
 
     cache: dict[int, str] = {}  # whole second -> "YYYY-MM-DDTHH:MM:SS"; telemetry clusters in seconds
     width = 3 if per_second == 1000 else 6
 
-    def fmt(v: Any) -> str:
+    def fmt(v: Any) -> str | int:
         if type(v) is int:
             seconds, fraction = divmod(v, per_second)
             head = cache.get(seconds)
             if head is None:
+                try:
+                    dt = _EPOCH + timedelta(seconds=seconds)
+                except OverflowError:
+                    return v  # before year 1 or after 9999: no ISO form; the raw epoch integer is shown
                 if len(cache) > 100_000:
                     cache.clear()
-                head = cache[seconds] = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+                head = cache[seconds] = dt.replace(tzinfo=None).isoformat(timespec="seconds")
             return f"{head}.{fraction:0{width}d}Z"
         if v.tzinfo is not None:
             v = v.astimezone(UTC).replace(tzinfo=None)
@@ -370,7 +495,10 @@ def _output_plan(topic: str) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
 
 
 def to_json_record(topic: str, record: dict[str, Any]) -> dict[str, Any]:
-    """A record as a JSON-ready dict: timestamps ISO-8601 UTC with ``Z``, bytes base64; rest as is."""
+    """A record as a JSON-ready dict: timestamps ISO-8601 UTC with ``Z``, bytes base64; rest as is.
+
+    A timestamp (epoch integer) beyond what an ISO date can say (before year 1, after 9999) stays the
+    raw integer in its field's unit: a JSON number where every other timestamp is a string."""
     out = dict(record)
     for name, conv in _output_plan(topic):
         v = out.get(name)

@@ -96,6 +96,10 @@ TOPICS: dict[str, TopicSpec] = {
 }
 
 
+DERIVED_TOPICS = tuple(name for name in TOPICS if name not in INPUT_TOPICS)
+"""What Carnival itself publishes; a hand-made record there could forge an alert or a task's lifecycle."""
+
+
 def key_field(topic: str) -> str:
     try:
         return TOPICS[topic].key_field

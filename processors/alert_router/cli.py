@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import sys
 import threading
+from typing import Any
 
 import click
 
-__all__ = ["alerts", "parse_receivers"]
+__all__ = ["alerts", "broker_problem", "parse_receivers"]
 
 WEBHOOKS_ENV = "CARNIVAL_ALERT_WEBHOOKS"
 
@@ -24,6 +25,8 @@ def parse_receivers(webhooks: tuple[str, ...] | list[str], slack_webhooks: tuple
         if item:
             entries.append(("slack", item[6:]) if item.startswith("slack:") else ("alertmanager", item))
     receivers, counts = [], {"alertmanager": 0, "slack": 0}
+    if len(set(entries)) != len(entries):
+        raise click.BadParameter("the same receiver URL is given twice")
     for kind, url in entries:
         if not url.startswith(("http://", "https://")):
             raise click.BadParameter(f"not an http(s) URL: {url!r}")
@@ -31,6 +34,36 @@ def parse_receivers(webhooks: tuple[str, ...] | list[str], slack_webhooks: tuple
         name = f"{'webhook' if kind == 'alertmanager' else 'slack'}-{counts[kind]}"
         receivers.append(Receiver(name, url, kind))  # type: ignore[arg-type]
     return receivers
+
+
+class _DebugLog:
+    """A librdkafka ``logger``: its lines go to the structured log at debug level, not to the terminal."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        import structlog
+
+        structlog.get_logger("librdkafka").debug(fmt % args if args else fmt, librdkafka_level=level)
+
+
+def broker_problem(settings: Any, timeout_s: float) -> str | None:
+    """None if the broker answers a metadata request within ``timeout_s``; else one sentence saying what
+    was tried, for how long, and which settings to check. librdkafka's own lines go to the debug log."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka import admin_config
+
+    bootstrap = settings.kafka.bootstrap
+    admin = AdminClient(admin_config(settings, logger=_DebugLog(), **{"log.connection.close": False}))
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        reason = error.str() if hasattr(error, "str") else str(error)
+        return (f"cannot reach the Kafka broker at {bootstrap} (tried for {timeout_s:g} s: {reason}); "
+                "check CARNIVAL_KAFKA_BOOTSTRAP and the CARNIVAL_KAFKA_* security settings, or allow more "
+                "time with --broker-timeout / CARNIVAL_ALERT_BROKER_TIMEOUT_S")  # fmt: skip
+    return None
 
 
 @click.group()
@@ -76,6 +109,13 @@ def alerts() -> None:
 )
 @click.option("--external-url", help="Link sent as externalURL/generatorURL [CARNIVAL_ALERT_EXTERNAL_URL].")
 @click.option(
+    "--broker-timeout",
+    "broker_timeout_s",
+    type=click.FloatRange(min=0.1),
+    help="Give up with an error if the Kafka broker cannot be reached within S seconds at start "
+    "[CARNIVAL_ALERT_BROKER_TIMEOUT_S, 30].",
+)
+@click.option(
     "--max-idle",
     "max_idle_s",
     type=click.FloatRange(min=0),
@@ -90,12 +130,15 @@ def route(
     timeout_s: float | None,
     backoff_max_s: float | None,
     external_url: str | None,
+    broker_timeout_s: float | None,
     max_idle_s: float | None,
 ) -> None:
     """Consume alerts.v1 and deliver each alert to every receiver.
 
-    Receivers come from --webhook, --slack-webhook and CARNIVAL_ALERT_WEBHOOKS. Offsets are committed only
-    after every receiver has an alert, so a restart re-delivers rather than loses.
+    Receivers come from --webhook, --slack-webhook and CARNIVAL_ALERT_WEBHOOKS. Each receiver reads
+    alerts.v1 in its own consumer group, so one that is down holds up only itself; the router's group is
+    committed only once every receiver delivered (or dead-lettered) an alert, so a restart re-delivers
+    rather than loses.
     """  # fmt: skip
     from core.metrics import serve_metrics
     from core.settings import get_settings
@@ -108,10 +151,15 @@ def route(
             f"error: no receivers: give --webhook/--slack-webhook or set {WEBHOOKS_ENV}", fg="red", err=True
         )
         sys.exit(2)
-    serve_metrics(settings.metrics_port)
     options = {"group_id": group_id, "dedup_window_s": dedup_window_s, "timeout_s": timeout_s,
-               "backoff_max_s": backoff_max_s, "external_url": external_url}  # fmt: skip
+               "backoff_max_s": backoff_max_s, "external_url": external_url,
+               "broker_timeout_s": broker_timeout_s}  # fmt: skip
     config = RouterConfig.from_settings(settings, **{k: v for k, v in options.items() if v is not None})
+    problem = broker_problem(settings, config.broker_timeout_s)
+    if problem:
+        click.secho(f"error: {problem}", fg="red", err=True)
+        sys.exit(1)
+    serve_metrics(settings.metrics_port)
     router = AlertRouter(settings, receivers, config)
     stop = threading.Event()
     try:

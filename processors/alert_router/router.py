@@ -1,11 +1,15 @@
-"""The alert router: consume ``alerts.v1``, deduplicate, fan out to receivers, commit after delivery.
+"""The alert router: consume ``alerts.v1`` once per receiver, deduplicate, deliver, commit after delivery.
 
-Order of effects for one record: decode -> dedup -> hand to every receiver's queue -> each receiver's
-worker delivers (retrying while the receiver is down) -> when every receiver is done, the record is done
--> the consumer commits the highest offset below which every record of the partition is done.
-A crash therefore re-delivers (at least once), never loses; the dedup window suppresses repeats seen
-by this process. If receivers fall too far behind (``max_in_flight``), consumption pauses until they
-catch up, which bounds memory while a receiver is down for long.
+Each receiver has a lane (``lane.py``): its own consumer group (``<group_id>.<kind>-<hash of URL>``),
+dedup window, in-flight cap and delivery thread. A lane commits a record once its receiver accepted it,
+or rejected it for good and the dead letter saying so is acknowledged. A receiver that is down holds
+back only its own lane: at ``max_in_flight`` records its consumer pauses while the other lanes go on.
+
+The router's own group (``group_id``, what lag dashboards and the demo watch) is committed at the lowest
+offset every lane has committed, per partition, read back from the broker (so this stays right with
+several router processes sharing the lanes' partitions). A record is therefore committed there only
+when every receiver has delivered or dead-lettered it. A new receiver's lane starts where the router's
+group is, not at the start of the topic.
 """
 
 from __future__ import annotations
@@ -13,23 +17,26 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from prometheus_client import Counter
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from core.settings import RouterSettings, Settings
-from processors.alert_router.dedup import DedupWindow
-from processors.alert_router.delivery import Job, Receiver, ReceiverWorker, Sender, post_json
+from processors.alert_router.deadletters import DeadLetterSender, RawProducer
+from processors.alert_router.delivery import Receiver, ReceiverWorker, Sender
+from processors.alert_router.lane import ReceiverLane, lane_group
+from processors.alert_router.offsets import OffsetTracker
 from streams.topics import ALERTS_TOPIC
 
 __all__ = ["ALERTS_TOPIC", "AlertRouter", "OffsetTracker", "RouterConfig"]
 
 log = structlog.get_logger(__name__)
 
-CONSUMED = Counter("carnival_alert_consumed_total", "alerts.v1 records read by the router", ["result"])
+ConsumerFactory = Callable[[str], Consumer]  # group id -> consumer
+METADATA_TIMEOUT_S = 5.0
+PARTITIONS_REFRESH_S = 30.0
 
 
 class RouterConfig(RouterSettings):
@@ -42,190 +49,190 @@ class RouterConfig(RouterSettings):
         return cls(**{**settings.alerts.model_dump(), **overrides})
 
 
-class OffsetTracker:
-    """Which records are fully handled, per partition; thread-safe (workers call ``done``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._order: dict[int, deque[int]] = {}  # partition -> offsets in consumption order
-        self._remaining: dict[tuple[int, int], int] = {}  # (partition, offset) -> receivers still to go
-        self._committed: dict[int, int] = {}  # partition -> next offset already committed
-
-    def add(self, partition: int, offset: int, receivers: int) -> None:
-        with self._lock:
-            self._order.setdefault(partition, deque()).append(offset)
-            self._remaining[(partition, offset)] = receivers
-
-    def done(self, partition: int, offset: int, receivers: int = 1) -> None:
-        with self._lock:
-            key = (partition, offset)
-            if key in self._remaining:  # unknown: a partition revoked meanwhile
-                self._remaining[key] -= receivers
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._remaining)
-
-    def ready(self) -> dict[int, int]:
-        """partition -> next offset to commit, for partitions that moved since the last call."""
-        out = {}
-        with self._lock:
-            for partition, order in self._order.items():
-                last = None
-                while order and self._remaining.get((partition, order[0]), 0) <= 0:
-                    last = order.popleft()
-                    self._remaining.pop((partition, last), None)
-                if last is not None:
-                    out[partition] = last + 1
-        return out
-
-    def forget(self, partitions: list[int]) -> None:
-        with self._lock:
-            for partition in partitions:
-                for offset in self._order.pop(partition, ()):
-                    self._remaining.pop((partition, offset), None)
-
-
 class AlertRouter:
     """Routes ``alerts.v1`` to receivers. ``run(stop)`` blocks until ``stop`` is set; ``close`` drains."""
 
     def __init__(self, settings: Settings, receivers: list[Receiver], config: RouterConfig | None = None,
-                 sender: Sender = post_json, consumer: Consumer | None = None) -> None:  # fmt: skip
-        from streams.kafka import make_consumer
+                 sender: Sender | None = None, consumer_factory: ConsumerFactory | None = None,
+                 producer: RawProducer | None = None) -> None:  # fmt: skip
         from streams.serde import serde_from_settings
 
         if not receivers:
             raise ValueError("the alert router needs at least one receiver")
+        keys = [(r.kind, r.url) for r in receivers]
+        if len(set(keys)) != len(keys):
+            raise ValueError("the same receiver (kind and URL) is given twice")
         self.settings = settings
         self.config = cfg = config or RouterConfig.from_settings(settings)
         self.receivers = receivers
         self.serde = serde_from_settings(settings)
-        self.consumer = consumer or make_consumer(settings, cfg.group_id)
-        self.tracker = OffsetTracker()
-        self.dedup = DedupWindow(cfg.dedup_window_s, cfg.dedup_max_entries)
-        self.workers = [
-            ReceiverWorker(r, self._on_done, timeout_s=cfg.timeout_s, backoff_initial_s=cfg.backoff_initial_s,
-                           backoff_max_s=cfg.backoff_max_s, external_url=cfg.external_url, sender=sender)
-            for r in receivers
+        self._make_consumer = consumer_factory or self._kafka_consumer
+        producer = producer or self._kafka_producer()
+        self.deadletters = DeadLetterSender(producer, self.serde, cfg.deadletter_retry_s)
+        self.consumer = self._make_consumer(cfg.group_id)  # the router's group: committed, never subscribed
+        self.lanes = [
+            ReceiverLane(r, self._make_consumer(lane_group(cfg.group_id, r)), cfg, self.serde,
+                         self.deadletters, cfg.topic, primary=i == 0, sender=sender)
+            for i, r in enumerate(receivers)
         ]  # fmt: skip
-        self.stats = {"consumed": 0, "deduplicated": 0, "undecodable": 0, "committed": 0}
-        self._paused = False
+        self.committed: dict[int, int] = {}  # partition -> offset committed for the router's group
+        self._partitions: list[int] = []
+        self._partitions_at = -PARTITIONS_REFRESH_S
         self._last_commit = 0.0
         self._last_record = time.monotonic()
-        self._producer: Any = None
+        self._main_commits = 0
+
+    def _kafka_consumer(self, group_id: str) -> Consumer:
+        from streams.kafka import make_consumer
+
+        return make_consumer(self.settings, group_id)
+
+    def _kafka_producer(self) -> RawProducer:
+        from confluent_kafka import Producer
+
+        from streams.kafka import producer_config
+
+        return Producer(producer_config(self.settings, **{"delivery.report.only.error": False}))
+
+    # -- what callers read ----------------------------------------------------------------------
+    @property
+    def workers(self) -> list[ReceiverWorker]:
+        return [lane.worker for lane in self.lanes]
+
+    @property
+    def in_flight(self) -> int:
+        """Records some receiver has not finished (delivered or dead-lettered with an acknowledgement)."""
+        return sum(lane.in_flight for lane in self.lanes)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Record counts as seen by the first lane (every lane reads every record), dead letters of all."""
+        first = self.lanes[0].stats
+        dead_lettered = sum(lane.stats["dead_lettered"] for lane in self.lanes)
+        return {"consumed": first["consumed"], "deduplicated": first["deduplicated"],
+                "undecodable": first["undecodable"], "dead_lettered": dead_lettered,
+                "committed": self._main_commits}  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_idle_s: float | None = None) -> None:
         """Consume until ``stop`` is set (or, with ``max_idle_s``, until idle and fully delivered)."""
-        for worker in self.workers:
-            worker.start()
-        self.consumer.subscribe([self.config.topic], on_revoke=self._on_revoke)
-        log.info(
-            "alert_router_started", receivers=[r.name for r in self.receivers], group=self.config.group_id
-        )
+        self._seed_lanes()
+        for lane in self.lanes:
+            lane.start()
+        log.info("alert_router_started", group=self.config.group_id,
+                 receivers={lane.receiver.name: lane.group for lane in self.lanes})  # fmt: skip
         try:
             while not stop.is_set():
-                msg = self.consumer.poll(0.1)
-                if msg is not None:
-                    self._handle(msg)
-                self._flow_control()
+                read = sum(self._step(lane) for lane in self.lanes)
+                self.deadletters.poll(0)
+                if read:
+                    self._last_record = time.monotonic()
                 self._commit(force=False)
                 if (max_idle_s is not None and time.monotonic() - self._last_record > max_idle_s
-                        and self.tracker.in_flight == 0):  # fmt: skip
+                        and self.in_flight == 0 and self.deadletters.pending == 0):  # fmt: skip
                     break
+                if not read:
+                    stop.wait(0.02)
         finally:
             self.close()
+
+    def _step(self, lane: ReceiverLane) -> int:
+        """One lane's step; an error in it (a bug, a client error) is logged and the lane goes on next time,
+        so no lane can stop the others or the router."""
+        try:
+            return lane.step()
+        except Exception as exc:  # noqa: BLE001 - records are guarded inside; this is the last line
+            log.exception("alert_lane_error", receiver=lane.receiver.name, error=str(exc))
+            time.sleep(0.1)
+            return 0
 
     def close(self) -> None:
         """Give receivers ``drain_timeout_s`` to finish, commit what is done, stop workers, close."""
         deadline = time.monotonic() + self.config.drain_timeout_s
-        while self.tracker.in_flight and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while (self.in_flight or self.deadletters.pending) and time.monotonic() < deadline:
+            self.deadletters.poll(0.05)
             self._commit(force=True)
-        for worker in self.workers:
-            worker.stop()
+        for lane in self.lanes:
+            lane.stop()
+        self.deadletters.flush(max(0.5, deadline - time.monotonic()))
         self._commit(force=True)
-        if self._producer is not None:
-            self._producer.close()
-        with contextlib.suppress(RuntimeError):  # already closed
+        self.deadletters.close(0.5)
+        for lane in self.lanes:
+            lane.close()
+        with contextlib.suppress(RuntimeError, KafkaException):
             self.consumer.close()
-        log.info("alert_router_stopped", undelivered=self.tracker.in_flight, **self.stats)
+        log.info("alert_router_stopped", undelivered=self.in_flight,
+                 dead_letters_pending=self.deadletters.pending, **self.stats)  # fmt: skip
 
-    # -- records --------------------------------------------------------------------------------
-    def _handle(self, msg: Message) -> None:
-        if msg.error():
-            log.warning("alert_consume_error", error=str(msg.error()))
+    # -- offsets --------------------------------------------------------------------------------
+    def _topic_partitions(self, offset: int = -1001) -> list[TopicPartition]:
+        now = time.monotonic()
+        if now - self._partitions_at >= PARTITIONS_REFRESH_S or not self._partitions:
+            try:
+                meta = self.consumer.list_topics(self.config.topic, timeout=METADATA_TIMEOUT_S)
+                topic = meta.topics.get(self.config.topic)
+                if topic is not None and topic.error is None:
+                    self._partitions = sorted(topic.partitions)
+                    self._partitions_at = now
+            except KafkaException as exc:
+                log.warning("alert_metadata_failed", error=str(exc))
+        return [TopicPartition(self.config.topic, p, offset) for p in self._partitions]
+
+    @staticmethod
+    def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> dict[int, int]:
+        """partition -> committed offset of ``consumer``'s group (absent: nothing committed yet)."""
+        return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=METADATA_TIMEOUT_S)
+                if tp.offset >= 0}  # fmt: skip
+
+    def _seed_lanes(self) -> None:
+        """A lane whose group has no offset for a partition starts where the router's group is."""
+        partitions = self._topic_partitions()
+        if not partitions:
             return
-        partition, offset, value = msg.partition() or 0, msg.offset() or 0, msg.value()
-        self._last_record = time.monotonic()
-        self.stats["consumed"] += 1
-        self.tracker.add(partition, offset, len(self.workers))
         try:
-            if value is None:
-                raise ValueError("empty record (tombstone) on the alerts topic")
-            alert = self.serde.decode(msg.topic() or self.config.topic, value)
-        except Exception as exc:  # noqa: BLE001 - any unusable record goes to the dead-letter topic
-            self._dead_letter(msg, exc)
-            self.tracker.done(partition, offset, len(self.workers))
-            return
-        if not self.dedup.should_send(alert["fingerprint"], alert["status"]):
-            self.stats["deduplicated"] += 1
-            CONSUMED.labels(result="deduplicated").inc()
-            log.info("alert_deduplicated", fingerprint=alert["fingerprint"], status=alert["status"])
-            self.tracker.done(partition, offset, len(self.workers))
-            return
-        CONSUMED.labels(result="routed").inc()
-        job = Job(partition, offset, alert)
-        for worker in self.workers:
-            worker.submit(job)
+            self.committed = self._committed(self.consumer, partitions)
+            for lane in self.lanes:
+                have = self._committed(lane.consumer, partitions)
+                seed = [TopicPartition(self.config.topic, p, o)
+                        for p, o in self.committed.items() if p not in have]  # fmt: skip
+                if seed:
+                    lane.consumer.commit(offsets=seed, asynchronous=False)
+                    log.info("alert_lane_seeded", receiver=lane.receiver.name, group=lane.group,
+                             offsets={tp.partition: tp.offset for tp in seed})  # fmt: skip
+        except (KafkaException, RuntimeError) as exc:  # another router may be running: it seeded already
+            log.warning("alert_lane_seed_failed", error=str(exc))
 
-    def _on_done(self, job: Job) -> None:
-        self.tracker.done(job.partition, job.offset)
-
-    def _dead_letter(self, msg: Message, exc: Exception) -> None:
-        from streams.deadletter import deadletter_record, send_to_deadletter
-        from streams.kafka import Producer
-
-        self.stats["undecodable"] += 1
-        CONSUMED.labels(result="undecodable").inc()
-        kind = getattr(exc, "kind", "DECODE")
-        log.error("alert_undecodable", partition=msg.partition(), offset=msg.offset(), error=str(exc))
-        if self._producer is None:
-            self._producer = Producer(self.settings)
-        record = deadletter_record(msg.topic() or self.config.topic, kind, str(exc), msg.value(), msg.key(),
-                                   msg.partition(), msg.offset(), processor="alert_router")  # fmt: skip
-        send_to_deadletter(self._producer, self.serde, record)
-        self._producer.flush(10)
-
-    # -- offsets and flow -----------------------------------------------------------------------
     def _commit(self, force: bool) -> None:
+        """Every lane commits what it finished; the router's group then gets, per partition, the lowest
+        offset every lane's group has (as the broker has it, whoever committed it)."""
         now = time.monotonic()
         if not force and now - self._last_commit < self.config.commit_interval_s:
             return
         self._last_commit = now
-        ready = self.tracker.ready()
-        if not ready:
+        for lane in self.lanes:
+            lane.commit()
+        partitions = self._topic_partitions()
+        if not partitions:
             return
-        offsets = [TopicPartition(self.config.topic, p, o) for p, o in ready.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-            self.stats["committed"] += len(offsets)
+            per_lane = [self._committed(lane.consumer, partitions) for lane in self.lanes]
         except (KafkaException, RuntimeError) as exc:
-            log.warning("alert_commit_failed", error=str(exc))  # records are re-delivered: at least once
-
-    def _flow_control(self) -> None:
-        in_flight = self.tracker.in_flight
-        if not self._paused and in_flight >= self.config.max_in_flight:
-            self.consumer.pause(self.consumer.assignment())
-            self._paused = True
-            log.warning("alert_router_paused", in_flight=in_flight,
-                        backlog={w.receiver.name: w.backlog for w in self.workers})  # fmt: skip
-        elif self._paused and in_flight < self.config.max_in_flight // 2:
-            self.consumer.resume(self.consumer.assignment())
-            self._paused = False
-            log.info("alert_router_resumed", in_flight=in_flight)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(force=True)
-        self.tracker.forget([tp.partition for tp in partitions])
+            log.warning("alert_commit_failed", group=self.config.group_id, error=str(exc))
+            return
+        moved = []
+        for tp in partitions:
+            offsets = [c.get(tp.partition) for c in per_lane]
+            if any(o is None for o in offsets):
+                continue
+            low = min(o for o in offsets if o is not None)
+            if low > self.committed.get(tp.partition, -1):
+                moved.append(TopicPartition(self.config.topic, tp.partition, low))
+        if not moved:
+            return
+        try:
+            self.consumer.commit(offsets=moved, asynchronous=False)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("alert_commit_failed", group=self.config.group_id, error=str(exc))
+            return
+        self._main_commits += len(moved)
+        self.committed.update({tp.partition: tp.offset for tp in moved})

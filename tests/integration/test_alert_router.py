@@ -1,6 +1,7 @@
 """The alert router against the real broker and real local HTTP receivers: retry until a failing
 receiver recovers (delivered exactly once), dedup of a repeated FIRING, a down receiver not holding up a
-healthy one, commit-after-delivery across restarts, and the `carnival alerts route` command."""
+healthy one, commit-after-delivery across restarts, receivers that fail every way at once (down, 500s,
+malformed answers, 400s: dead letters), and the `carnival alerts route` command."""
 
 from __future__ import annotations
 
@@ -14,8 +15,18 @@ import pytest
 from core.settings import Settings
 from processors.alert_router.delivery import Receiver
 from processors.alert_router.router import AlertRouter, RouterConfig
-from processors.alert_router.testing import RecordingReceiver
-from streams.kafka import Producer
+from processors.alert_router.testing import (
+    ERROR_500,
+    MALFORMED,
+    OK,
+    REFUSE,
+    REJECT_400,
+    FaultyReceiver,
+    RecordingReceiver,
+)
+from streams.deadletter import DELIVERY_REJECTED
+from streams.kafka import Producer, make_consumer
+from streams.lag import group_lag
 from streams.serde import serde_from_settings
 
 pytestmark = pytest.mark.integration
@@ -41,7 +52,7 @@ def produce(settings: Settings, alerts: list[dict[str, Any]]) -> None:
     assert producer.stats.failed == 0
 
 
-def ours(rx: RecordingReceiver, fps: set[str]) -> list[tuple[str, str]]:
+def ours(rx: RecordingReceiver | FaultyReceiver, fps: set[str]) -> list[tuple[str, str]]:
     """(fingerprint, status) of the Alertmanager bodies this test produced (other tests share the topic)."""
     out = []
     for body in rx.received:
@@ -86,7 +97,7 @@ def test_retry_dedup_isolation_and_commit_after_delivery(settings: Settings) -> 
             assert ours(flaky, fps) == []
             flaky.fail_with = None  # recovers
             assert wait_until(lambda: len(ours(flaky, fps)) >= 3), ours(flaky, fps)
-            assert wait_until(lambda: router.tracker.in_flight == 0)
+            assert wait_until(lambda: router.in_flight == 0)
         finally:
             stop.set()
             thread.join(20)
@@ -96,12 +107,16 @@ def test_retry_dedup_isolation_and_commit_after_delivery(settings: Settings) -> 
             assert got.index((a, "firing")) < got.index((a, "resolved"))
         assert router.stats["deduplicated"] >= 1
 
-        # Offsets were committed after delivery: a new router of the same group re-sends nothing.
+        # Offsets were committed after delivery: a new router of the same group re-sends nothing, and a
+        # receiver added now starts where the router's group is, not at the start of the topic.
         before = (len(healthy.received), len(flaky.received))
-        again = AlertRouter(settings, [Receiver("healthy", healthy.url), Receiver("flaky", flaky.url)],
-                            RouterConfig(group_id=group, **FAST))  # fmt: skip
-        again.run(threading.Event(), max_idle_s=4.0)
+        with RecordingReceiver() as newcomer:
+            again = AlertRouter(settings, [Receiver("healthy", healthy.url), Receiver("flaky", flaky.url),
+                                           Receiver("newcomer", newcomer.url)],
+                                RouterConfig(group_id=group, **FAST))  # fmt: skip
+            again.run(threading.Event(), max_idle_s=4.0)
         assert (len(healthy.received), len(flaky.received)) == before
+        assert ours(newcomer, fps) == []
 
 
 def test_undelivered_alert_survives_router_restart(settings: Settings) -> None:
@@ -139,3 +154,64 @@ def test_alerts_route_command_delivers_both_shapes(settings: Settings, run_cli: 
         assert ours(am, {fp}) == [(fp, "firing")]
         texts = [b["text"] for b in slack.received if fp in b.get("text", "")]
         assert len(texts) == 1 and "FIRING:critical" in texts[0]
+
+
+def rejected_dead_letters(settings: Settings, fps: set[str], receiver: str) -> list[str]:
+    """Fingerprints of the DELIVERY_REJECTED dead letters ``receiver`` caused for ``fps``."""
+    from streams.consume import assign_all_partitions
+
+    serde = serde_from_settings(settings)
+    consumer = make_consumer(settings)
+    found = []
+    try:
+        assign_all_partitions(consumer, "deadletter.v1", from_beginning=True)
+        while msgs := consumer.consume(1000, timeout=2.0):
+            for msg in msgs:
+                dl = serde.decode("deadletter.v1", msg.value())
+                if dl["error_kind"] != DELIVERY_REJECTED or f"receiver {receiver} " not in dl["error"]:
+                    continue
+                fp = serde.decode("alerts.v1", dl["value"])["fingerprint"]
+                if fp in fps:
+                    assert dl["source_topic"] == "alerts.v1" and "HTTP 400" in dl["error"]
+                    found.append(fp)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_good_flaky_and_rejecting_receivers_progress_independently(settings: Settings) -> None:
+    """One good receiver; one down 10 s, then answering 500s, then malformed answers, then recovering;
+    one answering 400. The good one has every alert exactly once while the flaky one is still down; the
+    flaky one gets every alert in the end; the 400s are dead letters; the router's group catches up."""
+    import time
+
+    group = f"it-lanes-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:6]
+    first = [f"e-{tag}-{i:02d}" for i in range(30)]
+    later = [f"e-{tag}-{i:02d}" for i in range(30, 40)]
+    fps = set(first + later)
+    produce(settings, [make_alert(fp) for fp in first] + [make_alert(fp) for fp in first[:5]])  # 5 repeats
+    with RecordingReceiver() as good, FaultyReceiver(REFUSE) as flaky, FaultyReceiver(REJECT_400) as strict:
+        receivers = [Receiver("good", good.url), Receiver("flaky", flaky.url), Receiver("strict", strict.url)]
+        router = AlertRouter(settings, receivers, RouterConfig(group_id=group, **FAST, max_in_flight=8))
+        started = time.monotonic()
+        stop, thread = start(router)
+        try:
+            assert wait_until(lambda: len(ours(good, fps)) >= 30), len(ours(good, fps))
+            produce(settings, [make_alert(fp) for fp in later])  # while the flaky receiver is down
+            assert wait_until(lambda: len(ours(good, fps)) >= 40), len(ours(good, fps))
+            assert flaky.mode == REFUSE and ours(flaky, fps) == []
+            assert router.lanes[1].in_flight <= 8  # its backlog is bounded; the good one went on
+            flaky.play([(REFUSE, max(0.0, 10 - (time.monotonic() - started))), (ERROR_500, 3), (MALFORMED, 3),
+                        (OK, 0)])  # fmt: skip
+            assert wait_until(lambda: len(ours(flaky, fps)) >= 40, timeout_s=45), len(ours(flaky, fps))
+            assert flaky.attempts.get(ERROR_500, 0) >= 1 and flaky.attempts.get(MALFORMED, 0) >= 1
+            assert wait_until(lambda: router.in_flight == 0)
+            assert wait_until(lambda: group_lag(settings, group, ["alerts.v1"]) == {"alerts.v1": 0})
+        finally:
+            stop.set()
+            thread.join(20)
+    for rx in (good, flaky):
+        assert sorted(fp for fp, _ in ours(rx, fps)) == sorted(fps)  # every alert, each exactly once
+    assert ours(strict, fps) == []
+    assert sorted(rejected_dead_letters(settings, fps, "strict")) == sorted(fps)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 import click
 import pytest
+from router_fakes import FakeBroker, FakeProducer, alert, encoded, wait_until
 
 from processors.alert_router.cli import parse_receivers
 from processors.alert_router.dedup import DedupWindow
@@ -17,20 +16,6 @@ from processors.alert_router.delivery import DeliveryError, Job, Receiver, Recei
 from processors.alert_router.payloads import ZERO_TIME, alertmanager_payload, slack_payload
 from processors.alert_router.router import AlertRouter, OffsetTracker, RouterConfig
 from processors.alert_router.testing import RecordingReceiver
-
-START = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-
-
-def alert(
-    fp: str = "abc123", status: str = "FIRING", severity: str = "critical", **kw: Any
-) -> dict[str, Any]:
-    return {
-        "fingerprint": fp, "status": status, "severity": severity, "kind": "FAILED_TRANSFER",
-        "site_id": "dc-1", "region": None, "summary": "dc-1: grid lost, nothing on load", "starts_at": START,
-        "ends_at": datetime(2025, 1, 2, 3, 5, tzinfo=UTC) if status == "RESOLVED" else None,
-        "labels": {"alertname": "PowerFailedTransfer", "team": "datacenter-power"},
-        "incident_id": "dc-1/X/1", **kw,
-    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ payloads
@@ -183,75 +168,17 @@ def test_parse_receivers_from_options_and_env() -> None:
         parse_receivers(("ftp://x",), ())
 
 
-# ------------------------------------------------------------------------ router with a fake consumer
-class FakeMessage:
-    def __init__(self, partition: int, offset: int, value: bytes) -> None:
-        self._p, self._o, self._v = partition, offset, value
-
-    def error(self) -> None:
-        return None
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def topic(self) -> str:
-        return "alerts.v1"
-
-    def value(self) -> bytes:
-        return self._v
-
-    def key(self) -> bytes | None:
-        return None
-
-
-class FakeConsumer:
-    def __init__(self, messages: list[FakeMessage]) -> None:
-        self.messages = list(messages)
-        self.commits: list[tuple[int, int]] = []
-        self.closed = False
-
-    def subscribe(self, topics: list[str], on_revoke: Any = None) -> None:
-        pass
-
-    def poll(self, timeout: float) -> FakeMessage | None:
-        if self.messages:
-            return self.messages.pop(0)
-        time.sleep(min(timeout, 0.02))
-        return None
-
-    def commit(self, offsets: list[Any], asynchronous: bool = False) -> None:
-        self.commits += [(tp.partition, tp.offset) for tp in offsets]
-
-    def assignment(self) -> list[Any]:
-        return []
-
-    def pause(self, partitions: list[Any]) -> None:
-        pass
-
-    def resume(self, partitions: list[Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
+# ------------------------------------------------------------------------ router with a fake broker
 def test_router_commits_after_every_receiver_and_dedups() -> None:
     from core.settings import Settings
-    from streams.serde import AvroSerde
 
-    serde = AvroSerde()
-    values = [
-        serde.encode("alerts.v1", a) for a in (alert("f1"), alert("f1"), alert("f2"), alert("f1", "RESOLVED"))
-    ]
-    consumer = FakeConsumer([FakeMessage(0, i, v) for i, v in enumerate(values)])
+    broker = FakeBroker(encoded(alert("f1"), alert("f1"), alert("f2"), alert("f1", "RESOLVED")))
+    group = RouterConfig().group_id
     with RecordingReceiver() as healthy, RecordingReceiver() as flaky:
         flaky.fail_with = 500
         router = AlertRouter(Settings(), [Receiver("ok", healthy.url), Receiver("flaky", flaky.url, "slack")],
                              RouterConfig(backoff_initial_s=0.02, backoff_max_s=0.05, commit_interval_s=0.01),
-                             consumer=consumer)  # type: ignore[arg-type]  # fmt: skip
+                             consumer_factory=broker.consumer, producer=FakeProducer())  # fmt: skip
         stop = threading.Event()
         thread = threading.Thread(target=router.run, args=(stop,))
         thread.start()
@@ -260,14 +187,12 @@ def test_router_commits_after_every_receiver_and_dedups() -> None:
         # The healthy receiver has everything; nothing past the duplicate is committed while flaky is down.
         assert [(b["alerts"][0]["fingerprint"], b["status"]) for b in got] == [
             ("f1", "firing"), ("f2", "firing"), ("f1", "resolved")]  # fmt: skip
-        assert all(off <= 0 for _, off in consumer.commits)
+        assert broker.group_offsets(group).get(0, 0) <= 0
         flaky.fail_with = None
         flaky.wait_for(3)
-        deadline = time.monotonic() + 5
-        while (0, 4) not in consumer.commits and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert wait_until(lambda: broker.group_offsets(group).get(0) == 4)
         stop.set()
         thread.join(10)
-    assert (0, 4) in consumer.commits and consumer.closed
+    assert broker.group_offsets(group) == {0: 4} and all(c.closed for c in broker.consumers.values())
     assert len(flaky.received) == 3 and len(healthy.received) == 3
     assert router.stats["deduplicated"] == 1

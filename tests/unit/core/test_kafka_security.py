@@ -25,7 +25,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from core.settings import Settings
 from processors.runtime.app import create_app
 from processors.runtime.faust_auth import OIDCTokenProvider
-from streams.kafka import PRODUCER_DEFAULTS, admin_config, consumer_config, producer_config
+from streams.kafka import CLIENT_LOGGING, PRODUCER_DEFAULTS, admin_config, consumer_config, producer_config
 from streams.serde import serde_from_settings
 
 TLS = Path(__file__).parent / "data" / "tls"
@@ -89,9 +89,14 @@ def _build_confluent_clients(settings: Settings) -> None:
 # -- SASL_SSL + SCRAM-SHA-512 + CA file -------------------------------------------------------------------
 def test_scram_over_ssl_reaches_every_confluent_client(tmp_path: Path) -> None:
     settings = _settings(SCRAM_ENV, tmp_path)
-    assert producer_config(settings) == {**SCRAM_LIBRDKAFKA, **PRODUCER_DEFAULTS}
-    assert consumer_config(settings, "g") == {**SCRAM_LIBRDKAFKA, "group.id": "g", **CONSUMER_DEFAULTS}
-    assert admin_config(settings) == SCRAM_LIBRDKAFKA
+    assert producer_config(settings) == {**CLIENT_LOGGING, **SCRAM_LIBRDKAFKA, **PRODUCER_DEFAULTS}
+    assert consumer_config(settings, "g") == {
+        **CLIENT_LOGGING,
+        **SCRAM_LIBRDKAFKA,
+        "group.id": "g",
+        **CONSUMER_DEFAULTS,
+    }
+    assert admin_config(settings) == {**CLIENT_LOGGING, **SCRAM_LIBRDKAFKA}
     assert settings.kafka_client_config() == SCRAM_LIBRDKAFKA
     _build_confluent_clients(settings)
 
@@ -190,9 +195,14 @@ def test_oauthbearer_passes_through_to_confluent_and_faust(tmp_path: Path, token
         "sasl.oauthbearer.scope": "kafka",
         "sasl.oauthbearer.extensions": "logicalCluster=lkc-1,identityPoolId=pool-2",
     }
-    assert producer_config(settings) == {**PRODUCER_DEFAULTS, **expected}
-    assert consumer_config(settings, "g") == {**expected, "group.id": "g", **CONSUMER_DEFAULTS}
-    assert admin_config(settings) == expected
+    assert producer_config(settings) == {**CLIENT_LOGGING, **PRODUCER_DEFAULTS, **expected}
+    assert consumer_config(settings, "g") == {
+        **CLIENT_LOGGING,
+        **expected,
+        "group.id": "g",
+        **CONSUMER_DEFAULTS,
+    }
+    assert admin_config(settings) == {**CLIENT_LOGGING, **expected}
 
     app = create_app("security-test", settings)
     creds = app.conf.broker_credentials
@@ -228,10 +238,14 @@ def test_extra_config_reaches_every_client_and_wins_over_defaults(tmp_path: Path
            "CARNIVAL_KAFKA_EXTRA_CONFIG": json.dumps(extra)}  # fmt: skip
     settings = _settings(env, tmp_path)
     base = {"bootstrap.servers": BOOTSTRAP, "ssl.ca.location": CA, **extra}
-    assert admin_config(settings) == base
-    assert producer_config(settings) == {**PRODUCER_DEFAULTS, **base}  # linger.ms 50, not the default 20
+    assert admin_config(settings) == {**CLIENT_LOGGING, **base}
+    assert producer_config(settings) == {
+        **CLIENT_LOGGING,
+        **PRODUCER_DEFAULTS,
+        **base,
+    }  # linger.ms 50, not 20
     assert producer_config(settings, **{"linger.ms": 5})["linger.ms"] == 5  # what the code asks for wins
-    assert consumer_config(settings, "g") == {**base, "group.id": "g", **CONSUMER_DEFAULTS}
+    assert consumer_config(settings, "g") == {**CLIENT_LOGGING, **base, "group.id": "g", **CONSUMER_DEFAULTS}
     _build_confluent_clients(settings)
 
     app = create_app("security-test", settings)
@@ -256,6 +270,7 @@ def test_client_certificate_with_key_password(tmp_path: Path) -> None:
     }
     settings = _settings(env, tmp_path)
     assert admin_config(settings) == {
+        **CLIENT_LOGGING,
         "bootstrap.servers": BOOTSTRAP,
         "security.protocol": "SSL",
         "ssl.ca.location": CA,

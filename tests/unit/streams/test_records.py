@@ -188,3 +188,92 @@ def test_validation_plan_is_built_once_per_topic() -> None:
         parse_json_record(TEL, EXAMPLES[TEL])
     info = _validator_for.cache_info()
     assert info.misses == 1 and info.hits == 49
+
+
+# -- hostile input: a reason, never another exception (issue 11) -------------------------------------------
+def test_a_field_nested_a_thousand_deep_is_a_validation_error() -> None:
+    deep = orjson.loads(b"[" * 1000 + b"]" * 1000)  # orjson parses up to 1024 levels
+    _reject(TEL, _tel(vin=deep), "vin", "expected string, got list")
+    _reject("alerts.v1", dict(EXAMPLES["alerts.v1"]) | {"labels": {"a": deep}}, "labels", "expected string")
+
+
+def test_integers_too_long_to_print_or_to_convert_are_validation_errors() -> None:
+    huge = 10**5000  # repr() refuses more than 4300 digits; float() overflows
+    _reject(TEL, _tel(soc_pct=huge), "soc_pct", "too large for a double")
+    _reject("tasks.requests.v1", dict(EXAMPLES["tasks.requests.v1"]) | {"priority": huge}, "priority", "bits")
+    _reject(TEL, _tel(ts=huge), "ts", "outside 2000..2100")
+    _reject(TEL, _tel(vin=[huge]), "vin", "expected string")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+01:00",  # astimezone(UTC) overflows below year 1
+        "9999-12-31T23:59:59-01:00",  # and above year 9999
+        "0001-01-01T00:00:00",
+        "1999-12-31T23:59:59.999Z",
+        "2100-01-01T00:00:00Z",
+        "3000-01-01T00:00:00Z",
+    ],
+)
+def test_iso_timestamps_have_the_epoch_integers_bounds(value: str) -> None:
+    _reject(TEL, _tel(ts=value), "ts", "outside 2000..2100")
+
+
+def test_timestamp_bounds_are_the_same_for_both_forms() -> None:
+    for iso, epoch_ms in [
+        ("2000-01-01T00:00:00Z", 946684800000),
+        ("2099-12-31T23:59:59.999Z", 4102444799999),
+    ]:
+        assert parse_json_record(TEL, _tel(ts=iso))["ts"] == parse_json_record(TEL, _tel(ts=epoch_ms))["ts"]
+    _reject(TEL, _tel(ts=946684799999), "ts", "outside 2000..2100")
+    _reject(TEL, _tel(ts="1999-12-31T23:59:59.999Z"), "ts", "outside 2000..2100")
+
+
+def test_non_ascii_text_in_a_bytes_field_is_a_validation_error() -> None:
+    dl = dict(EXAMPLES["deadletter.v1"])
+    _reject("deadletter.v1", dl | {"value": "é"}, "value", "invalid base64", "ASCII")
+
+
+ACTIONS = "emulator.actions.v1"
+
+
+def test_emulator_keys_and_error_have_maximum_lengths() -> None:
+    action = dict(EXAMPLES[ACTIONS])
+    assert parse_json_record(ACTIONS, action | {"keys": "k" * 64, "error": "e" * 1000})["keys"] == "k" * 64
+    _reject(ACTIONS, action | {"keys": "k" * 65}, "keys", "65 characters, at most 64")
+    _reject(ACTIONS, action | {"error": "e" * 1001}, "error", "1001 characters, at most 1000")
+
+
+def test_emulator_rejections_never_quote_text() -> None:
+    action = dict(EXAMPLES[ACTIONS])
+    secret = "my password is hunter2"
+    for bad in ({"text_len": secret}, {"action": secret}, {"x": [secret]}, {"typed": secret}):
+        with pytest.raises(ValidationError) as exc:
+            parse_json_record(ACTIONS, action | bad)
+        assert "hunter2" not in str(exc.value), str(exc.value)
+    _reject(ACTIONS, action | {"text_len": secret}, "text_len", f"<redacted {len(secret)} chars>")
+    # other topics still quote what they reject
+    _reject(TEL, _tel(hw="HW9"), "hw", "'HW9'")
+
+
+def test_redact_unknown_keeps_field_names_and_drops_out_of_schema_text() -> None:
+    from streams.records import redact_unknown
+
+    action = dict(EXAMPLES[ACTIONS])
+    obj = action | {"unknown_field": "x" * 34, "keys": "k" * 65, "nested": {"a": "b"}, "extra_n": 5}
+    out = redact_unknown(ACTIONS, obj)
+    assert list(out) == list(obj)
+    assert out["unknown_field"] == "<redacted 34 chars>"
+    assert out["keys"] == "<redacted 65 chars>"
+    assert out["nested"] == "<redacted object>" and out["extra_n"] == "<redacted number>"
+    assert all(out[k] == action[k] for k in action if k != "keys")
+
+
+def test_timestamps_no_iso_date_can_hold_are_written_as_raw_integers() -> None:
+    out = to_json_record(TEL, {"ts": 2**62, "scheduled_departure": -(2**62)})
+    assert out == {"ts": 2**62, "scheduled_departure": -(2**62)}
+    pe = to_json_record("power.events.v1", {"ts": 2**63 - 1})
+    assert pe["ts"] == 2**63 - 1
+    # years 1..999 are real ISO dates with four digits
+    assert to_json_record(TEL, {"ts": -62135596800000})["ts"] == "0001-01-01T00:00:00.000Z"
