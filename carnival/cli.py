@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import Any
 
 import click
 
@@ -57,12 +58,21 @@ def stack() -> None:
     help="Kafka brokers to run (a local KRaft cluster; 3 gives replication 3 and min.insync.replicas 2). "
     "Remembered in the data dir for every later command [CARNIVAL_STACK_BROKERS, else 1].",
 )
-def stack_up(brokers: int | None) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    default=None,
+    help="Kafka on SASL_SSL: SCRAM-SHA-512 users per processor, a CA made at start, ACLs. Remembered in "
+    "the data dir [CARNIVAL_STACK_SECURE].",
+)
+def stack_up(brokers: int | None, secure: bool | None) -> None:
     """Start Kafka and ClickHouse, create topics and apply the ClickHouse schema."""
     from carnival.stack.errors import StackError
     from carnival.stack.lifecycle import stack_up as up
 
-    settings = _settings() if brokers is None else Settings(stack_brokers=brokers)
+    chosen: dict[str, Any] = {"stack_brokers": brokers, "stack_secure": secure}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    settings = Settings(**chosen) if chosen else _settings()
     try:
         lines = up(settings)
     except StackError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 import click
 import structlog
 
+from carnival.stack.security import principal_env
 from core.settings import Settings
 from processors.groups import ALERT_ROUTER, POWER, SCHEDULER, TELEMETRY_ROUTER
 from streams.topics import POWER_EVENTS_TOPIC, REQUESTS_TOPIC, STATUS_TOPIC
@@ -117,7 +118,7 @@ def start_router(settings: Settings, webhook_url: str) -> subprocess.Popen[bytes
              "--group-id", ALERT_ROUTER.group, "--max-backoff", "2", "--timeout", "30"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json"},
+            env={**_env(settings), "CARNIVAL_LOG_FORMAT": "json", **principal_env(settings, "router")},
             start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - spawned before the demo starts any thread
         )  # fmt: skip
@@ -333,7 +334,8 @@ def run_demo(
         args = _simulate_args(cars, sites, start, duration, speed, seed, tasks_per_hour)
         log_path = settings.data_dir.resolve() / "logs" / "simulate.log"
         click.echo(f"simulate: {' '.join(args)}; logs in {log_path}")
-        sim = SimulatorProcess(args, _env(settings), log_path, start_ms, speed)
+        sim_env = {**_env(settings), **principal_env(settings, "fleet")}  # its own ACLs on a secured stack
+        sim = SimulatorProcess(args, sim_env, log_path, start_ms, speed)
         try:
             while sim.poll() is None:
                 status.tick("simulate", sim.sim_ms(end_ms))

@@ -14,8 +14,9 @@ import time
 
 import structlog
 
+from carnival.stack.security import principal_env
 from core.metrics import serve_metrics
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from processors.registry import PROCESSORS
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,10 @@ RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 
 def run_one(settings: Settings, name: str) -> int:
     spec = PROCESSORS[name]
+    if own := principal_env(settings, name):  # a secured local stack: the processor's own ACLs
+        os.environ.update(own)
+        get_settings.cache_clear()
+        settings = get_settings()
     serve_metrics(settings.metrics_port)
     target = spec.load()
     if hasattr(target, "conf") and hasattr(target, "agents"):  # a faust App

@@ -121,15 +121,37 @@ class _CarnivalEnv(EnvSettingsSource):
 
 
 STACK_SHAPE_FILE = "stack.json"
+SECRETS_FILE = "secrets/kafka-users.json"  # a secured local stack's SCRAM passwords, per principal
+TLS_CA_FILE = "tls/ca.pem"  # its certificate authority, for clients
+
+
+def _remembered(data_dir: Path) -> dict[str, Any]:
+    try:
+        shape = json.loads((data_dir / STACK_SHAPE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return shape if isinstance(shape, dict) else {}
 
 
 def remembered_brokers(data_dir: Path) -> int | None:
     """How many brokers the local stack in ``data_dir`` was started with (``stack up`` writes it), so every
     command run on that data dir sees the same cluster without repeating CARNIVAL_STACK_BROKERS."""
     try:
-        return int(json.loads((data_dir / STACK_SHAPE_FILE).read_text())["brokers"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(_remembered(data_dir)["brokers"])
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+def remembered_secure(data_dir: Path) -> bool:
+    return _remembered(data_dir).get("secure") is True
+
+
+def local_password(data_dir: Path, principal: str) -> str | None:
+    try:
+        found = json.loads((data_dir / SECRETS_FILE).read_text()).get(principal)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 # -- the settings -------------------------------------------------------------------------------------
@@ -188,6 +210,11 @@ class Settings(BaseSettings):
     )
     topic_min_insync_replicas: int | None = Field(
         default=None, ge=1, description="min.insync.replicas of every topic [2 at replication 3+, else 1]"
+    )
+    stack_secure: bool = Field(
+        default=False,
+        description="the local stack's Kafka listens SASL_SSL (SCRAM-SHA-512, a CA made at start, ACLs per "
+        "processor); remembered in the data dir, where clients find the CA and their principal's password",
     )
     stack_brokers: int = Field(
         default=1,
@@ -261,12 +288,27 @@ class Settings(BaseSettings):
         new client), and topics are replicated unless the operator chose a replication factor."""
         if "stack_brokers" not in self.model_fields_set:
             self.stack_brokers = remembered_brokers(self.data_dir) or self.stack_brokers
+        if "stack_secure" not in self.model_fields_set:
+            self.stack_secure = remembered_secure(self.data_dir)
+        if self.stack_secure and "kafka_security_protocol" not in self.model_fields_set:
+            self._use_local_credentials()
         if self.stack_brokers > 1:
             if len(self.kafka_bootstrap.split(",")) < self.stack_brokers:
                 self.kafka_bootstrap = ",".join(f"{host}:{port}" for _, host, port, _ in self.local_brokers())
             if "topic_replication" not in self.model_fields_set:
                 self.topic_replication = min(3, self.stack_brokers)
         return self
+
+    def _use_local_credentials(self) -> None:
+        """Clients of a secured local stack: SASL_SSL with SCRAM, the stack's CA, and the password of the
+        chosen principal (CARNIVAL_KAFKA_SASL_USERNAME, else the operator's ``admin``) from the data dir."""
+        self.kafka_security_protocol = "SASL_SSL"
+        self.kafka_sasl_mechanism = self.kafka_sasl_mechanism or "SCRAM-SHA-512"
+        self.kafka_ssl_ca_location = self.kafka_ssl_ca_location or str(self.data_dir.resolve() / TLS_CA_FILE)
+        self.kafka_sasl_username = self.kafka_sasl_username or "admin"
+        if self.kafka_sasl_password is None:
+            found = local_password(self.data_dir.resolve(), self.kafka_sasl_username)
+            self.kafka_sasl_password = SecretStr(found) if found is not None else None
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="after")
     @classmethod

@@ -182,6 +182,10 @@ def server_properties(settings: Settings, log_dirs: Path, node: int = 1) -> str:
         "num.network.threads": "2",
         "num.io.threads": "4",
     }
+    if settings.stack_secure:
+        from carnival.stack.security import broker_properties
+
+        props.update(broker_properties(settings, listen_host, port, ctrl))
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -223,7 +227,7 @@ def cluster_id(settings: Settings) -> str:
     return keep.read_text().strip()
 
 
-def _format_storage(java: str, libs: Path, bp: BrokerPaths, cid: str) -> None:
+def _format_storage(java: str, libs: Path, bp: BrokerPaths, cid: str, scram: list[str]) -> None:
     if (bp.log_dirs / "meta.properties").exists():
         return
     cmd = _java_cmd(
@@ -235,6 +239,7 @@ def _format_storage(java: str, libs: Path, bp: BrokerPaths, cid: str) -> None:
         cid,
         "-c",
         str(bp.config),
+        *scram,
         heap="-Xmx256m",
     )
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -318,7 +323,12 @@ def _launch(settings: Settings, java: str, libs: Path, node: int, cid: str) -> s
     bp.log_dirs.mkdir(parents=True, exist_ok=True)
     bp.log_file.parent.mkdir(parents=True, exist_ok=True)
     bp.config.write_text(server_properties(settings, bp.log_dirs, node))
-    _format_storage(java, libs, bp, cid)
+    scram: list[str] = []
+    if settings.stack_secure:
+        from carnival.stack.security import scram_format_args
+
+        scram = scram_format_args(settings)  # the users exist in the metadata before any client
+    _format_storage(java, libs, bp, cid, scram)
     with open(bp.log_file, "ab") as out:
         proc = subprocess.Popen(
             _java_cmd(java, libs, "kafka.Kafka", str(bp.config)),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from pydantic import SecretStr
+
 from carnival.stack import clickhouse_server, kafka_broker
 from carnival.stack.errors import StackError
-from core.settings import STACK_SHAPE_FILE, Settings, remembered_brokers
+from core.settings import STACK_SHAPE_FILE, Settings, remembered_brokers, remembered_secure
 
 
 def stack_up(settings: Settings) -> list[str]:
@@ -31,6 +33,15 @@ def stack_up(settings: Settings) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - surfaced as one clear message
         raise StackError(f"could not create topics on {settings.kafka_bootstrap}: {exc}") from exc
     lines.append(f"topics: {report.summary()}")
+    if settings.stack_secure:
+        from carnival.stack.security import PRINCIPALS, apply_acls, apply_users
+
+        apply_users(settings)
+        count = apply_acls(settings)
+        lines.append(
+            f"security: SASL_SSL ({settings.kafka_sasl_mechanism}), CA {settings.kafka_ssl_ca_location}; "
+            f"{count} ACLs for {', '.join(PRINCIPALS)}"
+        )
 
     if settings.hosts_embedded_clickhouse:
         status = clickhouse_server.clickhouse_status(settings)
@@ -63,14 +74,35 @@ def stack_up(settings: Settings) -> list[str]:
 def remember_shape(settings: Settings) -> None:
     """Record the broker count in the data dir (other commands read it); refuse to shrink a cluster, whose
     topics are replicated over brokers that would no longer run."""
-    known = remembered_brokers(settings.data_dir.resolve())
+    data_dir = settings.data_dir.resolve()
+    known = remembered_brokers(data_dir)
     if known is not None and known > settings.stack_brokers:
         raise StackError(
-            f"the data dir {settings.data_dir.resolve()} holds a {known}-broker cluster; start it with "
+            f"the data dir {data_dir} holds a {known}-broker cluster; start it with "
             f"--brokers {known} (or CARNIVAL_STACK_BROKERS={known}), or use another CARNIVAL_DATA_DIR"
         )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    (settings.data_dir / STACK_SHAPE_FILE).write_text(json.dumps({"brokers": settings.stack_brokers}) + "\n")
+    formatted = (kafka_broker.paths(settings).log_dirs / "meta.properties").exists()
+    if formatted and remembered_secure(data_dir) != settings.stack_secure:
+        was, how = ("a secured", "with") if remembered_secure(data_dir) else ("an unsecured", "without")
+        raise StackError(
+            f"the data dir {data_dir} holds {was} cluster; start it {how} --secure, "
+            "or use another CARNIVAL_DATA_DIR"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shape = {"brokers": settings.stack_brokers, "secure": settings.stack_secure}
+    (data_dir / STACK_SHAPE_FILE).write_text(json.dumps(shape) + "\n")
+    if settings.stack_secure:
+        _prepare_security(settings)
+
+
+def _prepare_security(settings: Settings) -> None:
+    """Certificates and users before the first node starts; this process then connects as its principal."""
+    from carnival.stack import security
+
+    passwords = security.users(settings)
+    security.ensure_tls(settings)
+    if settings.kafka_sasl_password is None and settings.kafka_sasl_username in passwords:
+        settings.kafka_sasl_password = SecretStr(passwords[settings.kafka_sasl_username])
 
 
 def stack_down(settings: Settings) -> list[str]:
