@@ -241,7 +241,7 @@ def apply_users(settings: Settings, timeout_s: float = 30.0) -> None:
     from streams.kafka import make_admin
 
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
-    upserts = [UserScramCredentialUpsertion(user, info, password.encode())
+    upserts: list[Any] = [UserScramCredentialUpsertion(user, info, password.encode())
                for user, password in users(settings).items()]  # fmt: skip
     admin = make_admin(settings)  # held until every future is done: a collected client cancels them
     for user, fut in admin.alter_user_scram_credentials(upserts, request_timeout=timeout_s).items():
