@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from carnival.stack.errors import StackError
+from carnival.stack.errors import StackError, require_tool
 from core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -67,13 +66,6 @@ def nodes(settings: Settings) -> list[int]:
 
 def cache_dir(settings: Settings) -> Path:
     return settings.cache_dir or Path.home() / ".cache" / "carnival"
-
-
-def require_tool(name: str, hint: str) -> str:
-    found = shutil.which(name)
-    if not found:
-        raise StackError(f"`{name}` was not found on PATH: {hint}")
-    return found
 
 
 def resolve_jars(settings: Settings) -> Path:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carnival.stack.errors import StackError
+from carnival.stack.errors import StackError, require_tool
 from core.settings import SECRETS_FILE, TLS_CA_FILE, Settings
 from processors.groups import ALERT_ROUTER, APP_PREFIX, POWER, SCHEDULER, TELEMETRY_ROUTER
 from streams.topics import (
@@ -113,8 +113,6 @@ def store_password(settings: Settings) -> str:
 
 
 def _keytool(*args: str) -> None:
-    from carnival.stack.kafka_broker import require_tool
-
     keytool = require_tool("keytool", "install a Java 17+ JDK or JRE (it ships keytool)")
     proc = subprocess.run([keytool, *args], capture_output=True, text=True)
     if proc.returncode != 0:
