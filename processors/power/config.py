@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S
+
 __all__ = ["PowerConfig", "PowerKnobs"]
 
 _S = 1_000_000  # microseconds per second
@@ -132,6 +134,14 @@ class PowerConfig:
 class PowerKnobs:
     """Wiring of the power worker (not detector logic): batches, checkpoints, the faust clients."""
 
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
+    """An event whose ``ts`` is more than this past its Kafka timestamp (when the broker got it, never the
+    wall clock: a replay of a simulated past is judged like live traffic) is dead-lettered as
+    FUTURE_TIMESTAMP: it would move its site's watermark and make every later event of the site late."""
+    max_sites: int = 10_000
+    """Most site detectors kept in memory. Past it the least recently active site without unsaved changes
+    is evicted (its state stays in the table and is read again on its next event); an evicted site is
+    not ticked, so it raises no SITE_SILENT until it is loaded again."""
     tick_s: float = 1.0
     """How often the worker ticks every site of its partitions (``Detector.on_tick``), wall clock."""
     batch_max: int = 2000

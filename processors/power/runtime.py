@@ -6,6 +6,7 @@ the settings, the in-memory detector cache, output routing and the worker's Prom
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -19,12 +20,15 @@ from processors.envconfig import check_names, field_values, settings_of
 from processors.power.alerts import alert_for_incident
 from processors.power.config import PowerConfig, PowerKnobs
 from processors.power.detector import Detector
-from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output
+from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output, to_micros
+from streams.deadletter import FUTURE_TIMESTAMP, LATE, PROCESSING, VALIDATION
+from streams.event_time import future_skew_error
 from streams.topics import ALERTS_TOPIC, INCIDENTS_TOPIC
 
 __all__ = [
     "BatchRun",
     "CONFIG_ENV",
+    "admission_error",
     "ENV_PREFIX",
     "DetectorCache",
     "Emission",
@@ -250,11 +254,29 @@ class BatchRun(Generic[S]):
     late: int = 0
 
 
-LATE = "LATE"
-PROCESSING = "PROCESSING"
 _OK = EVENTS_PROCESSED.labels(result="ok")
 _INVALID = EVENTS_PROCESSED.labels(result="invalid")
 _FAILED = EVENTS_PROCESSED.labels(result="failed")
+
+
+def admission_error(
+    record: Mapping[str, Any], key: str, produced_ms: int | None, max_future_skew_s: float
+) -> tuple[str, str] | None:
+    """Why a decoded event may not reach a detector at all, as (dead-letter kind, reason), or None.
+
+    A misrouted event (key is not its site_id) would run in another partition's detector. An event more
+    than ``max_future_skew_s`` past ``produced_ms`` (its Kafka timestamp: the check never reads the wall
+    clock) would move its site's watermark: every later event of the site would be late. A ``ts`` the
+    detector cannot read is left to it (VALIDATION)."""
+    site_id = record.get("site_id")
+    if not isinstance(site_id, str) or not site_id or key != site_id:
+        return VALIDATION, f"record key {key!r} is not its site_id {site_id!r}"
+    try:
+        ts_us = to_micros(record.get("ts"))
+    except InvalidPowerEvent:
+        return None
+    why = future_skew_error(ts_us // 1000, produced_ms, max_future_skew_s)
+    return None if why is None else (FUTURE_TIMESTAMP, f"site {site_id}: {why}")
 
 
 def run_batch(
@@ -340,4 +362,6 @@ def rewind(cache: DetectorCache, site_id: str, replay: Iterable[tuple[Mapping[st
     cache.evict(site_id)
     det = cache.get(site_id)
     for record, arrival in replay:
-        det.on_event(record, arrival_us=arrival)
+        # Refused before it changed anything, the first time too (it was dead-lettered then).
+        with contextlib.suppress(InvalidPowerEvent):
+            det.on_event(record, arrival_us=arrival)
