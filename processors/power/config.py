@@ -6,6 +6,7 @@ nominal value and a detector needs a margin, the choice is written next to the f
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -96,8 +97,8 @@ class PowerConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool):
                 continue
-            if not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"PowerConfig.{f.name} must be a non-negative number, got {value!r}")
+            if not isinstance(value, int | float) or not 0 <= value < math.inf:  # NaN fails too
+                raise ValueError(f"PowerConfig.{f.name} must be a finite non-negative number, got {value!r}")
         if self.flap_changes < 2:
             raise ValueError("PowerConfig.flap_changes must be at least 2")
         if not self.voltage_interruption_pu <= self.voltage_sag_pu <= 1.0 <= self.voltage_swell_pu:
@@ -170,5 +171,7 @@ class PowerKnobs:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if getattr(self, f.name) <= 0:
-                raise ValueError(f"PowerKnobs.{f.name} must be positive, got {getattr(self, f.name)!r}")
+            if not 0 < getattr(self, f.name) < math.inf:  # NaN fails too
+                raise ValueError(
+                    f"PowerKnobs.{f.name} must be positive and finite, got {getattr(self, f.name)!r}"
+                )

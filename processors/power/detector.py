@@ -88,7 +88,8 @@ class Detector:
         ``arrival_us`` is the processing clock (wall time in µs) when the record was read; without it
         the detector runs purely on event time. Raises ``InvalidPowerEvent`` for unusable records.
         """
-        event = normalize_event(record)
+        not_reported: list[str] = []
+        event = normalize_event(record, not_reported)
         if event["site_id"] != self.site_id:
             raise InvalidPowerEvent(
                 f"event of site {event['site_id']!r} given to detector of {self.site_id!r}"
@@ -97,6 +98,8 @@ class Detector:
         out: list[Output] = []
         site.out = out
         site.stats["events"] += 1
+        if not_reported:
+            site.stats["not_reported"] += len(not_reported)
         if arrival_us is None:
             arrival_us = event["ts"] if buf.clock is None else max(event["ts"], buf.clock)
         if self.last_arrival is None or arrival_us > self.last_arrival:

@@ -86,6 +86,10 @@ STATE_WRITES = Counter(
     "carnival_power_state_writes_total",
     "Site states written to the table (one per dirty site per checkpoint)",
 )
+NOT_REPORTED = Counter(
+    "carnival_power_readings_not_reported_total",
+    "Readings left out of their event as broken (NaN, infinite, outside what an instrument reports)",
+)
 DETECTORS_LOADED = Counter(
     "carnival_power_detectors_loaded_total", "Site detectors loaded into memory", ["source"]
 )
@@ -307,6 +311,8 @@ def run_batch(
             if before_load is not None:
                 before_load(source)
             det = cache.get(site_id)
+        stats = det.stats
+        broken = stats["not_reported"]
         try:
             outputs = det.on_event(record, arrival_us=arrival_us)
         except InvalidPowerEvent as exc:  # raised before the detector changes anything
@@ -321,6 +327,8 @@ def run_batch(
             continue
         touched[site_id] = source
         run.ok += 1
+        if stats["not_reported"] != broken:
+            NOT_REPORTED.inc(stats["not_reported"] - broken)
         if outputs:
             for out in outputs:
                 if isinstance(out, LateEvent):
