@@ -93,7 +93,13 @@ def test_readings_in_range_are_used_as_they_are() -> None:
 def test_every_range_is_inclusive_and_nan_is_never_in_it() -> None:
     site = SiteEvents()
     for name, (low, high) in READING_RANGES.items():
-        for value, kept in [(low, True), (high, True), (math.nan, False), (math.inf, False), (-math.inf, False)]:
+        for value, kept in [
+            (low, True),
+            (high, True),
+            (math.nan, False),
+            (math.inf, False),
+            (-math.inf, False),
+        ]:
             dropped: list[str] = []
             event = normalize_event(site.measure(1.0, **{name: value}), dropped)
             assert (name in event) is kept and (dropped == [] if kept else dropped == [name])
