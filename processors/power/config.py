@@ -32,7 +32,14 @@ class PowerConfig:
     without sequence holes, an event later than it (per-device sequence numbers prove nothing earlier
     is in flight). Only a device never seen before can then still deliver something earlier."""
     device_forget_s: float = 3_600.0
-    """A device silent this long (event time) is forgotten: it no longer holds back fast release."""
+    """A device silent this long (event time) is forgotten: it no longer holds back fast release, and
+    the time of its last generator event goes too."""
+    max_devices: int = 1_024
+    """Most devices one site tracks at a time (real sites have dozens). While that many are tracked,
+    an event of a further device is refused (VALIDATION dead letter) until idle ones are forgotten."""
+    max_buffered: int = 100_000
+    """Most events one site's reorder buffer holds; past it the earliest is released at once (an
+    overload: ordering within the allowance is then no longer guaranteed)."""
     soe_buffer_s: float = 120.0
     """Sequence-of-events recorders buffer locally and upload when they can (DOMAIN.md), so discrete
     events (every event type but MEASUREMENT) may come minutes late. One that arrives past
@@ -99,6 +106,8 @@ class PowerConfig:
                 continue
             if not isinstance(value, int | float) or not 0 <= value < math.inf:  # NaN fails too
                 raise ValueError(f"PowerConfig.{f.name} must be a finite non-negative number, got {value!r}")
+        if self.max_devices < 1 or self.max_buffered < 1:
+            raise ValueError("PowerConfig.max_devices and max_buffered must be at least 1")
         if self.flap_changes < 2:
             raise ValueError("PowerConfig.flap_changes must be at least 2")
         if not self.voltage_interruption_pu <= self.voltage_sag_pu <= 1.0 <= self.voltage_swell_pu:

@@ -36,6 +36,12 @@ from processors.power.rules.base import fmt_time
 
 __all__ = ["Detector", "STATE_VERSION"]
 
+
+def _buffer(cfg: PowerConfig, data: dict[str, Any] | None = None) -> ReorderBuffer:
+    args = (cfg.lateness_us, cfg.fast_release, cfg.us(cfg.device_forget_s), cfg.max_devices, cfg.max_buffered)
+    return ReorderBuffer(*args) if data is None else ReorderBuffer.from_dict(data, *args)
+
+
 STATE_VERSION = 1
 
 
@@ -50,7 +56,7 @@ class Detector:
     def __init__(self, site_id: str, config: PowerConfig | None = None) -> None:
         self.site_id = site_id
         self.config = cfg = config or PowerConfig()
-        self.buffer = ReorderBuffer(cfg.lateness_us, cfg.fast_release, cfg.us(cfg.device_forget_s))
+        self.buffer = _buffer(cfg)
         self.last_arrival: int | None = None
         self.site = Site(site_id, cfg, self._publish)
         self.rules = build_rules(cfg)
@@ -95,6 +101,11 @@ class Detector:
                 f"event of site {event['site_id']!r} given to detector of {self.site_id!r}"
             )
         site, buf = self.site, self.buffer
+        if not buf.admits(event["device_id"], event["ts"]):
+            raise InvalidPowerEvent(
+                f"site {self.site_id} already tracks {len(buf.devices)} devices (max_devices); device "
+                f"{event['device_id']!r} is refused until idle ones are forgotten"
+            )
         out: list[Output] = []
         site.out = out
         site.stats["events"] += 1
@@ -167,9 +178,7 @@ class Detector:
             raise ValueError(f"unsupported detector state version {data.get('v')!r}")
         det = cls(data["site_id"], config)
         cfg = det.config
-        det.buffer = ReorderBuffer.from_dict(
-            data["buffer"], cfg.lateness_us, cfg.fast_release, cfg.us(cfg.device_forget_s)
-        )
+        det.buffer = _buffer(cfg, data["buffer"])
         det.last_arrival = data["last_arrival"]
         det.site.restore(data)
         for rule in det.rules:
@@ -202,9 +211,18 @@ class Detector:
             if not ready:
                 return
             event, gap = buf.pop()
+            if buf.forgotten:
+                self._forget(buf.forgotten)
+                buf.forgotten = []
             if gap is not None:
                 self._publish(Signal("gap", gap.ts, gap=gap))
             self._apply(event)
+
+    def _forget(self, devices: list[str]) -> None:
+        """Devices the buffer forgot (silent ``device_forget_s``): the rules forget them too."""
+        self._timer_stale = True
+        for rule in self.rules:
+            rule.forget(self.site, devices)
 
     def _next_timer(self) -> tuple[int, str, Rule] | None:
         if not self._timer_stale:

@@ -43,6 +43,7 @@ from processors.power.runtime import (
     rewind,
     route,
     run_batch,
+    set_memory_gauges,
 )
 from processors.runtime import QUARANTINED, BatchRunner, Checkpointer, RetryPolicy
 from processors.runtime import faust_glue as glue
@@ -146,6 +147,7 @@ class PowerProcessor:
     ) -> None:
         self.app, self.table, self.codec, self.detectors = app, table, codec, detectors
         self.max_future_skew_s = max_future_skew_s
+        detectors.pinned = self._unsaved
         self._clock_us = clock_us
         self.site_partition: dict[str, int] = {}
         # Input partition -> (offset, record timestamp us) of the last event processed.
@@ -199,6 +201,7 @@ class PowerProcessor:
                 emissions = [(event.message.timestamp, e) for event, e in run.emissions]
                 outputs = await self._send(emissions, dead)
             cp.add(events, run.touched, outputs, len(dead))
+            self.detectors.held.clear()  # the touched sites are dirty now: pinned until saved
         for event in reversed(events):  # the last event of each partition is where the tick's clock stands
             msg = event.message
             if msg.partition not in self.progress or self.progress[msg.partition][0] < msg.offset:
@@ -245,6 +248,9 @@ class PowerProcessor:
         if refused is not None:
             return Refused(refused[0], refused[1], refused[0], decoded=True)
         return record
+
+    def _unsaved(self, site_id: str) -> bool:
+        return site_id in self.checkpointer.pending.dirty
 
     def _unsaved_of_site(self, site_id: str) -> list[tuple[dict[str, Any], int]]:
         """The site's unsaved events again, decoded (only to rewind a detector)."""
@@ -315,6 +321,11 @@ class PowerProcessor:
                 if out:
                     outputs.extend(out)
                     ticked.append(site_id)
+            set_memory_gauges(self.detectors)
+            for site_id in [
+                s for s in self.site_partition if s not in self.detectors and not self._unsaved(s)
+            ]:
+                del self.site_partition[site_id]  # evicted: found again from its next event
             if outputs:
                 try:
                     await self._publish_tick(outputs)

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from core.settings import ProcessorValues, Settings
 from processors.envconfig import check_names, field_values, settings_of
@@ -29,6 +29,7 @@ __all__ = [
     "BatchRun",
     "CONFIG_ENV",
     "admission_error",
+    "set_memory_gauges",
     "ENV_PREFIX",
     "DetectorCache",
     "Emission",
@@ -90,6 +91,18 @@ NOT_REPORTED = Counter(
     "carnival_power_readings_not_reported_total",
     "Readings left out of their event as broken (NaN, infinite, outside what an instrument reports)",
 )
+# What the worker holds in memory, set at every tick (each is bounded: docs/power.md, "Bounded memory").
+SITES_IN_MEMORY = Gauge("carnival_power_sites_in_memory", "Site detectors in memory (max_sites)")
+DEVICES_TRACKED = Gauge(
+    "carnival_power_devices_tracked", "Devices tracked by the in-memory sites (max_devices per site)"
+)
+EVENTS_BUFFERED = Gauge(
+    "carnival_power_events_buffered", "Events held in the sites' reorder buffers (max_buffered per site)"
+)
+OPEN_INCIDENTS = Gauge("carnival_power_open_incidents", "Open incidents of the in-memory sites")
+DETECTORS_EVICTED = Counter(
+    "carnival_power_detectors_evicted_total", "Site detectors dropped from memory past max_sites"
+)
 DETECTORS_LOADED = Counter(
     "carnival_power_detectors_loaded_total", "Site detectors loaded into memory", ["source"]
 )
@@ -138,24 +151,43 @@ class DetectorCache:
     """Detectors of the sites this worker owns, kept in memory between events.
 
     The table is the durable copy; the cache only saves a ``from_dict`` per event. ``load`` reads the
-    table's bytes for a site (None when unknown). A state that cannot be read (say, a state version
-    from an incompatible release) is logged and replaced by a fresh detector rather than stopping the
-    site's processing for good.
+    table's bytes for a site (None when unknown). At most ``max_sites`` detectors are kept: loading one
+    more evicts the earliest loaded sites, except sites ``pinned`` holds (changes not saved yet) and sites
+    in ``held`` (touched by the batch being run).
+    A state that cannot be read (say, a state version from an incompatible release) is logged and
+    replaced by a fresh detector rather than stopping the site's processing for good.
     """
 
     def __init__(
-        self, config: PowerConfig, load: Callable[[str], bytes | None], clock_us: Callable[[], int]
+        self,
+        config: PowerConfig,
+        load: Callable[[str], bytes | None],
+        clock_us: Callable[[], int],
+        max_sites: int = 10_000,
     ) -> None:
         self.config = config
         self._load = load
         self._clock_us = clock_us
         self._dets: dict[str, Detector] = {}
+        self.max_sites = max_sites
+        self.pinned: Callable[[str], bool] = lambda site_id: False
+        self.held: set[str] = set()
 
     def get(self, site_id: str) -> Detector:
         det = self._dets.get(site_id)
         if det is None:
+            if len(self._dets) >= self.max_sites:
+                self._evict_for_one()
             det = self._dets[site_id] = self._restore(site_id)
         return det
+
+    def _evict_for_one(self) -> None:
+        """Make room: drop the earliest loaded unpinned sites, a quarter of the cache at once (so a flood
+        of new sites costs one scan per many loads); pinned sites may leave the cache over its bound."""
+        room = max(1, self.max_sites // 4)
+        for site_id in [s for s in self._dets if s not in self.held and not self.pinned(s)][:room]:
+            del self._dets[site_id]
+            DETECTORS_EVICTED.inc()
 
     def _restore(self, site_id: str) -> Detector:
         det = self._read(site_id)
@@ -202,6 +234,19 @@ class DetectorCache:
     def retain(self, site_ids: set[str]) -> None:
         for site_id in [s for s in self._dets if s not in site_ids]:
             del self._dets[site_id]
+
+
+def set_memory_gauges(cache: DetectorCache) -> None:
+    """The memory gauges from the in-memory sites (one pass over them, at tick time)."""
+    devices = buffered = incidents = 0
+    for _, det in cache.items():
+        devices += len(det.buffer.devices)
+        buffered += len(det.buffer)
+        incidents += len(det.open)
+    SITES_IN_MEMORY.set(len(cache))
+    DEVICES_TRACKED.set(devices)
+    EVENTS_BUFFERED.set(buffered)
+    OPEN_INCIDENTS.set(incidents)
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -291,7 +336,8 @@ def run_batch(
 ) -> BatchRun[S]:
     """Feed a batch of decoded events, ``(site_id, record, arrival_us, source)`` in stream order, to
     the sites' detectors. Pure (no I/O): the caller publishes ``emissions`` and dead letters, and
-    persists the ``touched`` sites' states before it acks the batch.
+    persists the ``touched`` sites' states before it acks the batch; they stay in ``cache.held`` (never
+    evicted) until the caller has them in its unsaved set and clears it.
 
     ``before_load(source)`` runs before a site's detector is read from the table (faust's RocksDB
     store reads the partition of the current event).
@@ -326,6 +372,7 @@ def run_batch(
             _rewind(cache, site_id, source, items[:i], before_load, unsaved)
             continue
         touched[site_id] = source
+        cache.held.add(site_id)
         run.ok += 1
         if stats["not_reported"] != broken:
             NOT_REPORTED.inc(stats["not_reported"] - broken)

@@ -66,7 +66,7 @@ sites = app.Table(
     help="site_id -> failover detector state (orjson)",
 )
 power = PowerProcessor(
-    app, sites, codec, DetectorCache(config, sites.get, wall_us),
+    app, sites, codec, DetectorCache(config, sites.get, wall_us, knobs.max_sites),
     checkpoint_s=knobs.checkpoint_s, checkpoint_events=knobs.checkpoint_events,
     max_unconfirmed=knobs.max_unconfirmed, max_future_skew_s=knobs.max_future_skew_s,
     on_failed=_fatal,
