@@ -11,7 +11,7 @@ import pytest
 
 from processors.power import Detector, PowerConfig
 from processors.power.processor import PowerProcessor
-from processors.power.runtime import DetectorCache, encode_state, rewind
+from processors.power.runtime import DETECTORS_EVICTED, DetectorCache, encode_state, rewind
 from processors.power.scenario import SiteEvents, rich_failover_timeline
 from processors.runtime import QUARANTINED, RetryPolicy
 from streams.serde import AvroSerde
@@ -82,12 +82,14 @@ class Producer:
         return None
 
 
-def _processor(checkpoint_events: int = 1) -> tuple[PowerProcessor, Codec, Table, Stream]:
+def _processor(
+    checkpoint_events: int = 1, max_sites: int = 10_000
+) -> tuple[PowerProcessor, Codec, Table, Stream]:
     codec = Codec()
     table = Table(codec.sent)
     app = SimpleNamespace(producer=Producer())
     p = PowerProcessor(
-        app, table, codec, DetectorCache(PowerConfig(), table.get, lambda: 0),
+        app, table, codec, DetectorCache(PowerConfig(), table.get, lambda: 0, max_sites),
         checkpoint_s=0.0 if checkpoint_events == 1 else 3600.0, checkpoint_events=checkpoint_events,
         max_unconfirmed=4,
         retry=RetryPolicy(2, (0.0,)), clock_us=lambda: 2_000_000_000_000_000,
@@ -336,3 +338,27 @@ def test_a_rewind_skips_an_invalid_event_it_replays() -> None:
     good = site.measure(2.0)
     rewind(cache, "dc-unit", [(bad, bad["ts"]), (good, good["ts"])])
     assert cache.get("dc-unit").stats["events"] == 1
+
+
+def test_sites_evicted_past_max_sites_come_back_from_the_table_unchanged() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(max_sites=2)
+        evicted = DETECTORS_EVICTED._value.get()
+        good = _events()
+        flood = [Event(SiteEvents(f"dc-flood-{i}").measure(0.5 + i * 0.001), 0) for i in range(60)]
+        mixed: list[Event] = []
+        for i, e in enumerate(good):  # the real site's events, each batch with flooding sites
+            mixed.append(e)
+            if i % 50 == 0:
+                mixed += flood[i // 50 % 60 : i // 50 % 60 + 3]
+        mixed = _renumbered(mixed)
+        for start in range(0, len(mixed), 40):
+            await p.handle(mixed[start : start + 40])
+            assert len(p.detectors) <= 2 + 40  # the bound, plus the sites of the batch being run
+        await _settle(p)
+        assert DETECTORS_EVICTED._value.get() - evicted >= 10
+        assert table["dc-unit"] == _applied_once(good)  # evicted and read again: nothing lost
+        assert codec.dead == []
+        assert "FAILOVER" in _kinds(codec)
+
+    asyncio.run(main())
