@@ -2,7 +2,9 @@
 durable by the runtime's checkpoint protocol (``processors.runtime.checkpoint``) under its error policy
 (``processors.runtime.policy``).
 
-Per batch (``process``), in stream order: decode every event and run it through its site's detector
+Per batch (``process``), in stream order: screen every message (``_screen``: tombstones, undecodable
+bytes, misrouted keys and events stamped beyond ``max_future_skew_s`` past their Kafka timestamp are
+dead-lettered with their reason and never reach a detector), run the rest through their sites' detectors
 (``run_batch``: an event that breaks a detector is dead-lettered and rewound there), hand the outputs and
 dead letters to the producer without waiting, and record the batch with the checkpointer (its events,
 the sites it touched, its outputs' delivery futures). The checkpoint then writes one state per dirty site
