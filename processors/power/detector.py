@@ -92,7 +92,8 @@ class Detector:
         """Take one decoded ``power.events.v1`` record of this site.
 
         ``arrival_us`` is the processing clock (wall time in µs) when the record was read; without it
-        the detector runs purely on event time. Raises ``InvalidPowerEvent`` for unusable records.
+        the detector runs purely on event time. Raises ``InvalidPowerEvent`` for unusable records and for
+        a new device while the site tracks ``max_devices``; out-of-range readings are dropped, not refused.
         """
         not_reported: list[str] = []
         event = normalize_event(record, not_reported)
