@@ -6,8 +6,11 @@ nominal value and a detector needs a margin, the choice is written next to the f
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S
 
 __all__ = ["PowerConfig", "PowerKnobs"]
 
@@ -29,7 +32,14 @@ class PowerConfig:
     without sequence holes, an event later than it (per-device sequence numbers prove nothing earlier
     is in flight). Only a device never seen before can then still deliver something earlier."""
     device_forget_s: float = 3_600.0
-    """A device silent this long (event time) is forgotten: it no longer holds back fast release."""
+    """A device silent this long (event time) is forgotten: it no longer holds back fast release, and
+    the time of its last generator event goes too."""
+    max_devices: int = 1_024
+    """Most devices one site tracks at a time (real sites have dozens). While that many are tracked,
+    an event of a further device is refused (VALIDATION dead letter) until idle ones are forgotten."""
+    max_buffered: int = 100_000
+    """Most events one site's reorder buffer holds; past it the earliest is released at once (an
+    overload: ordering within the allowance is then no longer guaranteed)."""
     soe_buffer_s: float = 120.0
     """Sequence-of-events recorders buffer locally and upload when they can (DOMAIN.md), so discrete
     events (every event type but MEASUREMENT) may come minutes late. One that arrives past
@@ -94,8 +104,10 @@ class PowerConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool):
                 continue
-            if not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"PowerConfig.{f.name} must be a non-negative number, got {value!r}")
+            if not isinstance(value, int | float) or not 0 <= value < math.inf:  # NaN fails too
+                raise ValueError(f"PowerConfig.{f.name} must be a finite non-negative number, got {value!r}")
+        if self.max_devices < 1 or self.max_buffered < 1:
+            raise ValueError("PowerConfig.max_devices and max_buffered must be at least 1")
         if self.flap_changes < 2:
             raise ValueError("PowerConfig.flap_changes must be at least 2")
         if not self.voltage_interruption_pu <= self.voltage_sag_pu <= 1.0 <= self.voltage_swell_pu:
@@ -132,6 +144,14 @@ class PowerConfig:
 class PowerKnobs:
     """Wiring of the power worker (not detector logic): batches, checkpoints, the faust clients."""
 
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
+    """An event whose ``ts`` is more than this past its Kafka timestamp (when the broker got it, never the
+    wall clock: a replay of a simulated past is judged like live traffic) is dead-lettered as
+    FUTURE_TIMESTAMP: it would move its site's watermark and make every later event of the site late."""
+    max_sites: int = 10_000
+    """Most site detectors kept in memory. Past it the least recently active site without unsaved changes
+    is evicted (its state stays in the table and is read again on its next event); an evicted site is
+    not ticked, so it raises no SITE_SILENT until it is loaded again."""
     tick_s: float = 1.0
     """How often the worker ticks every site of its partitions (``Detector.on_tick``), wall clock."""
     batch_max: int = 2000
@@ -160,5 +180,7 @@ class PowerKnobs:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if getattr(self, f.name) <= 0:
-                raise ValueError(f"PowerKnobs.{f.name} must be positive, got {getattr(self, f.name)!r}")
+            if not 0 < getattr(self, f.name) < math.inf:  # NaN fails too
+                raise ValueError(
+                    f"PowerKnobs.{f.name} must be positive and finite, got {getattr(self, f.name)!r}"
+                )

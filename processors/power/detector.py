@@ -36,6 +36,12 @@ from processors.power.rules.base import fmt_time
 
 __all__ = ["Detector", "STATE_VERSION"]
 
+
+def _buffer(cfg: PowerConfig, data: dict[str, Any] | None = None) -> ReorderBuffer:
+    args = (cfg.lateness_us, cfg.fast_release, cfg.us(cfg.device_forget_s), cfg.max_devices, cfg.max_buffered)
+    return ReorderBuffer(*args) if data is None else ReorderBuffer.from_dict(data, *args)
+
+
 STATE_VERSION = 1
 
 
@@ -50,7 +56,7 @@ class Detector:
     def __init__(self, site_id: str, config: PowerConfig | None = None) -> None:
         self.site_id = site_id
         self.config = cfg = config or PowerConfig()
-        self.buffer = ReorderBuffer(cfg.lateness_us, cfg.fast_release, cfg.us(cfg.device_forget_s))
+        self.buffer = _buffer(cfg)
         self.last_arrival: int | None = None
         self.site = Site(site_id, cfg, self._publish)
         self.rules = build_rules(cfg)
@@ -86,17 +92,26 @@ class Detector:
         """Take one decoded ``power.events.v1`` record of this site.
 
         ``arrival_us`` is the processing clock (wall time in µs) when the record was read; without it
-        the detector runs purely on event time. Raises ``InvalidPowerEvent`` for unusable records.
+        the detector runs purely on event time. Raises ``InvalidPowerEvent`` for unusable records and for
+        a new device while the site tracks ``max_devices``; out-of-range readings are dropped, not refused.
         """
-        event = normalize_event(record)
+        not_reported: list[str] = []
+        event = normalize_event(record, not_reported)
         if event["site_id"] != self.site_id:
             raise InvalidPowerEvent(
                 f"event of site {event['site_id']!r} given to detector of {self.site_id!r}"
             )
         site, buf = self.site, self.buffer
+        if not buf.admits(event["device_id"], event["ts"]):
+            raise InvalidPowerEvent(
+                f"site {self.site_id} already tracks {len(buf.devices)} devices (max_devices); device "
+                f"{event['device_id']!r} is refused until idle ones are forgotten"
+            )
         out: list[Output] = []
         site.out = out
         site.stats["events"] += 1
+        if not_reported:
+            site.stats["not_reported"] += len(not_reported)
         if arrival_us is None:
             arrival_us = event["ts"] if buf.clock is None else max(event["ts"], buf.clock)
         if self.last_arrival is None or arrival_us > self.last_arrival:
@@ -164,9 +179,7 @@ class Detector:
             raise ValueError(f"unsupported detector state version {data.get('v')!r}")
         det = cls(data["site_id"], config)
         cfg = det.config
-        det.buffer = ReorderBuffer.from_dict(
-            data["buffer"], cfg.lateness_us, cfg.fast_release, cfg.us(cfg.device_forget_s)
-        )
+        det.buffer = _buffer(cfg, data["buffer"])
         det.last_arrival = data["last_arrival"]
         det.site.restore(data)
         for rule in det.rules:
@@ -199,9 +212,18 @@ class Detector:
             if not ready:
                 return
             event, gap = buf.pop()
+            if buf.forgotten:
+                self._forget(buf.forgotten)
+                buf.forgotten = []
             if gap is not None:
                 self._publish(Signal("gap", gap.ts, gap=gap))
             self._apply(event)
+
+    def _forget(self, devices: list[str]) -> None:
+        """Devices the buffer forgot (silent ``device_forget_s``): the rules forget them too."""
+        self._timer_stale = True
+        for rule in self.rules:
+            rule.forget(self.site, devices)
 
     def _next_timer(self) -> tuple[int, str, Rule] | None:
         if not self._timer_stale:

@@ -17,6 +17,7 @@ from processors.power.kinds import KINDS
 __all__ = [
     "ALTERNATE_SOURCES",
     "KINDS",
+    "READING_RANGES",
     "SOE_EVENT_TYPES",
     "Event",
     "Incident",
@@ -54,8 +55,21 @@ ALTERNATE_SOURCES = frozenset({"GENERATOR", "BATTERY"})
 # Discrete sequence-of-events records (everything but periodic measurements): SOE recorders buffer them
 # locally and upload late, so a late one within ``PowerConfig.soe_buffer_s`` is still applied.
 SOE_EVENT_TYPES = EVENT_TYPES - {"MEASUREMENT"}
-_OPTIONAL_FLOATS = ("load_mw", "frequency_hz", "voltage_pu", "battery_soc_pct")
+# Optional readings and the range a real instrument can report. A value outside it (NaN, +-inf, a
+# negative frequency, a state of charge of 250 %) is a broken reading, not a condition: the field is
+# "not reported" (dropped from the event, counted) so that no rule fires, resolves or records on it. The
+# rest of the event is used: a SOURCE_LOST is still a source lost when its load reading is garbage.
+READING_RANGES: dict[str, tuple[float, float]] = {
+    "load_mw": (-100_000.0, 100_000.0),  # signed: a site exporting power reports a negative load
+    "frequency_hz": (0.0, 1_000.0),
+    "voltage_pu": (0.0, 10.0),
+    "battery_soc_pct": (0.0, 100.0),
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_ID_CHARS = 256
+"""Longest ``site_id``/``device_id``: they key state and name incidents; a longer one is refused."""
+MAX_DETAIL_CHARS = 500
+"""``detail`` is kept (in state, in summaries) cut to this many characters."""
 
 
 class InvalidPowerEvent(ValueError):
@@ -80,8 +94,11 @@ def to_datetime(micros: int) -> datetime:
     return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
 
 
-def normalize_event(record: Mapping[str, Any]) -> Event:
-    """A decoded power event as a compact dict; raises InvalidPowerEvent if unusable."""
+def normalize_event(record: Mapping[str, Any], not_reported: list[str] | None = None) -> Event:
+    """A decoded power event as a compact dict; raises InvalidPowerEvent if unusable.
+
+    Readings outside ``READING_RANGES`` are left out of the event and their names appended to
+    ``not_reported``."""
     try:
         site_id = record["site_id"]
         device_id = record["device_id"]
@@ -93,6 +110,8 @@ def normalize_event(record: Mapping[str, Any]) -> Event:
         raise InvalidPowerEvent(f"missing field {exc.args[0]!r}") from None
     if not isinstance(site_id, str) or not site_id or not isinstance(device_id, str) or not device_id:
         raise InvalidPowerEvent("site_id and device_id must be non-empty strings")
+    if len(site_id) > MAX_ID_CHARS or len(device_id) > MAX_ID_CHARS:
+        raise InvalidPowerEvent(f"site_id and device_id are at most {MAX_ID_CHARS} characters")
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise InvalidPowerEvent(f"seq must be an integer, got {seq!r}")
     if device_type not in DEVICE_TYPES:
@@ -113,12 +132,15 @@ def normalize_event(record: Mapping[str, Any]) -> Event:
             if value not in SOURCES:
                 raise InvalidPowerEvent(f"unknown {name} {value!r}")
             event[name] = value
-    for name in _OPTIONAL_FLOATS:
+    for name, (low, high) in READING_RANGES.items():
         value = record.get(name)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidPowerEvent(f"{name} must be a number, got {value!r}")
-            event[name] = float(value)
+            if low <= value <= high:  # False for NaN
+                event[name] = float(value)
+            elif not_reported is not None:
+                not_reported.append(name)
     gens = record.get("gens_online")
     if gens is not None:
         if isinstance(gens, bool) or not isinstance(gens, int) or gens < 0:
@@ -126,7 +148,7 @@ def normalize_event(record: Mapping[str, Any]) -> Event:
         event["gens_online"] = gens
     detail = record.get("detail")
     if detail is not None:
-        event["detail"] = str(detail)
+        event["detail"] = str(detail)[:MAX_DETAIL_CHARS]
     return event
 
 

@@ -2,7 +2,9 @@
 durable by the runtime's checkpoint protocol (``processors.runtime.checkpoint``) under its error policy
 (``processors.runtime.policy``).
 
-Per batch (``process``), in stream order: decode every event and run it through its site's detector
+Per batch (``process``), in stream order: screen every message (``_screen``: tombstones, undecodable
+bytes, misrouted keys and events stamped beyond ``max_future_skew_s`` past their Kafka timestamp are
+dead-lettered with their reason and never reach a detector), run the rest through their sites' detectors
 (``run_batch``: an event that breaks a detector is dead-lettered and rewound there), hand the outputs and
 dead letters to the producer without waiting, and record the batch with the checkpointer (its events,
 the sites it touched, its outputs' delivery futures). The checkpoint then writes one state per dirty site
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -37,22 +40,23 @@ from processors.power.runtime import (
     STATE_WRITES,
     DetectorCache,
     Emission,
+    admission_error,
     encode_state,
     rewind,
     route,
     run_batch,
+    set_memory_gauges,
 )
 from processors.runtime import QUARANTINED, BatchRunner, Checkpointer, RetryPolicy
 from processors.runtime import faust_glue as glue
-from streams.deadletter import VALIDATION
+from streams.deadletter import DECODE, TOMBSTONE
+from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S
 from streams.exceptions import SerializationError
 from streams.topics import INCIDENTS_TOPIC, POWER_EVENTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
 _CONSUMED = RECORDS_CONSUMED.labels(topic=POWER_EVENTS_TOPIC)
-_DEAD_DECODE = DEAD_LETTERED.labels(kind="DECODE")
-_DEAD_VALIDATION = DEAD_LETTERED.labels(kind=VALIDATION)
 _INVALID = EVENTS_PROCESSED.labels(result="invalid")
 
 
@@ -66,6 +70,17 @@ def arrival_us(msg: Any, wall: int) -> int:
     not look silent and their events do not look late. Never ahead of this machine's clock."""
     ts = msg.timestamp
     return min(int(ts * 1_000_000), wall) if ts else wall
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a message never reaches a detector: its dead-letter kind and reason, the metric label, and
+    whether it decoded (an undecodable record is not counted as consumed)."""
+
+    kind: str
+    reason: str
+    metric: str
+    decoded: bool
 
 
 def _key(msg: Any) -> str:
@@ -130,8 +145,11 @@ class PowerProcessor:
         retry: RetryPolicy | None = None,
         clock_us: Callable[[], int] = wall_us,
         on_failed: Callable[[BaseException], None] | None = None,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
     ) -> None:
         self.app, self.table, self.codec, self.detectors = app, table, codec, detectors
+        self.max_future_skew_s = max_future_skew_s
+        detectors.pinned = self._unsaved
         self._clock_us = clock_us
         self.site_partition: dict[str, int] = {}
         # Input partition -> (offset, record timestamp us) of the last event processed.
@@ -157,29 +175,22 @@ class PowerProcessor:
         """Apply one batch and hand its outputs over (see the module docstring)."""
         started = time.perf_counter()
         wall = self._clock_us()
-        decode = self.codec.serde.decode
         items: list[tuple[str, dict[str, Any], int, Any]] = []
         rejected: list[tuple[Any, str, str]] = []
         undecodable = 0
         for event in events:
             msg = event.message
-            try:
-                record = decode(POWER_EVENTS_TOPIC, msg.value or b"")  # a tombstone: BAD_MAGIC dead letter
-            except SerializationError as exc:
-                undecodable += 1
-                rejected.append((msg, exc.kind, str(exc)))
+            screened = self._screen(msg)
+            if isinstance(screened, Refused):
+                DEAD_LETTERED.labels(kind=screened.metric).inc()
+                if screened.decoded:
+                    _INVALID.inc()
+                else:
+                    undecodable += 1
+                rejected.append((msg, screened.kind, screened.reason))
                 continue
-            site_id, key = record.get("site_id"), _key(msg)
-            if not isinstance(site_id, str) or not site_id or key != site_id:
-                # A misrouted event would run in another partition's detector: refuse it.
-                _DEAD_VALIDATION.inc()
-                _INVALID.inc()
-                rejected.append((msg, VALIDATION, f"record key {key!r} is not its site_id {site_id!r}"))
-                continue
-            items.append((site_id, record, arrival_us(msg, wall), event))
+            items.append((screened["site_id"], screened, arrival_us(msg, wall), event))
         _CONSUMED.inc(len(events) - undecodable)
-        if undecodable:
-            _DEAD_DECODE.inc(undecodable)
 
         cp = self.checkpointer
         async with cp.applying:  # no tick between a batch's detection and its outputs
@@ -192,6 +203,7 @@ class PowerProcessor:
                 emissions = [(event.message.timestamp, e) for event, e in run.emissions]
                 outputs = await self._send(emissions, dead)
             cp.add(events, run.touched, outputs, len(dead))
+            self.detectors.held.clear()  # the touched sites are dirty now: pinned until saved
         for event in reversed(events):  # the last event of each partition is where the tick's clock stands
             msg = event.message
             if msg.partition not in self.progress or self.progress[msg.partition][0] < msg.offset:
@@ -221,6 +233,27 @@ class PowerProcessor:
         async with self.checkpointer.applying:
             self.checkpointer.add([event], {}, (), 1)
 
+    def _screen(self, msg: Any) -> dict[str, Any] | Refused:
+        """The decoded event of ``msg``, or why it is refused (a pure function of the message, so a
+        rewind refuses exactly what the first pass refused)."""
+        if msg.value is None:
+            return Refused(
+                TOMBSTONE, f"a tombstone (null value) on {POWER_EVENTS_TOPIC}, which is not compacted: "
+                "no event to detect from", TOMBSTONE, decoded=False,
+            )  # fmt: skip
+        try:
+            record = self.codec.serde.decode(POWER_EVENTS_TOPIC, msg.value)
+        except SerializationError as exc:
+            return Refused(exc.kind, str(exc), DECODE, decoded=False)
+        produced_ms = int(msg.timestamp * 1000) if msg.timestamp else None
+        refused = admission_error(record, _key(msg), produced_ms, self.max_future_skew_s)
+        if refused is not None:
+            return Refused(refused[0], refused[1], refused[0], decoded=True)
+        return record
+
+    def _unsaved(self, site_id: str) -> bool:
+        return site_id in self.checkpointer.pending.dirty
+
     def _unsaved_of_site(self, site_id: str) -> list[tuple[dict[str, Any], int]]:
         """The site's unsaved events again, decoded (only to rewind a detector)."""
         pending = self.checkpointer.pending
@@ -231,11 +264,9 @@ class PowerProcessor:
         for event in pending.events:
             msg = event.message
             if _key(msg) == site_id:
-                try:
-                    record = self.codec.serde.decode(POWER_EVENTS_TOPIC, msg.value or b"")
-                except SerializationError:
-                    continue
-                out.append((record, arrival_us(msg, wall)))
+                record = self._screen(msg)
+                if not isinstance(record, Refused):
+                    out.append((record, arrival_us(msg, wall)))
         return out
 
     async def _send(
@@ -292,6 +323,11 @@ class PowerProcessor:
                 if out:
                     outputs.extend(out)
                     ticked.append(site_id)
+            set_memory_gauges(self.detectors)
+            for site_id in [
+                s for s in self.site_partition if s not in self.detectors and not self._unsaved(s)
+            ]:
+                del self.site_partition[site_id]  # evicted: found again from its next event
             if outputs:
                 try:
                     await self._publish_tick(outputs)

@@ -10,6 +10,10 @@ arrive within the lateness allowance:
   sequence number up to it, and every other known device has delivered, without holes, an event
   strictly later than it. Per-device sequence numbers then prove that nothing earlier is in flight.
 
+Bounded: at most ``max_devices`` devices are tracked (``admits`` says whether an event's device fits;
+devices silent ``forget_us`` of event time are forgotten and listed in ``forgotten`` for the detector)
+and at most ``max_buffered`` events held (past it the head is released at once).
+
 Duplicates (same device and seq, buffered or already released) are dropped. A hole in a device's
 sequence numbers that is still open when the watermark passes it is reported as a gap; an event that
 fills a reported hole afterwards comes back as late. A device whose sequence restarts below what was
@@ -64,12 +68,21 @@ class ReorderBuffer:
         "clock",
         "last_released",
         "_next_forget",
+        "max_devices",
+        "max_buffered",
+        "forgotten",
     )
 
-    def __init__(self, lateness_us: int, fast_release: bool = True, forget_us: int = 3_600_000_000) -> None:
+    def __init__(
+        self, lateness_us: int, fast_release: bool = True, forget_us: int = 3_600_000_000,
+        max_devices: int = 1_024, max_buffered: int = 100_000,
+    ) -> None:  # fmt: skip
         self.lateness_us = lateness_us
         self.fast_release = fast_release
         self.forget_us = forget_us
+        self.max_devices = max_devices
+        self.max_buffered = max_buffered
+        self.forgotten: list[str] = []  # devices forgotten since the detector last looked
         self._buf: list[Event] = []
         self._pending: dict[tuple[str, int], int] = {}  # (device, seq) -> ts, for buffered events
         # device -> {"rel": last released seq | None, "fr": contiguous frontier seq, "fr_ts": its ts,
@@ -95,6 +108,16 @@ class ReorderBuffer:
         return len(self._buf)
 
     # -- input --------------------------------------------------------------------------------
+    def admits(self, device_id: str, ts: int) -> bool:
+        """Whether an event of ``device_id`` at ``ts`` fits: a tracked device, or room for one more. When
+        full, devices idle ``forget_us`` before ``ts`` are forgotten first (when the next forget pass is
+        due), so a flood of devices that then go silent does not keep new devices out for good."""
+        if device_id in self.devices or len(self.devices) < self.max_devices:
+            return True
+        if ts >= self._next_forget:
+            self._forget_idle(ts if self.max_ts is None else max(ts, self.max_ts))
+        return len(self.devices) < self.max_devices
+
     def push(self, event: Event) -> PushResult:
         dev_id, seq, ts = event["device_id"], event["seq"], event["ts"]
         if (dev_id, seq) in self._pending:
@@ -164,6 +187,8 @@ class ReorderBuffer:
         """Whether the earliest buffered event may be applied now."""
         if not self._buf:
             return False
+        if len(self._buf) > self.max_buffered:
+            return True  # overload: hold no more than the bound
         head = self._buf[0]
         wm = self.watermark
         if wm is not None and head["ts"] < wm:
@@ -193,18 +218,18 @@ class ReorderBuffer:
             self._advance_frontier(dev_id, dev)
         self.last_released = _key(event)
         if self.max_ts is not None and self.max_ts >= self._next_forget:
-            self._forget_idle()
+            self._forget_idle(self.max_ts)
         return event, gap
 
-    def _forget_idle(self) -> None:
-        assert self.max_ts is not None
-        horizon = self.max_ts - self.forget_us
+    def _forget_idle(self, now: int) -> None:
+        horizon = now - self.forget_us
         pending_devices = {d for d, _ in self._pending}
         for dev_id in [
             d for d, v in self.devices.items() if v["last"] < horizon and d not in pending_devices
         ]:
             del self.devices[dev_id]
-        self._next_forget = self.max_ts + max(self.forget_us // 4, 1)
+            self.forgotten.append(dev_id)
+        self._next_forget = now + max(self.forget_us // 4, 1)
 
     # -- state --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -221,9 +246,10 @@ class ReorderBuffer:
 
     @classmethod
     def from_dict(
-        cls, data: dict[str, Any], lateness_us: int, fast_release: bool = True, forget_us: int = 3_600_000_000
-    ) -> ReorderBuffer:
-        buf = cls(lateness_us, fast_release, forget_us)
+        cls, data: dict[str, Any], lateness_us: int, fast_release: bool = True,
+        forget_us: int = 3_600_000_000, max_devices: int = 1_024, max_buffered: int = 100_000,
+    ) -> ReorderBuffer:  # fmt: skip
+        buf = cls(lateness_us, fast_release, forget_us, max_devices, max_buffered)
         buf._buf = sorted((dict(e) for e in data.get("buf", [])), key=_key)
         buf._pending = {(e["device_id"], e["seq"]): e["ts"] for e in buf._buf}
         buf.devices = {

@@ -6,25 +6,30 @@ the settings, the in-memory detector cache, output routing and the worker's Prom
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from core.settings import ProcessorValues, Settings
 from processors.envconfig import check_names, field_values, settings_of
 from processors.power.alerts import alert_for_incident
 from processors.power.config import PowerConfig, PowerKnobs
 from processors.power.detector import Detector
-from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output
+from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output, to_micros
+from streams.deadletter import FUTURE_TIMESTAMP, LATE, PROCESSING, VALIDATION
+from streams.event_time import future_skew_error
 from streams.topics import ALERTS_TOPIC, INCIDENTS_TOPIC
 
 __all__ = [
     "BatchRun",
     "CONFIG_ENV",
+    "admission_error",
+    "set_memory_gauges",
     "ENV_PREFIX",
     "DetectorCache",
     "Emission",
@@ -82,6 +87,22 @@ STATE_WRITES = Counter(
     "carnival_power_state_writes_total",
     "Site states written to the table (one per dirty site per checkpoint)",
 )
+NOT_REPORTED = Counter(
+    "carnival_power_readings_not_reported_total",
+    "Readings left out of their event as broken (NaN, infinite, outside what an instrument reports)",
+)
+# What the worker holds in memory, set at every tick (each is bounded: docs/power.md, "Bounded memory").
+SITES_IN_MEMORY = Gauge("carnival_power_sites_in_memory", "Site detectors in memory (max_sites)")
+DEVICES_TRACKED = Gauge(
+    "carnival_power_devices_tracked", "Devices tracked by the in-memory sites (max_devices per site)"
+)
+EVENTS_BUFFERED = Gauge(
+    "carnival_power_events_buffered", "Events held in the sites' reorder buffers (max_buffered per site)"
+)
+OPEN_INCIDENTS = Gauge("carnival_power_open_incidents", "Open incidents of the in-memory sites")
+DETECTORS_EVICTED = Counter(
+    "carnival_power_detectors_evicted_total", "Site detectors dropped from memory past max_sites"
+)
 DETECTORS_LOADED = Counter(
     "carnival_power_detectors_loaded_total", "Site detectors loaded into memory", ["source"]
 )
@@ -130,24 +151,43 @@ class DetectorCache:
     """Detectors of the sites this worker owns, kept in memory between events.
 
     The table is the durable copy; the cache only saves a ``from_dict`` per event. ``load`` reads the
-    table's bytes for a site (None when unknown). A state that cannot be read (say, a state version
-    from an incompatible release) is logged and replaced by a fresh detector rather than stopping the
-    site's processing for good.
+    table's bytes for a site (None when unknown). At most ``max_sites`` detectors are kept: loading one
+    more evicts the earliest loaded sites, except sites ``pinned`` holds (changes not saved yet) and sites
+    in ``held`` (touched by the batch being run).
+    A state that cannot be read (say, a state version from an incompatible release) is logged and
+    replaced by a fresh detector rather than stopping the site's processing for good.
     """
 
     def __init__(
-        self, config: PowerConfig, load: Callable[[str], bytes | None], clock_us: Callable[[], int]
+        self,
+        config: PowerConfig,
+        load: Callable[[str], bytes | None],
+        clock_us: Callable[[], int],
+        max_sites: int = 10_000,
     ) -> None:
         self.config = config
         self._load = load
         self._clock_us = clock_us
         self._dets: dict[str, Detector] = {}
+        self.max_sites = max_sites
+        self.pinned: Callable[[str], bool] = lambda site_id: False
+        self.held: set[str] = set()
 
     def get(self, site_id: str) -> Detector:
         det = self._dets.get(site_id)
         if det is None:
+            if len(self._dets) >= self.max_sites:
+                self._evict_for_one()
             det = self._dets[site_id] = self._restore(site_id)
         return det
+
+    def _evict_for_one(self) -> None:
+        """Make room: drop the earliest loaded unpinned sites, a quarter of the cache at once (so a flood
+        of new sites costs one scan per many loads); pinned sites may leave the cache over its bound."""
+        room = max(1, self.max_sites // 4)
+        for site_id in [s for s in self._dets if s not in self.held and not self.pinned(s)][:room]:
+            del self._dets[site_id]
+            DETECTORS_EVICTED.inc()
 
     def _restore(self, site_id: str) -> Detector:
         det = self._read(site_id)
@@ -194,6 +234,19 @@ class DetectorCache:
     def retain(self, site_ids: set[str]) -> None:
         for site_id in [s for s in self._dets if s not in site_ids]:
             del self._dets[site_id]
+
+
+def set_memory_gauges(cache: DetectorCache) -> None:
+    """The memory gauges from the in-memory sites (one pass over them, at tick time)."""
+    devices = buffered = incidents = 0
+    for _, det in cache.items():
+        devices += len(det.buffer.devices)
+        buffered += len(det.buffer)
+        incidents += len(det.open)
+    SITES_IN_MEMORY.set(len(cache))
+    DEVICES_TRACKED.set(devices)
+    EVENTS_BUFFERED.set(buffered)
+    OPEN_INCIDENTS.set(incidents)
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -250,11 +303,29 @@ class BatchRun(Generic[S]):
     late: int = 0
 
 
-LATE = "LATE"
-PROCESSING = "PROCESSING"
 _OK = EVENTS_PROCESSED.labels(result="ok")
 _INVALID = EVENTS_PROCESSED.labels(result="invalid")
 _FAILED = EVENTS_PROCESSED.labels(result="failed")
+
+
+def admission_error(
+    record: Mapping[str, Any], key: str, produced_ms: int | None, max_future_skew_s: float
+) -> tuple[str, str] | None:
+    """Why a decoded event may not reach a detector at all, as (dead-letter kind, reason), or None.
+
+    A misrouted event (key is not its site_id) would run in another partition's detector. An event more
+    than ``max_future_skew_s`` past ``produced_ms`` (its Kafka timestamp: the check never reads the wall
+    clock) would move its site's watermark: every later event of the site would be late. A ``ts`` the
+    detector cannot read is left to it (VALIDATION)."""
+    site_id = record.get("site_id")
+    if not isinstance(site_id, str) or not site_id or key != site_id:
+        return VALIDATION, f"record key {key!r} is not its site_id {site_id!r}"
+    try:
+        ts_us = to_micros(record.get("ts"))
+    except InvalidPowerEvent:
+        return None
+    why = future_skew_error(ts_us // 1000, produced_ms, max_future_skew_s)
+    return None if why is None else (FUTURE_TIMESTAMP, f"site {site_id}: {why}")
 
 
 def run_batch(
@@ -265,7 +336,8 @@ def run_batch(
 ) -> BatchRun[S]:
     """Feed a batch of decoded events, ``(site_id, record, arrival_us, source)`` in stream order, to
     the sites' detectors. Pure (no I/O): the caller publishes ``emissions`` and dead letters, and
-    persists the ``touched`` sites' states before it acks the batch.
+    persists the ``touched`` sites' states before it acks the batch; they stay in ``cache.held`` (never
+    evicted) until the caller has them in its unsaved set and clears it.
 
     ``before_load(source)`` runs before a site's detector is read from the table (faust's RocksDB
     store reads the partition of the current event).
@@ -285,6 +357,8 @@ def run_batch(
             if before_load is not None:
                 before_load(source)
             det = cache.get(site_id)
+        stats = det.stats
+        broken = stats["not_reported"]
         try:
             outputs = det.on_event(record, arrival_us=arrival_us)
         except InvalidPowerEvent as exc:  # raised before the detector changes anything
@@ -298,7 +372,10 @@ def run_batch(
             _rewind(cache, site_id, source, items[:i], before_load, unsaved)
             continue
         touched[site_id] = source
+        cache.held.add(site_id)
         run.ok += 1
+        if stats["not_reported"] != broken:
+            NOT_REPORTED.inc(stats["not_reported"] - broken)
         if outputs:
             for out in outputs:
                 if isinstance(out, LateEvent):
@@ -340,4 +417,6 @@ def rewind(cache: DetectorCache, site_id: str, replay: Iterable[tuple[Mapping[st
     cache.evict(site_id)
     det = cache.get(site_id)
     for record, arrival in replay:
-        det.on_event(record, arrival_us=arrival)
+        # Refused before it changed anything, the first time too (it was dead-lettered then).
+        with contextlib.suppress(InvalidPowerEvent):
+            det.on_event(record, arrival_us=arrival)

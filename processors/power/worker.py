@@ -45,9 +45,6 @@ each, ``CARNIVAL_POWER_<KNOB>`` sets it. A batch is what arrived within ``batch_
 ``batch_max`` events under load; detection latency depends on batches only, the state is written per
 checkpoint (``checkpoint_s``)."""
 
-
-
-
 _fatal = drive.exit_on_failure(PROCESSOR)
 settings = get_settings()
 config = config_from_env()
@@ -69,9 +66,9 @@ sites = app.Table(
     help="site_id -> failover detector state (orjson)",
 )
 power = PowerProcessor(
-    app, sites, codec, DetectorCache(config, sites.get, wall_us),
+    app, sites, codec, DetectorCache(config, sites.get, wall_us, knobs.max_sites),
     checkpoint_s=knobs.checkpoint_s, checkpoint_events=knobs.checkpoint_events,
-    max_unconfirmed=knobs.max_unconfirmed,
+    max_unconfirmed=knobs.max_unconfirmed, max_future_skew_s=knobs.max_future_skew_s,
     on_failed=_fatal,
 )  # fmt: skip
 

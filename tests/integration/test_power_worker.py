@@ -481,6 +481,45 @@ def test_bad_records_are_dead_lettered(settings: Settings, worker: Worker, outpu
     assert worker.alive()
 
 
+def test_a_tombstone_and_a_year_3000_event_never_blind_the_site(
+    settings: Settings, worker: Worker, outputs: Outputs
+) -> None:
+    """A null value and an event stamped in the year 3000 (its Kafka timestamp is now) are dead-lettered
+    with their reasons; the site's failover right after them is still found and measured."""
+    site = new_site("hostile")
+    serde = serde_from_settings(settings)
+    future = site.measure(0.5)
+    future["ts"] = 32_503_680_000_000_000  # 3000-01-01
+    with Producer(settings) as producer:
+        producer.produce("power.events.v1", None, site.site_id)  # type: ignore[arg-type]
+        producer.produce("power.events.v1", serde.encode("power.events.v1", future), site.site_id)
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.9),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1", source_from="GRID"),
+            *heartbeat(site, 2, 10),
+            marker(site, 11),
+        ],
+    )
+    opened = outputs.wait_for(site.site_id, "FAILOVER", "OPEN")
+    assert opened["transfer_ms"] == pytest.approx(4.0)
+    outputs.wait_for(site.site_id, "LOAD_SHED", "OPEN")  # everything before the marker was processed
+
+    def dead() -> list[dict[str, Any]]:
+        return [
+            d
+            for d in outputs.records["deadletter.v1"]["power.events.v1"]
+            if d["key"] == site.site_id.encode()
+        ]
+
+    outputs.wait(lambda: len(dead()) >= 2, what="two dead letters")
+    assert sorted(d["error_kind"] for d in dead()) == ["FUTURE_TIMESTAMP", "TOMBSTONE"]
+    assert all(d["error"] for d in dead())
+    assert worker.alive()
+
+
 # -------------------------------------------------------------------------------------------- batches
 def test_batches_mixing_partitions_write_each_site_state_to_its_own_partition(
     settings: Settings, worker: Worker, outputs: Outputs

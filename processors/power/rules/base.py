@@ -59,6 +59,9 @@ class Rule:
     def on_notify(self, site: Site, due: int, tag: str) -> None:
         """The timer ``tag`` returned by ``notify_at`` is due at ``due``."""
 
+    def forget(self, site: Site, devices: list[str]) -> None:
+        """``devices`` went silent for ``device_forget_s``: drop what this rule keeps per device."""
+
     def snapshot(self) -> Any:
         """JSON-able state kept outside the site (only for rules with a ``state_key``)."""
         return None

@@ -19,6 +19,7 @@ from processors.power.rules.site import Site
 __all__ = ["FlappingRule"]
 
 KEY = "flap"
+_MAX_CHANGES = 1_000  # a bound on the window's list: far more than ``flap_changes`` can ever need
 
 
 class FlappingRule(Rule):
@@ -83,6 +84,7 @@ class FlappingRule(Rule):
         horizon = t - self.window
         while changes and changes[0] < horizon:
             changes.pop(0)
+        del changes[:-_MAX_CHANGES]
         if len(changes) < self.config.flap_changes:
             return
         inc = site.open.get(KEY)

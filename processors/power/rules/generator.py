@@ -2,6 +2,10 @@
 GEN_START. One incident per generator (``gen:<device>``); resolves when that generator reports
 GEN_RUNNING or GEN_STOP. Keeps the site's generator facts (``site.gens``) up to date. A late generator
 event older than one already applied for that generator changes nothing.
+
+Bounded per site: a generator's last event time is dropped when the device is forgotten; at most
+``max_devices`` generators count as running and ``max_devices`` start failures are open (past it, the
+oldest start failure is resolved as "too many", an overload no real site reaches).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class GeneratorRule(Rule):
                 best = (start + self.timeout, dev)
         return best
 
+    def forget(self, site: Site, devices: list[str]) -> None:
+        last = site.gens["last"]
+        for dev in devices:
+            last.pop(dev, None)
+
     def on_notify(self, site: Site, due: int, tag: str) -> None:
         start = site.gens["starts"].pop(tag)
         self._fail(site, tag, due, f"no GEN_RUNNING {_dur(due - start)} after GEN_START at {_t(start)}")
@@ -53,6 +62,7 @@ class GeneratorRule(Rule):
         if kind == "GEN_RUNNING":
             if dev not in gens["running"]:
                 gens["running"].append(dev)
+                del gens["running"][: -self.config.max_devices]
             if key in site.open:
                 site.emit(key, "RESOLVED", t, f"{site.site_id}: generator {dev} running at {_t(t)}", ended=t)
             return
@@ -69,11 +79,17 @@ class GeneratorRule(Rule):
                 why += f" {_dur(t - start)} after GEN_START"
             self._fail(site, dev, t, why)
 
-    @staticmethod
-    def _fail(site: Site, dev: str, t: int, why: str) -> None:
+    def _fail(self, site: Site, dev: str, t: int, why: str) -> None:
         key = "gen:" + dev
         if key in site.open:
             return
+        failures = [k for k in site.open if k.startswith("gen:")]
+        if len(failures) >= self.config.max_devices:
+            oldest = min(failures, key=lambda k: (site.open[k]["start"], k))
+            site.emit(
+                oldest, "RESOLVED", t, f"{site.site_id}: more than {self.config.max_devices} generator "
+                "start failures open at once; the oldest is closed", ended=t,
+            )  # fmt: skip
         site.open_incident(
             key,
             GEN_START_FAILURE,

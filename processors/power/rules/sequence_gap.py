@@ -17,6 +17,7 @@ from processors.power.rules.site import Site
 __all__ = ["SequenceGapRule"]
 
 _MAX_RANGES = 16
+_MAX_MISSING = 2**63 - 1  # the count stays a 64-bit integer (the state is JSON), however seq jumps
 
 
 def _seqs(first: int, last: int) -> str:
@@ -72,12 +73,12 @@ class SequenceGapRule(Rule):
                 f"lost); check the device link, incidents of that period may be incomplete",
                 device=gap.device_id,
                 last=gap.ts,
-                missing=gap.count,
+                missing=min(gap.count, _MAX_MISSING),
                 ranges=[[gap.first, gap.last]],
             )
             return
         inc["last"] = gap.ts
-        inc["missing"] += gap.count
+        inc["missing"] = min(inc["missing"] + gap.count, _MAX_MISSING)
         if "ranges" in inc:
             inc["ranges"] = [*inc["ranges"], [gap.first, gap.last]][-_MAX_RANGES:]
         site.emit(

@@ -26,7 +26,8 @@ from processors.power.rules.signals import Signal
 
 __all__ = ["Site"]
 
-_STATS = ("events", "applied", "duplicates", "late", "late_used", "gaps", "blips", "reordered", "incidents")
+_STATS = ("events", "applied", "duplicates", "late", "late_used", "gaps", "blips", "reordered", "incidents",
+          "not_reported")  # fmt: skip
 
 
 class Site:

@@ -11,7 +11,7 @@ import pytest
 
 from processors.power import Detector, PowerConfig
 from processors.power.processor import PowerProcessor
-from processors.power.runtime import DetectorCache, encode_state
+from processors.power.runtime import DETECTORS_EVICTED, DetectorCache, encode_state, rewind
 from processors.power.scenario import SiteEvents, rich_failover_timeline
 from processors.runtime import QUARANTINED, RetryPolicy
 from streams.serde import AvroSerde
@@ -21,10 +21,18 @@ EVENTS = "power.events.v1"
 
 
 class Event:
-    def __init__(self, record: dict[str, Any], offset: int, partition: int = 0) -> None:
+    """A consumed ``power.events.v1`` message; its Kafka timestamp is the event's ``ts`` unless given."""
+
+    def __init__(
+        self, record: dict[str, Any] | None, offset: int, partition: int = 0, *, key: str = "dc-unit",
+        produced_us: int | None = None,
+    ) -> None:  # fmt: skip
+        if produced_us is None:
+            produced_us = record["ts"] if record is not None else 1_700_000_000_000_000
         self.message = SimpleNamespace(
-            topic=EVENTS, partition=partition, offset=offset, key=record["site_id"].encode(),
-            value=SERDE.encode(EVENTS, record), timestamp=record["ts"] / 1_000_000,
+            topic=EVENTS, partition=partition, offset=offset,
+            key=(record["site_id"] if record is not None else key).encode(),
+            value=None if record is None else SERDE.encode(EVENTS, record), timestamp=produced_us / 1_000_000,
         )  # fmt: skip
 
 
@@ -74,13 +82,16 @@ class Producer:
         return None
 
 
-def _processor() -> tuple[PowerProcessor, Codec, Table, Stream]:
+def _processor(
+    checkpoint_events: int = 1, max_sites: int = 10_000
+) -> tuple[PowerProcessor, Codec, Table, Stream]:
     codec = Codec()
     table = Table(codec.sent)
     app = SimpleNamespace(producer=Producer())
     p = PowerProcessor(
-        app, table, codec, DetectorCache(PowerConfig(), table.get, lambda: 0),
-        checkpoint_s=0.0, checkpoint_events=1, max_unconfirmed=4,
+        app, table, codec, DetectorCache(PowerConfig(), table.get, lambda: 0, max_sites),
+        checkpoint_s=0.0 if checkpoint_events == 1 else 3600.0, checkpoint_events=checkpoint_events,
+        max_unconfirmed=4,
         retry=RetryPolicy(2, (0.0,)), clock_us=lambda: 2_000_000_000_000_000,
     )  # fmt: skip
     stream = Stream()
@@ -221,5 +232,133 @@ def test_a_record_that_breaks_its_detector_is_dead_lettered_and_the_batch_contin
         assert [(off, kind) for off, kind, _ in codec.dead] == [(broken_offset, "PROCESSING")]
         assert "ZeroDivisionError: detector bug" in codec.dead[0][2]
         assert stream.acked == [e.message.offset for e in events]
+
+    asyncio.run(main())
+
+
+# -- input guards -----------------------------------------------------------------------------------
+YEAR_3000_US = 32_503_680_000_000_000
+
+
+def _future_event(after: Event, offset: int) -> Event:
+    """A measurement stamped in the year 3000 whose Kafka timestamp is that of ``after``'s message."""
+    record = SiteEvents("dc-unit").event("meter-1", "MEASUREMENT", 0.0, seq=10_000)
+    record["ts"] = YEAR_3000_US
+    return Event(record, offset, produced_us=int(after.message.timestamp * 1_000_000))
+
+
+def _renumbered(events: list[Event]) -> list[Event]:
+    for i, e in enumerate(events):
+        e.message.offset = i
+    return events
+
+
+def _kinds(codec: Codec) -> list[str]:
+    return [SERDE.decode("power.incidents.v1", v)["kind"] for v in _incidents(codec)]
+
+
+def test_an_event_stamped_far_past_its_arrival_is_dead_lettered_and_never_blinds_its_site() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor()
+        good = _events()
+        events = _renumbered([*good[:20], _future_event(good[19], 0), *good[20:]])
+        await p.handle(events)
+        await _settle(p)
+        assert [(off, kind) for off, kind, _ in codec.dead] == [(20, "FUTURE_TIMESTAMP")]
+        assert "after the record's arrival" in codec.dead[0][2] and "300 s" in codec.dead[0][2]
+        assert "FAILOVER" in _kinds(codec)
+        assert table["dc-unit"] == _applied_once(good)  # as if the future event never came
+        assert stream.acked == [e.message.offset for e in events]
+
+    asyncio.run(main())
+
+
+def test_the_skew_is_judged_against_the_kafka_timestamp_never_the_wall_clock() -> None:
+    async def main() -> None:
+        p, codec, _, _ = _processor()
+        # A replay of a simulated past read years later (the processor's clock is 2033), events produced
+        # now with Kafka timestamps years after their own time, and one event 299 s ahead of its arrival:
+        # nothing is refused.
+        records = rich_failover_timeline(SiteEvents("dc-unit"))
+        replayed = [Event(r, i, produced_us=1_800_000_000_000_000) for i, r in enumerate(records[:50])]
+        replayed.append(Event(records[50], 50, produced_us=records[50]["ts"] - 299_000_000))
+        await p.handle(replayed)
+        await _settle(p)
+        assert codec.dead == []
+
+    asyncio.run(main())
+
+
+def test_a_rewind_refuses_the_future_event_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)  # nothing saved in between
+        good = _events()
+        first = _renumbered([*good[:20], _future_event(good[19], 0)])
+        await p.handle(first)
+        original = Detector.on_event
+        broken = SERDE.decode(EVENTS, good[20].message.value)
+
+        def on_event(self: Detector, record: Any, arrival_us: int | None = None) -> list[Any]:
+            if (record["device_id"], record["seq"]) == (broken["device_id"], broken["seq"]):
+                raise ZeroDivisionError("detector bug")
+            return original(self, record, arrival_us)
+
+        monkeypatch.setattr(Detector, "on_event", on_event)
+        rest = _renumbered(_events()[20:])
+        for e in rest:
+            e.message.offset += 21
+        await p.handle(rest)  # the broken event rewinds the site: the unsaved batch is replayed
+        await p.checkpointer.checkpoint()
+        await _settle(p)
+        assert [kind for _, kind, _ in codec.dead] == ["FUTURE_TIMESTAMP", "PROCESSING"]
+        assert "FAILOVER" in _kinds(codec)
+        assert table["dc-unit"] == _applied_once([*good[:20], *good[21:]])
+
+    asyncio.run(main())
+
+
+def test_a_tombstone_is_dead_lettered_and_the_site_goes_on() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor()
+        events = _renumbered([Event(None, 0), *_events()])
+        await p.handle(events)
+        await _settle(p)
+        assert [(off, kind) for off, kind, _ in codec.dead] == [(0, "TOMBSTONE")]
+        assert "null value" in codec.dead[0][2]
+        assert "FAILOVER" in _kinds(codec)
+        assert stream.acked == [e.message.offset for e in events]
+
+    asyncio.run(main())
+
+
+def test_a_rewind_skips_an_invalid_event_it_replays() -> None:
+    site = SiteEvents("dc-unit")
+    cache = DetectorCache(PowerConfig(), {}.get, lambda: 0)
+    bad = site.measure(1.0, gens_online=-1)  # valid Avro, refused by the detector (VALIDATION)
+    good = site.measure(2.0)
+    rewind(cache, "dc-unit", [(bad, bad["ts"]), (good, good["ts"])])
+    assert cache.get("dc-unit").stats["events"] == 1
+
+
+def test_sites_evicted_past_max_sites_come_back_from_the_table_unchanged() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(max_sites=2)
+        evicted = DETECTORS_EVICTED._value.get()
+        good = _events()
+        flood = [Event(SiteEvents(f"dc-flood-{i}").measure(0.5 + i * 0.001), 0) for i in range(60)]
+        mixed: list[Event] = []
+        for i, e in enumerate(good):  # the real site's events, each batch with flooding sites
+            mixed.append(e)
+            if i % 50 == 0:
+                mixed += flood[i // 50 % 60 : i // 50 % 60 + 3]
+        mixed = _renumbered(mixed)
+        for start in range(0, len(mixed), 40):
+            await p.handle(mixed[start : start + 40])
+            assert len(p.detectors) <= 2 + 40  # the bound, plus the sites of the batch being run
+        await _settle(p)
+        assert DETECTORS_EVICTED._value.get() - evicted >= 10
+        assert table["dc-unit"] == _applied_once(good)  # evicted and read again: nothing lost
+        assert codec.dead == []
+        assert "FAILOVER" in _kinds(codec)
 
     asyncio.run(main())
