@@ -360,3 +360,15 @@ def test_compose_runs_only_known_processors() -> None:
         command = service.get("command", [])
         if command[:2] == ["carnival", "worker"]:
             assert set(command[2:]) <= set(PROCESSORS), name
+
+
+def test_the_image_holds_every_package() -> None:
+    """deploy/Dockerfile copies each package pyproject installs (a missing one installs without error
+    and fails at the first import in the container)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = {m.group(1) for m in re.finditer(r"^COPY (\S+) \1$", dockerfile, re.MULTILINE)}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
