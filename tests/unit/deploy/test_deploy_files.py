@@ -372,3 +372,64 @@ def test_the_image_holds_every_package() -> None:
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     copied = {m.group(1) for m in re.finditer(r"^COPY (\S+) \1$", dockerfile, re.MULTILINE)}
     assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
+HAND_MADE_SECRETS = {"carnival-clickhouse", "carnival-alert-webhooks"}  # docs/operations.md, "Deploying"
+
+
+def pod_specs() -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for d in of_kind("Deployment") + of_kind("Job")]
+
+
+def test_pods_reference_only_secrets_that_will_exist() -> None:
+    """A Secret is written by Strimzi (one per KafkaUser, the cluster CA) or made by hand as
+    docs/operations.md says; a misspelt name would leave the pod in CreateContainerConfigError."""
+    (kafka,) = of_kind("Kafka")
+    strimzi = {u["metadata"]["name"] for u in of_kind("KafkaUser")} | {
+        f"{kafka['metadata']['name']}-cluster-ca-cert"
+    }
+    referenced = set()
+    for pod in pod_specs():
+        referenced |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        for container in pod["containers"]:
+            referenced |= {
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+    assert referenced <= strimzi | HAND_MADE_SECRETS
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert all(f"create secret generic {name}" in operations for name in HAND_MADE_SECRETS)
+
+
+def test_the_settings_point_at_the_services_the_operators_create() -> None:
+    """Bootstrap = Strimzi's ``<cluster>-kafka-bootstrap`` on the SCRAM TLS listener, the CA file = the
+    mounted cluster CA, the ClickHouse URL = Altinity's ``clickhouse-<installation>`` service."""
+    env = config_map()
+    (kafka,) = of_kind("Kafka")
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    assert listener["tls"] and listener["authentication"]["type"] == "scram-sha-512"
+    assert (
+        env["CARNIVAL_KAFKA_BOOTSTRAP"] == f"{kafka['metadata']['name']}-kafka-bootstrap:{listener['port']}"
+    )
+    assert (env["CARNIVAL_KAFKA_SECURITY_PROTOCOL"], env["CARNIVAL_KAFKA_SASL_MECHANISM"]) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+    )
+    for deployment in of_kind("Deployment"):  # every Kafka client verifies the brokers with the cluster CA
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (container,) = pod["containers"]
+        ca_files = [
+            f"{mount['mountPath']}/{item['path']}"
+            for mount in container["volumeMounts"]
+            if volumes[mount["name"]].get("secret", {}).get("secretName")
+            == f"{kafka['metadata']['name']}-cluster-ca-cert"
+            for item in volumes[mount["name"]]["secret"]["items"]
+        ]
+        assert ca_files == [env["CARNIVAL_KAFKA_SSL_CA_LOCATION"]], deployment["metadata"]["name"]
+    (chi,) = of_kind("ClickHouseInstallation")
+    assert env["CARNIVAL_CLICKHOUSE_URL"] == f"http://clickhouse-{chi['metadata']['name']}:8123"
+    assert env["CARNIVAL_CLICKHOUSE_EMBEDDED"] == "false"
+    users = chi["spec"]["configuration"]["users"]
+    assert users[f"{env['CARNIVAL_CLICKHOUSE_USER']}/k8s_secret_password"] == "carnival-clickhouse/password"
