@@ -158,6 +158,7 @@ class Scenario:
     def event(self, what: str, outcome: str = "") -> Event:
         ev = Event(round(self.at(), 1), what, outcome)
         self.result.events.append(ev)
+        print(f"chaos {ev.at_s:7.1f} s: {what} {outcome}", flush=True)  # progress, with pytest -s
         return ev
 
     def sleep_until(self, at_s: float) -> bool:

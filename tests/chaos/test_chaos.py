@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(1800)]  # the run is its setup
 
 # Checks that fail today because of product defects other branches of issue 11 fix, by check name, with
 # the defect. A family whose failures are all listed here is an expected failure (not strict): it turns
