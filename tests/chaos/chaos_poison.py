@@ -34,6 +34,7 @@ class Poison:
     readers: tuple[str, ...]  # components that consume the topic and must get past it
     dead_letter: bool = True  # must appear in deadletter.v1 with a reason
     note: str = ""
+    wave: int = 1  # wave 2 comes alone, after the others' recovery was timed
     partition: int = -1
     offset: int = -1
     kafka_ts_ms: int = 0
@@ -171,24 +172,6 @@ def build(settings: Settings, sim_now_ms: int, site: str, region: str, seed: int
             (SCHEDULER, SINK),
         ),
         Poison(
-            "tasks.lifecycle.v1 attempt=2147483647",
-            LIFECYCLE_TOPIC,
-            "chaos-attempt",
-            enc(LIFECYCLE_TOPIC, lifecycle),
-            (SCHEDULER, SINK),
-        ),
-        Poison(
-            "status of the attempt=2^31-1 task",
-            STATUS_TOPIC,
-            "chaos-attempt",
-            enc(
-                STATUS_TOPIC, _status("chaos-attempt", sim_now_ms, "chaos-attempt-other", "CHAOS-ATTEMPT-VIN")
-            ),
-            (SCHEDULER, SINK),
-            dead_letter=False,
-            note="the record that makes the scheduler loop",
-        ),
-        Poison(
             "year-3000 tasks.requests.v1",
             REQUESTS_TOPIC,
             "chaos-future-req",
@@ -209,12 +192,32 @@ def build(settings: Settings, sim_now_ms: int, site: str, region: str, seed: int
             enc(POWER_EVENTS_TOPIC, _power(site, YEAR_3000_MS * 1000)),
             (POWER, SINK),
         ),
+        Poison(
+            "tasks.lifecycle.v1 attempt=2147483647",
+            LIFECYCLE_TOPIC,
+            "chaos-attempt",
+            enc(LIFECYCLE_TOPIC, lifecycle),
+            (SCHEDULER, SINK),
+            wave=2,
+        ),
+        Poison(
+            "status of the attempt=2^31-1 task",
+            STATUS_TOPIC,
+            "chaos-attempt",
+            enc(
+                STATUS_TOPIC, _status("chaos-attempt", sim_now_ms, "chaos-attempt-other", "CHAOS-ATTEMPT-VIN")
+            ),
+            (SCHEDULER, SINK),
+            dead_letter=False,
+            note="the record that makes the scheduler loop",
+            wave=2,
+        ),
     ]
 
 
 def inject(settings: Settings, poisons: list[Poison], timeout_s: float = 60.0) -> None:
     """Produce every poison (in order, each flushed before the next) and record where it landed."""
-    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    producer = Producer(producer_config(settings, **{"linger.ms": 0, "log_level": 0}))
 
     def report(p: Poison, err: Any, msg: Any) -> None:
         p.delivered_at = time.monotonic()

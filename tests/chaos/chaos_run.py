@@ -78,7 +78,7 @@ class RunResult:
 
 def offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
     """High watermark of every partition of ``topics``."""
-    consumer = make_consumer(settings, "chaos-watermarks")
+    consumer = make_consumer(settings, "chaos-watermarks", log_level=0)
     try:
         meta = consumer.list_topics(timeout=20).topics
         out = {}
@@ -107,7 +107,7 @@ class CommittedWatcher(threading.Thread):
         while not self.stopping.wait(0.5):
             for group, tps in list(self.watch.items()):
                 try:
-                    consumer = self._consumers.get(group) or make_consumer(self.settings, group)
+                    consumer = self._consumers.get(group) or make_consumer(self.settings, group, log_level=0)
                     self._consumers[group] = consumer
                     got = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=2)
                 except Exception:  # noqa: BLE001 - the broker is down for a while on purpose
@@ -142,6 +142,7 @@ class Scenario:
         self.faulty = FaultyReceiver("faulty", DOWN)
         self.router: subprocess.Popen[bytes] | None = None
         self.sim: Any = None
+        self.site = ""
         self.done = threading.Event()
         topics = sorted(TABLE_FOR_TOPIC)
         self.result = RunResult(scale, datetime.now(UTC).replace(microsecond=0), offsets(settings, topics))
@@ -258,11 +259,10 @@ class Scenario:
 
     def _kills(self) -> None:
         s = self.scale
-        quiet = (s.poison_at_s - 5, s.poison_at_s + s.quiet_after_poison_s)
         plan = []
         for name in WORKERS:
             for _ in range(s.kills_per_worker):
-                at = self.rng.uniform(quiet[1], s.sim_wall_s - 5)
+                at = self.rng.uniform(s.poison_at_s + 2 * s.quiet_after_poison_s, s.sim_wall_s - 5)
                 plan.append((at, name))
         for at, name in sorted(plan):
             if not self.sleep_until(at):
@@ -279,7 +279,10 @@ class Scenario:
         s = self.scale
         if not self.sleep_until(s.poison_at_s):
             return
-        self._inject_poison()
+        self._inject_poison(wave=1)
+        if not self.sleep_until(s.poison_at_s + s.quiet_after_poison_s):
+            return
+        self._inject_poison(wave=2)
         if not self.sleep_until(s.broker_restart_at_s):
             return
         ev = self.event("broker restart (same data dir)")
@@ -295,24 +298,27 @@ class Scenario:
         clickhouse_server.start_clickhouse(self.settings)
         ev.outcome = f"back at {self.at():.0f} s"
 
-    def _inject_poison(self) -> None:
-        site = self._a_real_site()
+    def _inject_poison(self, wave: int) -> None:
+        if wave == 1:
+            self.site = self._a_real_site()
+        site = self.site
         region = site.split("-", 1)[1].rsplit("-", 1)[0] if site.startswith("dc-") else "us-west"
         sim_now = self.sim.sim_ms(self.start_ms + 10**12)
-        poisons = chaos_poison.build(self.settings, sim_now, site, region, self.scale.seed)
-        ev = self.event(f"{len(poisons)} poison records", f"site {site}")
+        poisons = [p for p in chaos_poison.build(self.settings, sim_now, site, region, self.scale.seed)
+                   if p.wave == wave]  # fmt: skip
+        ev = self.event(f"{len(poisons)} poison records (wave {wave})", f"site {site}")
         chaos_poison.inject(self.settings, poisons)
         for p in poisons:
             for reader in p.readers:
                 self.watcher.add(GROUP_OF[reader], p.topic, p.partition)
-        self.result.poisons = poisons
+        self.result.poisons += poisons
         failed = [p.name for p in poisons if p.error]
         ev.outcome += f"; {len(poisons) - len(failed)} delivered" + (f", FAILED: {failed}" if failed else "")
 
     def _a_real_site(self) -> str:
         """A site of this run, read back from power.events.v1 (its watermark is the poison's target)."""
         serde = serde_from_settings(self.settings)
-        consumer = make_consumer(self.settings, "chaos-site-probe")
+        consumer = make_consumer(self.settings, "chaos-site-probe", log_level=0)
         try:
             parts = [
                 TopicPartition(POWER_EVENTS_TOPIC, p, o)
@@ -404,7 +410,7 @@ def _behind(
 ) -> int:
     """Records of the run at ``topics`` that ``group`` has not committed yet (-1: could not tell)."""
     tps = [TopicPartition(t, p) for (t, p) in end if t in topics]
-    consumer = make_consumer(settings, group)
+    consumer = make_consumer(settings, group, log_level=0)
     try:
         committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10)}
     except Exception:  # noqa: BLE001

@@ -30,7 +30,9 @@ class Scale:
     sites: int = 2
     seed: int = 7
     tasks_per_hour: float = 160.0  # a queue that never runs dry: the scheduler always has work to assign
-    quiet_after_poison_s: float = 20.0  # no kill in this window: it would blur the recovery times
+    # Between the two waves of poison records and after the second, no kill: it would blur the recovery
+    # times. The second wave (the attempt=2^31-1 task) comes alone: it can block the scheduler for good.
+    quiet_after_poison_s: float = 20.0
 
     @property
     def sim_wall_s(self) -> float:
@@ -41,17 +43,17 @@ class Scale:
 SHORT = Scale(
     "short",
     "2025-01-06T21:30:00Z",
-    "2h",
+    "2.5h",
     60.0,
     kills_per_worker=2,
     poison_at_s=15,
-    broker_restart_at_s=45,
-    clickhouse_stop_at_s=75,
+    broker_restart_at_s=55,
+    clickhouse_stop_at_s=105,
     clickhouse_down_s=15,
     receiver_down_s=10,
     receiver_500_s=8,
     receiver_malformed_s=8,
-    catch_up_s=90,
+    catch_up_s=60,
 )
 FULL = Scale(
     "full",

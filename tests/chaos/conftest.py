@@ -1,4 +1,4 @@
-"""The chaos suite's fixture: one chaos run per session (a few minutes), shared by every check of it.
+"""The chaos suite's fixture: one chaos run per module (a few minutes), shared by every check of it.
 
 ``CARNIVAL_CHAOS_SCALE=short`` (default, CI) or ``full`` (`make chaos`); see chaos_scale.py."""
 
@@ -18,7 +18,7 @@ from chaos_run import RunResult, Scenario  # noqa: E402
 from chaos_scale import current  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chaos_run(stack, stack_env, tmp_path_factory, request) -> tuple[RunResult, list[Outcome]]:  # type: ignore[no-untyped-def]
     from sinks.migrate import migrate
 
