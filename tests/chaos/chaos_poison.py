@@ -137,7 +137,7 @@ def build(settings: Settings, sim_now_ms: int, site: str, region: str, seed: int
         "kind": "browse.checkout",
         "priority": 1,
         "attempt": INT_MAX,
-        "pool": None,
+        "pool": region,  # a routed task: its statuses are matched against every attempt
     }
     return [
         Poison(
@@ -191,6 +191,7 @@ def build(settings: Settings, sim_now_ms: int, site: str, region: str, seed: int
             site,
             enc(POWER_EVENTS_TOPIC, _power(site, YEAR_3000_MS * 1000)),
             (POWER, SINK),
+            wave=2,  # after the site's other poison records: a blinded site would hide their recovery
         ),
         Poison(
             "tasks.lifecycle.v1 attempt=2147483647",
