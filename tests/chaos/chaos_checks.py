@@ -387,6 +387,7 @@ def render(result: RunResult, outcomes: list[Outcome], known: dict[str, str]) ->
     for ev in result.events:
         lines.append(f"{ev.at_s:>7.1f}  {ev.what:<48} {ev.outcome}")
     lines.append(f"kills: {dict(result.kills)}; exits by themselves: {dict(result.crashes)}")
+    lines.append(f"exits of a worker started with the broker down (restarted): {dict(result.broker_exits)}")
     lines.append("")
     lines.append("== outcomes")
     for o in outcomes:

@@ -66,6 +66,9 @@ class RunResult:
     poisons: list[chaos_poison.Poison] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     crashes: dict[str, int] = field(default_factory=dict)  # worker -> exits it did by itself
+    # Exits of a worker started while the broker was down: it gives up at start after a timeout, with a
+    # clear message and a non-zero code (by design, issue 11 item 7), and the supervisor starts it again.
+    broker_exits: dict[str, int] = field(default_factory=dict)
     kills: dict[str, int] = field(default_factory=dict)
     samples: dict[tuple[str, str, int], list[tuple[float, int]]] = field(default_factory=dict)
     receivers: list[FaultyReceiver] = field(default_factory=list)
@@ -149,6 +152,9 @@ class Scenario:
         self.result.receivers = [self.healthy, self.faulty]
         self.result.truth_path = workdir / "truth.jsonl"
         self.result.crashes = dict.fromkeys(WORKERS, 0)
+        self.result.broker_exits = dict.fromkeys(WORKERS, 0)
+        self.started_at: dict[str, float] = {}  # worker -> at() of its current incarnation's start
+        self.broker_down: tuple[float, float] | None = None  # (stopped, ready) of the broker restart
         self.result.kills = dict.fromkeys(WORKERS, 0)
         self.watcher = CommittedWatcher(settings, self.result)
 
@@ -193,8 +199,8 @@ class Scenario:
         from carnival.sim_process import SimulatorProcess
         from simulator.options import parse_start_ms
 
-        for w in self.workers.values():
-            w.start()
+        for name in self.workers:
+            self._start_worker(name)
         self.router = subprocess.Popen(
             [
                 sys.executable,
@@ -251,11 +257,26 @@ class Scenario:
         with self.lock:
             for name, w in self.workers.items():
                 if not w.alive():
-                    self.result.crashes[name] += 1
-                    self.result.logs[name] = w.log_tail(3000)
-                    self.event(f"{name} exited by itself", f"code {w.proc.returncode if w.proc else '?'}")
+                    code = f"code {w.proc.returncode if w.proc else '?'}"
+                    if self._started_with_broker_down(name):
+                        self.result.broker_exits[name] += 1
+                        self.event(f"{name} exited: started while the broker was down", code)
+                    else:
+                        self.result.crashes[name] += 1
+                        self.result.logs[name] = w.log_tail(3000)
+                        self.event(f"{name} exited by itself", code)
                     time.sleep(1)
-                    w.start()
+                    self._start_worker(name)
+
+    def _start_worker(self, name: str) -> None:
+        self.workers[name].start()
+        self.started_at[name] = self.at()
+
+    def _started_with_broker_down(self, name: str) -> bool:
+        if self.broker_down is None:
+            return False
+        down, up = self.broker_down
+        return down <= self.started_at.get(name, -1.0) <= up
 
     def _kills(self) -> None:
         s = self.scale
@@ -269,7 +290,7 @@ class Scenario:
                 return
             with self.lock:
                 self.workers[name].kill()
-                self.workers[name].start()
+                self._start_worker(name)
                 self.result.kills[name] += 1
             self.event(f"SIGKILL {name}", "restarted")
 
@@ -287,8 +308,10 @@ class Scenario:
             return
         ev = self.event("broker restart (same data dir)")
         started = time.monotonic()
+        self.broker_down = (self.at(), float("inf"))
         kafka_broker.stop_broker(self.settings)
         kafka_broker.start_broker(self.settings)
+        self.broker_down = (self.broker_down[0], self.at())
         ev.outcome = f"back after {time.monotonic() - started:.1f} s"
         if not self.sleep_until(s.clickhouse_stop_at_s):
             return

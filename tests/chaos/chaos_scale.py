@@ -43,17 +43,17 @@ class Scale:
 SHORT = Scale(
     "short",
     "2025-01-06T21:30:00Z",
-    "2.5h",
+    "2h",
     60.0,
     kills_per_worker=2,
     poison_at_s=15,
-    broker_restart_at_s=55,
-    clickhouse_stop_at_s=105,
+    broker_restart_at_s=50,
+    clickhouse_stop_at_s=100,
     clickhouse_down_s=15,
     receiver_down_s=10,
     receiver_500_s=8,
     receiver_malformed_s=8,
-    catch_up_s=60,
+    catch_up_s=45,
 )
 FULL = Scale(
     "full",

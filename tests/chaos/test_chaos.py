@@ -27,6 +27,11 @@ _TOPICS = ("alerts.v1", "deadletter.v1", "emulator.actions.v1", "fleet.nodes.v1"
            "tasks.requests.v1", "tasks.status.v1")  # fmt: skip
 _NO_FUTURE_GUARD = "no future-timestamp guard: taken as it is, no FUTURE_TIMESTAMP dead letter"
 _SCHED_NO_GUARD = f"scheduler: {_NO_FUTURE_GUARD} (matching.py on_request/on_status)"
+_ATTEMPT_LOOP = (
+    "scheduler: the status of a task whose lifecycle says attempt=2^31-1 makes routable() loop "
+    "range(attempt, 0, -1) over uuid5 on the event loop (processors/scheduler/routing.py): the scheduler "
+    "stops serving (no ASSIGN, no commit) for hours"
+)
 KNOWN_DEFECTS: dict[str, str] = {
     **{f"no record lost or duplicated: {t}": _SINK_PAUSED for t in _TOPICS},
     "every processor caught up after the run": (
@@ -56,10 +61,8 @@ KNOWN_DEFECTS: dict[str, str] = {
     "dead-lettered with a reason: tasks.lifecycle.v1 attempt=2147483647": (
         "scheduler: attempt is taken as it is (processors/scheduler/routing.py _apply_lifecycle)"
     ),
-    "scheduler serving again within 10 s: status of the attempt=2^31-1 task": (
-        "scheduler: routable() loops range(attempt, 0, -1) over uuid5 on the event loop "
-        "(processors/scheduler/routing.py)"
-    ),
+    "scheduler serving again within 10 s: status of the attempt=2^31-1 task": _ATTEMPT_LOOP,
+    "scheduler serving again within 10 s: tasks.lifecycle.v1 attempt=2147483647": _ATTEMPT_LOOP,
 }
 
 
