@@ -29,6 +29,9 @@ from streams.topics import (
 )
 
 RECOVERY_LIMIT_S = 10.0
+# Tables that keep one row per key (ReplacingMergeTree(ts) ORDER BY vin: the nodes' current state), so
+# a merge removes the rows of superseded records: there a record is landed when its key has a row.
+LATEST_PER_KEY = frozenset({NODES_TOPIC})
 SINK_PROCESSOR = "carnival-sink"
 DECODED = (ALERTS_TOPIC, ASSIGNMENTS_TOPIC, DEADLETTER_TOPIC, LIFECYCLE_TOPIC)
 CLOSING_STATES = ("COMPLETED", "FAILED", "PREEMPTED", "REQUEUED", "EXPIRED", "REJECTED")
@@ -142,6 +145,10 @@ def check_loss(settings: Settings, result: RunResult, stream: Stream) -> list[Ou
             if t == topic and any(d.get("processor") == SINK_PROCESSOR for d in v)
         }
         landed = set(in_run) | sink_dl
+        if topic in LATEST_PER_KEY:  # a row per key by design: a key with a row holds its records
+            keyed = {(r.partition, r.offset): r.key for r in stream.records[topic]}
+            with_row = {(p, keyed.get((p, o))) for p, o in landed}
+            landed |= {po for po in expected if (po[0], keyed.get(po)) in with_row}
         lost = sorted(expected - landed)
         dup = sorted(k for k, n in in_run.items() if n > 1) + sorted(set(in_run) & sink_dl)
         stray = sorted(set(in_run) - expected)
@@ -290,8 +297,8 @@ def check_poison(result: RunResult, stream: Stream) -> list[Outcome]:
 
 def check_recovery(result: RunResult, stream: Stream) -> list[Outcome]:
     """Per poison and component that reads it: seconds from its delivery until the component committed
-    the next normal record of that partition that it did not dead-letter (it is serving again). For the
-    scheduler, also until its next ASSIGN."""
+    the next normal record of that key (else partition) that it did not dead-letter: it is serving
+    again. For the scheduler the time to its next ASSIGN is shown as well."""
     dls = dead_letters(stream)
     poison_at = {(p.topic, p.partition, p.offset) for p in result.poisons}
     assign_ts = sorted(
@@ -303,21 +310,24 @@ def check_recovery(result: RunResult, stream: Stream) -> list[Outcome]:
             continue
         for reader in p.readers:
             group, match = GROUP_OF[reader], PROCESSOR_MATCH[reader]
-            normal_rec = next(
-                (
-                    r
-                    for r in stream.by_partition(p.topic, p.partition)
-                    if r.offset > p.offset
-                    and (p.topic, p.partition, r.offset) not in poison_at
-                    and not r.null
-                    and not any(
-                        match in str(d.get("processor"))
-                        for d in dls.get((p.topic, p.partition, r.offset), [])
-                    )
-                ),
-                None,
-            )
-            normal = None if normal_rec is None else normal_rec.offset
+            later = [
+                r
+                for r in stream.by_partition(p.topic, p.partition)
+                if r.offset > p.offset and (p.topic, p.partition, r.offset) not in poison_at and not r.null
+            ]
+            # The next record of the poison's key (a site's later events: a blinded site shows there),
+            # else of its partition; one the component dead-lettered is not "served".
+            same_key = [r for r in later if r.key == p.key.encode()] or later
+            served = [
+                r
+                for r in same_key
+                if not any(
+                    match in str(d.get("processor")) for d in dls.get((p.topic, p.partition, r.offset), [])
+                )
+            ]
+            normal_rec = served[0] if served else None
+            # A partition with nothing after the poison: the time to get past the poison itself.
+            normal = p.offset if not later else None if normal_rec is None else normal_rec.offset
             samples = result.samples.get((group, p.topic, p.partition), [])
             when = None if normal is None else next((t for t, c in samples if c > normal), None)
             # From the poison's delivery, or from the next normal record's arrival when that came later
@@ -326,17 +336,19 @@ def check_recovery(result: RunResult, stream: Stream) -> list[Outcome]:
             if normal_rec is not None:
                 since = max(since, p.delivered_at + (normal_rec.kafka_ts_ms - p.kafka_ts_ms) / 1000)
             seconds = None if when is None else max(0.0, when - since)
-            detail = (
-                "no normal record served after it"
-                if normal is None
-                else f"next normal record @{normal} committed "
-                + ("never" if seconds is None else f"after {seconds:.1f} s")
-            )
+            took = "never" if seconds is None else f"after {seconds:.1f} s"
+            of_key = " of its key" if same_key is not later else ""
+            if not later:
+                detail = f"nothing after it in its partition; the poison itself committed {took}"
+            elif normal is None:
+                detail = f"blind: all {len(same_key)} later records{of_key} dead-lettered"
+            else:
+                detail = f"next normal record @{normal}{of_key} committed {took}"
             if reader == "scheduler":
                 nxt = next((t for t in assign_ts if t > p.kafka_ts_ms), None)
                 assign_s = None if nxt is None else (nxt - p.kafka_ts_ms) / 1000
+                # Shown, not asserted: how soon a task is assigned depends on the fleet's idle cars too.
                 detail += "; next ASSIGN " + ("never" if assign_s is None else f"after {assign_s:.1f} s")
-                seconds = None if seconds is None or assign_s is None else max(seconds, assign_s)
             ok = seconds is not None and seconds < RECOVERY_LIMIT_S
             out.append(Outcome("recovery", f"{reader} serving again within 10 s: {p.name}", ok, detail))
     return out
