@@ -304,16 +304,22 @@ def check_recovery(result: RunResult, stream: Stream) -> list[Outcome]:
     assign_ts = sorted(
         r.kafka_ts_ms for r in stream.records[ASSIGNMENTS_TOPIC] if r.value and r.value["command"] == "ASSIGN"
     )
+    # Wave 2 can disable a processor for good: wave 1 is timed on records that came well before it.
+    wave2_ms = min((p.kafka_ts_ms for p in result.poisons if p.wave == 2 and not p.error), default=2**62)
     out = []
     for p in result.poisons:
         if p.error:
             continue
+        until_ms = wave2_ms - RECOVERY_LIMIT_S * 1000 if p.wave == 1 else 2**62
         for reader in p.readers:
             group, match = GROUP_OF[reader], PROCESSOR_MATCH[reader]
             later = [
                 r
                 for r in stream.by_partition(p.topic, p.partition)
-                if r.offset > p.offset and (p.topic, p.partition, r.offset) not in poison_at and not r.null
+                if r.offset > p.offset
+                and (p.topic, p.partition, r.offset) not in poison_at
+                and not r.null
+                and r.kafka_ts_ms < until_ms
             ]
             # The next record of the poison's key (a site's later events: a blinded site shows there),
             # else of its partition; one the component dead-lettered is not "served".
@@ -339,7 +345,9 @@ def check_recovery(result: RunResult, stream: Stream) -> list[Outcome]:
             took = "never" if seconds is None else f"after {seconds:.1f} s"
             of_key = " of its key" if same_key is not later else ""
             if not later:
-                detail = f"nothing after it in its partition; the poison itself committed {took}"
+                detail = (
+                    f"nothing after it in its partition (before wave 2); the poison itself committed {took}"
+                )
             elif normal is None:
                 detail = f"blind: all {len(same_key)} later records{of_key} dead-lettered"
             else:
