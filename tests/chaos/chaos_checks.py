@@ -346,7 +346,8 @@ def check_recovery(result: RunResult, stream: Stream) -> list[Outcome]:
             of_key = " of its key" if same_key is not later else ""
             if not later:
                 detail = (
-                    f"nothing after it in its partition (before wave 2); the poison itself committed {took}"
+                    f"nothing after it in its partition{' before wave 2' * (p.wave == 1)}; "
+                    f"the poison itself committed {took}"
                 )
             elif normal is None:
                 detail = f"blind: all {len(same_key)} later records{of_key} dead-lettered"
