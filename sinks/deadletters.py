@@ -57,6 +57,11 @@ class DeadLetterOutbox:
         """Dead letters produced and not acknowledged yet."""
         return len(self._unacked)
 
+    def pending_positions(self) -> list[tuple[str, int | None, int | None]]:
+        """(source topic, partition, offset) of each dead letter not acknowledged yet."""
+        records = [self.serde.decode(topic, value) for topic, value, _ in self._unacked.values()]
+        return [(r["source_topic"], r["source_partition"], r["source_offset"]) for r in records]
+
     def add(self, record: dict[str, Any]) -> None:
         send_to_deadletter(_Tracked(self), self.serde, record)
 

@@ -116,7 +116,8 @@ def test_an_unacknowledged_dead_letter_holds_inserts_and_commits(settings: Setti
             time.sleep(0.2)
         assert flaky.failures >= 2  # delivered, timed out, produced again, timed out again
         assert rows() == []  # the batch waits for its dead letter
-        assert sink.outbox.pending == 1
+        # ours, and whatever other tests of the session left undecodable on the topic after its last row
+        assert sink.outbox.pending_positions().count((TOPIC, partition, first + 1)) == 1
         assert _committed(settings, group, partition) < 0  # nothing committed
 
         flaky.release()
