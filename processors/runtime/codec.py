@@ -13,7 +13,8 @@ import structlog
 
 from core.metrics import RECORDS_CONSUMED, RECORDS_REJECTED
 from core.settings import Settings
-from streams.deadletter import PROCESSING, deadletter_record
+from streams.bounds import oversized_error
+from streams.deadletter import OVERSIZED, PROCESSING, deadletter_record
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde, serde_from_settings
 from streams.topics import DEADLETTER_TOPIC
@@ -45,6 +46,9 @@ class AgentCodec:
             record = self.serde.decode(msg.topic, msg.value or b"")  # a tombstone is BAD_MAGIC
         except SerializationError as exc:
             await self.dead_letter(msg, exc.kind, str(exc))
+            return None
+        if (too_long := oversized_error(msg.topic, record)) is not None:
+            await self.dead_letter(msg, OVERSIZED, too_long)
             return None
         RECORDS_CONSUMED.labels(topic=msg.topic).inc()
         return record

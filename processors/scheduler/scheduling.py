@@ -72,7 +72,8 @@ from processors.scheduler.wiring_runtime import (
     unpack_batch,
 )
 from processors.scheduler.wiring_state import PartitionState
-from streams.deadletter import DECODE, TOMBSTONE
+from streams.bounds import oversized_error
+from streams.deadletter import DECODE, OVERSIZED, TOMBSTONE
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde
 from streams.topics import REQUESTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
@@ -250,7 +251,14 @@ class PoolScheduler:
 
     # -- batches ----------------------------------------------------------------------------------
     def dispatch(self, state: PartitionState, env: Envelope, pool: str, arrival_ms: int) -> list[Out]:
-        sched, kind, decode = state.scheduler, env.kind, self.serde.decode
+        sched, kind = state.scheduler, env.kind
+
+        def decode(topic: str, payload: bytes) -> dict[str, Any]:
+            record: dict[str, Any] = self.serde.decode(topic, payload)
+            if (too_long := oversized_error(topic, record)) is not None:
+                raise InvalidRecord(OVERSIZED, too_long)
+            return record
+
         if kind == TELEMETRY:
             return sched.on_telemetry(decode(TELEMETRY_TOPIC, env.payload), arrival_ms=arrival_ms)
         if kind == TICK:
