@@ -186,11 +186,13 @@ def superseded(records: list[Record], kept_ts: dict[str, int]) -> set[tuple[int,
 
     ReplacingMergeTree(ts) keeps, per key, the row of the highest ts (of equal ts, the last inserted), so
     once a merge ran, a landed record's row is gone whenever a row of its key with ts >= its own exists,
-    and such a row is the only trace left. That row may come from outside the run window: the scheduler
-    re-publishes a node (same ts, no new telemetry) after ``hi`` was taken, until it is stopped, and the
-    sink lands that later record too, which replaces the run's last row of that vin. Counting only rows
-    of the window called the run's record lost (a vin with one record in the run). A row of the key that
-    is older than the record does not hold it: the record's own row would have replaced it.
+    and such a row is the only trace left. That row may come from past the run window: ``hi`` is taken
+    when the catch-up starts, while the scheduler still works off its backlog (after a SIGKILL) and keeps
+    publishing newer states of the cars, which the sink lands too; a merge then replaces every row of a
+    vin from the window with that later row (a chaos run shows about a dozen such vins). Counting only
+    rows of the window then called that vin's records of the run lost, though each one landed and was
+    replaced as designed. A row of the key older than the record does not hold it: the record's own row
+    would have replaced it (stricter than the former "any row of the key in the window").
     """
     out = set()
     for r in records:

@@ -78,8 +78,9 @@ def _node(offset: int, vin: str, ts: int) -> Record:
 
 
 def test_latest_per_key_record_held_by_a_row_of_its_vin_at_least_as_recent() -> None:
-    # V1's only record of the run (offset 66) was replaced by the scheduler's re-publication of the same
-    # state (same ts) after the run window closed: the row its vin kept holds it, wherever it comes from.
+    # V1's only record of the run (offset 66) was replaced by a record of the same ts (the last inserted
+    # wins), V2's by a newer one published past the run window: the row its vin kept holds each of them.
+    # The former rule (a row of the vin inside the window) called both lost once a merge had run.
     records = [_node(66, "V1", 1000), _node(67, "V2", 1000), _node(68, "V3", 2000)]
     held = superseded(records, {"V1": 1000, "V2": 5000, "V3": 1999})
     assert held == {(0, 66), (0, 67)}
