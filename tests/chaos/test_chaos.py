@@ -16,53 +16,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(18
 # Checks that fail today because of product defects other branches of issue 11 fix, by check name, with
 # the defect. A family whose failures are all listed here is an expected failure (not strict): it turns
 # green by itself once the fix is merged, and any other failure fails it.
-_SINK_PAUSED = (
-    "sink: partitions assigned while ClickHouse is down are paused in _on_assign and never resumed once "
-    "_resolve_pending positions them (librdkafka keeps a partition paused across assign()), so the sink "
-    "lands nothing more (sinks/kafka_sink.py); and it skips tombstones of non-compacted topics with no "
-    "row and no dead letter (_route)"
-)
-_TOPICS = ("alerts.v1", "deadletter.v1", "emulator.actions.v1", "fleet.nodes.v1", "fleet.telemetry.v1",
-           "power.events.v1", "power.incidents.v1", "tasks.assignments.v1", "tasks.lifecycle.v1",
-           "tasks.requests.v1", "tasks.status.v1")  # fmt: skip
-_NO_FUTURE_GUARD = "no future-timestamp guard: taken as it is, no FUTURE_TIMESTAMP dead letter"
-_SCHED_NO_GUARD = f"scheduler: {_NO_FUTURE_GUARD} (matching.py on_request/on_status)"
-_ATTEMPT_LOOP = (
-    "scheduler: the status of a task whose lifecycle says attempt=2^31-1 makes routable() loop "
-    "range(attempt, 0, -1) over uuid5 on the event loop (processors/scheduler/routing.py): the scheduler "
-    "stops serving (no ASSIGN, no commit) for hours"
-)
 KNOWN_DEFECTS: dict[str, str] = {
-    **{f"no record lost or duplicated: {t}": _SINK_PAUSED for t in _TOPICS},
     "every processor caught up after the run": (
-        f"{_SINK_PAUSED}; alert router: see the faulty receiver; scheduler: the attempt=2^31-1 status loop"
-    ),
-    "every injected power fault of the ground truth found": (
-        "power: a year-3000 power.events.v1 record moves its site's watermark, every later event of the "
-        "site is LATE ('more than 1000 ms behind the site's clock'), the failover is missed "
-        "(processors/power/reorder.py)"
-    ),
-    "power serving again within 10 s: year-3000 power.events.v1": "power: the site is blind (see above)",
-    "every alert delivered once to the faulty receiver": (
-        "alert router: the receiver's worker thread dies on a malformed response (http.client.BadStatusLine "
-        "/ IncompleteRead are not caught by post_json: processors/alert_router/delivery.py); the receiver "
-        "gets nothing after its first malformed answer and the router never commits again"
-    ),
-    "dead-lettered with a reason: status for an unknown task": (
-        "scheduler: statuses of unknown tasks are held with no TTL (processors/scheduler/routing.py "
-        "_route_status), never EXPIRED to the dead-letter topic"
+        "sink: now and then ends the catch-up 1 record behind (committed offset of one partition one short "
+        "of its end, every record landed); seen in one run of three, not yet explained"
     ),
     "dead-lettered with a reason: oversized record (~900 KB)": (
         "no documented string bound: a 900 KB tenant is accepted by the scheduler and the sink"
     ),
-    "dead-lettered with a reason: year-3000 tasks.requests.v1": _SCHED_NO_GUARD,
-    "dead-lettered with a reason: year-3000 tasks.status.v1": _SCHED_NO_GUARD,
-    "dead-lettered with a reason: year-3000 power.events.v1": f"power: {_NO_FUTURE_GUARD} (reorder.py)",
-    "dead-lettered with a reason: tasks.lifecycle.v1 attempt=2147483647": (
-        "scheduler: attempt is taken as it is (processors/scheduler/routing.py _apply_lifecycle)"
-    ),
-    "scheduler serving again within 10 s: status of the attempt=2^31-1 task": _ATTEMPT_LOOP,
-    "scheduler serving again within 10 s: tasks.lifecycle.v1 attempt=2147483647": _ATTEMPT_LOOP,
 }
 
 

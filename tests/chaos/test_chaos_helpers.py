@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from chaos_checks import Record, Stream, check_assignments
+from chaos_checks import Record, Stream, check_assignments, superseded
 from chaos_receiver import DOWN, ERROR_500, MALFORMED, OK, FaultyReceiver
 
 from streams.topics import ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC
@@ -71,3 +71,18 @@ def test_double_assignment_check() -> None:
     assert not _verdict(
         [_assign("a1", "t", "V1", 10), _assign("a2", "t", "V2", 20)], [_state("a1", "t", "COMPLETED", 25)]
     )
+
+
+def _node(offset: int, vin: str, ts: int) -> Record:
+    return Record(0, offset, ts, vin.encode(), False, {"vin": vin, "ts": ts})
+
+
+def test_latest_per_key_record_held_by_a_row_of_its_vin_at_least_as_recent() -> None:
+    # V1's only record of the run (offset 66) was replaced by a record of the same ts (the last inserted
+    # wins), V2's by a newer one published past the run window: the row its vin kept holds each of them.
+    # The former rule (a row of the vin inside the window) called both lost once a merge had run.
+    records = [_node(66, "V1", 1000), _node(67, "V2", 1000), _node(68, "V3", 2000)]
+    held = superseded(records, {"V1": 1000, "V2": 5000, "V3": 1999})
+    assert held == {(0, 66), (0, 67)}
+    # A vin with no row, an older row than the record, or an undecodable record: not held.
+    assert superseded([*records, Record(0, 69, 0, b"V1", False, None)], {"V3": 1999}) == set()
