@@ -13,16 +13,13 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(1800)]  # the run is its setup
 
-# Checks that fail today because of product defects other branches of issue 11 fix, by check name, with
-# the defect. A family whose failures are all listed here is an expected failure (not strict): it turns
+# Checks that fail now and then because of a product defect not fixed yet, by check name, with the
+# defect. A family whose failures are all listed here is an expected failure (not strict): it turns
 # green by itself once the fix is merged, and any other failure fails it.
 KNOWN_DEFECTS: dict[str, str] = {
     "every processor caught up after the run": (
         "sink: now and then ends the catch-up 1 record behind (committed offset of one partition one short "
         "of its end, every record landed); seen in one run of three, not yet explained"
-    ),
-    "dead-lettered with a reason: oversized record (~900 KB)": (
-        "no documented string bound: a 900 KB tenant is accepted by the scheduler and the sink"
     ),
 }
 
