@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= -q
 
-.PHONY: install run test unit lint bench stop chaos
+.PHONY: install run test unit lint bench stop chaos cluster-test
 
 install:
 	@command -v java >/dev/null || { echo "installing Java 17 (needed by the Kafka broker)"; apt-get update -q && apt-get install -y -q openjdk-17-jre-headless; }
@@ -15,7 +15,7 @@ run: install
 	carnival demo
 
 test: install lint
-	$(PYTHON) -m pytest -ra
+	$(PYTHON) -m pytest -ra --durations=25
 
 unit: install
 	$(PYTHON) -m pytest -ra tests/unit
@@ -24,6 +24,11 @@ unit: install
 # 10 minutes. `make test` runs it in its short form (CARNIVAL_CHAOS_SCALE=short, the default).
 chaos: install
 	CARNIVAL_CHAOS_SCALE=full $(PYTHON) -m pytest -ra -s tests/chaos
+
+# A 3-broker cluster losing a broker under acks=all writes, and the main job on a secured stack (with
+# the refusals): the tests marked `cluster`, about 8 minutes, skipped by `make test` to keep it in CI's time.
+cluster-test: install
+	CARNIVAL_CLUSTER_TESTS=1 $(PYTHON) -m pytest -ra -m cluster tests/integration
 
 lint:
 	lint-imports

@@ -48,6 +48,17 @@ TEST_PORTS = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cluster`` (a 3-broker cluster killed and healed, the main job on a secured stack)
+    take minutes each: `make cluster-test` runs them, `make test` skips them."""
+    if os.environ.get("CARNIVAL_CLUSTER_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="a long cluster test: `make cluster-test` runs it")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment that points every component (and CLI subprocesses) at the test stack."""

@@ -25,7 +25,7 @@ from streams.kafka import make_admin, producer_config
 from streams.topics import TELEMETRY_TOPIC, apply_topics
 from tests.conftest import TEST_PORTS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # minutes: `make cluster-test`
 
 ROOT = Path(__file__).resolve().parents[2]
 _FIRST_PORT = int(TEST_PORTS["CARNIVAL_KAFKA_CONTROLLER_PORT"]) + 200  # apart from the session's broker

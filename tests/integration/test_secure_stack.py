@@ -21,7 +21,7 @@ from schemas.examples import EXAMPLES
 from streams.topics import ALERTS_TOPIC, TELEMETRY_TOPIC
 from tests.conftest import TEST_PORTS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # minutes: `make cluster-test`
 
 ROOT = Path(__file__).resolve().parents[2]
 _BASE = int(TEST_PORTS["CARNIVAL_KAFKA_CONTROLLER_PORT"]) + 300  # apart from the session's stack
