@@ -191,7 +191,7 @@ class FaultyReceiver:
         with conn:
             conn.settimeout(5)
             try:
-                body = _read_request(conn)
+                body = read_request(conn)
             except OSError:
                 return
             with self._lock:
@@ -222,7 +222,7 @@ class FaultyReceiver:
         # EMPTY: close without answering
 
 
-def _read_request(conn: socket.socket) -> bytes:
+def read_request(conn: socket.socket) -> bytes:
     """The body of one HTTP request (headers read up to the blank line, then Content-Length bytes)."""
     data = b""
     while b"\r\n\r\n" not in data:

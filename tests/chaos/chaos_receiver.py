@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any
 
+from processors.alert_router.testing import read_request  # one HTTP request reader for both fakes
+
 DOWN, ERROR_500, MALFORMED, OK = "down", "500", "malformed", "ok"
 
 
@@ -91,7 +93,7 @@ class FaultyReceiver:
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30)
         try:
-            body = _read_request(conn)
+            body = read_request(conn)
             mode = self._mode
             with self._lock:
                 self.answers[mode] = self.answers.get(mode, 0) + 1
@@ -115,27 +117,6 @@ class FaultyReceiver:
             pass
         finally:
             conn.close()
-
-
-def _read_request(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ValueError("connection closed before the headers ended")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ValueError("connection closed before the body ended")
-        body += chunk
-    return body[:length]
 
 
 def _response(code: int, body: bytes) -> bytes:
