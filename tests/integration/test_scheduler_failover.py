@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from test_scheduler_itsupport import (
     Outputs,
     SchedWorker,
     check_history,
+    find_on_topics,
     req,
     tag,
     worker_env,
@@ -83,10 +84,12 @@ def _cars(name: str, per_region: int) -> dict[str, list[str]]:
 
 def _run(
     outputs: Outputs, sim: NodeSim, feed: Feed, tasks: list[dict[str, object]], rate_per_s: float,
-    actions: dict[float, object] | None = None, timeout_s: float = 180.0,
+    actions: Mapping[float, Callable[[], None]] | None = None, timeout_s: float = 180.0,
+    log_dir: Path | None = None, supervised: Sequence[SchedWorker] = (),
 ) -> None:  # fmt: skip
     """Submit ``tasks`` at ``rate_per_s`` while the cars run; call ``actions[t]()`` at t seconds;
-    return when every task is COMPLETED."""
+    return when every task is COMPLETED. A ``supervised`` worker that exits by itself is restarted, as
+    its supervisor would."""
     outputs.listeners.append(sim.on_record)
     try:
         start = time.monotonic()
@@ -103,7 +106,9 @@ def _run(
                 submitted = due
             while pending_actions and pending_actions[0][0] <= elapsed:
                 _, action = pending_actions.pop(0)
-                action()  # type: ignore[operator]
+                action()
+            for w in supervised:
+                w.restart_if_exited()
             sim.step()
             feed.producer.poll(0)
             outputs.poll(0.05)
@@ -115,10 +120,30 @@ def _run(
                 return
             if elapsed > timeout_s:
                 unfinished = {i: outputs.states(i) for i in ids if outputs.states(i)[-1:] != ["COMPLETED"]}
-                raise AssertionError(f"{len(unfinished)} tasks unfinished: {list(unfinished.items())[:10]}")
+                missing = list(unfinished)[:10]
+                where = find_on_topics(outputs.settings, missing, ["tasks.requests.v1", BYPOOL])
+                raise AssertionError(
+                    f"{len(unfinished)} tasks unfinished: {list(unfinished.items())[:10]}\n"
+                    f"found on topics: {where}\n" + _what_became_of(outputs, log_dir, missing)
+                )
     finally:
         outputs.listeners.remove(sim.on_record)
         feed.flush()
+
+
+def _what_became_of(outputs: Outputs, log_dir: Path | None, task_ids: list[str]) -> str:
+    """For a failure message: the dead letters of these tasks, and the worker log lines that name them or
+    report a failed, retried or quarantined batch."""
+    keys = {t.encode() for t in task_ids}
+    dead = [(d.get("source_topic"), d.get("kind"), d.get("error")) for d in outputs.deadletters
+            if d.get("key") in keys]  # fmt: skip
+    lines = []
+    marks = ("quarantined", "batch_failed", "_failed", "dead_lettered", "Traceback", *task_ids)
+    for path in sorted(log_dir.glob("*.log")) if log_dir else []:
+        for line in path.read_text(errors="replace").splitlines():
+            if any(m in line for m in marks):
+                lines.append(f"{path.name}: {line[:400]}")
+    return f"dead letters: {dead}\nworker log lines:\n" + "\n".join(lines[-40:])
 
 
 def _tasks(prefix: str, regions: list[str], n: int, any_every: int = 5) -> list[dict[str, object]]:
@@ -164,7 +189,7 @@ def _members(stack: Settings) -> list[list[int]]:
 
 
 def test_sigkill_mid_stream_loses_nothing_and_assigns_nothing_twice(
-    stack: Settings, workers: list[SchedWorker], outputs: Outputs, feed: Feed
+    stack: Settings, workers: list[SchedWorker], outputs: Outputs, feed: Feed, log_dir: Path
 ) -> None:
     worker = workers[0]
     _wait_up(worker, outputs, feed, KILL_REGIONS[0])
@@ -179,23 +204,24 @@ def test_sigkill_mid_stream_loses_nothing_and_assigns_nothing_twice(
         worker.start()
 
     started = time.monotonic()
-    _run(outputs, sim, feed, tasks, rate_per_s=4.0, actions={7.0: kill_and_restart, 17.0: kill_and_restart,
-                                                             27.5: kill_and_restart})  # fmt: skip
+    kills_at = {7.0: kill_and_restart, 17.0: kill_and_restart, 27.5: kill_and_restart}
+    _run(outputs, sim, feed, tasks, rate_per_s=4.0, actions=kills_at, log_dir=log_dir, supervised=[worker])
     took = time.monotonic() - started
     ids = [str(t["task_id"]) for t in tasks]
     counts = check_history(outputs, ids)
-    assert worker.starts == 4 and len(kills) == 3
+    assert len(kills) == 3 and worker.starts == 4 + len(worker.exits)
     assert all(outputs.states(i).count("REQUESTED") == 1 for i in ids)
     assert counts["COMPLETED"] == len(ids) and counts["QUEUED"] == counts["REQUESTED"] == len(ids)
     assert counts["PREEMPTED"] > 0, "the cars' churn should have preempted some tasks"
     assert not [d for d in outputs.deadletters if b"killtask" in (d.get("key") or b"")]
     raw = sum(len(outputs.lifecycle[i]) for i in ids)
     print(f"\nSIGKILL x3: {len(ids)} tasks completed in {took:.0f}s; lifecycle counts {counts}; "
-          f"{raw - sum(counts.values())} lifecycle records republished after restarts")  # fmt: skip
+          f"{raw - sum(counts.values())} lifecycle records republished after restarts; "
+          f"exits restarted as a supervisor would: {worker.exits}")  # fmt: skip
 
 
 def test_two_workers_split_partitions_and_match_correctly_across_rebalances(
-    stack: Settings, workers: list[SchedWorker], outputs: Outputs, feed: Feed
+    stack: Settings, workers: list[SchedWorker], outputs: Outputs, feed: Feed, log_dir: Path
 ) -> None:
     a, b = workers
     _wait_up(a, outputs, feed, REBALANCE_REGIONS[0])
@@ -204,22 +230,25 @@ def test_two_workers_split_partitions_and_match_correctly_across_rebalances(
     sim = NodeSim(feed, cars, seed=5, churn=0.01)
     prefix = tag("rebtask")
 
+    def run(tasks: list[dict[str, object]]) -> None:
+        _run(outputs, sim, feed, tasks, rate_per_s=8.0, log_dir=log_dir, supervised=workers)
+
     def split() -> bool:
         members = _members(stack)
         return len(members) == 2 and all(members) and sorted(sum(members, [])) == list(range(6))
 
     outputs.wait(split, timeout_s=90, what=lambda: f"partitions split between two workers: {_members(stack)}")
     split_view = _members(stack)
-    _run(outputs, sim, feed, _tasks(f"{prefix}-split", REBALANCE_REGIONS, 40), rate_per_s=8.0)
+    run(_tasks(f"{prefix}-split", REBALANCE_REGIONS, 40))
 
     b.stop()  # leaves the group: a takes every partition
     outputs.wait(lambda: _members(stack) == [list(range(6))], timeout_s=60, what="a alone")
-    _run(outputs, sim, feed, _tasks(f"{prefix}-alone", REBALANCE_REGIONS, 40), rate_per_s=8.0)
+    run(_tasks(f"{prefix}-alone", REBALANCE_REGIONS, 40))
 
     b.start()  # joins again mid-stream
-    _run(outputs, sim, feed, _tasks(f"{prefix}-rejoin", REBALANCE_REGIONS, 40), rate_per_s=8.0)
+    run(_tasks(f"{prefix}-rejoin", REBALANCE_REGIONS, 40))
     outputs.wait(split, timeout_s=90, what="split again")
-    _run(outputs, sim, feed, _tasks(f"{prefix}-again", REBALANCE_REGIONS, 40), rate_per_s=8.0)
+    run(_tasks(f"{prefix}-again", REBALANCE_REGIONS, 40))
 
     ids = [t for t in outputs.lifecycle if t.startswith(prefix)]
     assert len(ids) == 160

@@ -122,6 +122,7 @@ class Outputs:
     """Everything on the scheduler's output topics, in topic order, kept per key."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.serde = AvroSerde(serde_from_settings(settings).registry, raw_timestamps=True)
         self.consumer = make_consumer(settings)
         self.consumer.subscribe([NODES, ASSIGNMENTS, LIFECYCLE, DEADLETTER])
@@ -302,3 +303,43 @@ def check_history(out: Outputs, task_ids: Iterable[str], capacity: int = 1) -> d
             held += delta
             assert held <= capacity, f"{vin} over capacity at {aid}: {sorted(spans)}"
     return dict(counts)
+
+
+# ------------------------------------------------------------------------------------- diagnostics
+def find_on_topics(
+    settings: Settings, needles: Iterable[str], topics: Iterable[str], within_s: float = 60.0
+) -> dict[str, list[str]]:
+    """For a failure message: where records containing each needle (a task id) are, as
+    ``topic[partition]@offset``, scanning each topic from its start for at most ``within_s``; plus the
+    scheduler group's committed offsets of those partitions, to tell a record never read from one read
+    and dropped."""
+    from confluent_kafka import TopicPartition
+
+    wanted = {n: n.encode() for n in needles}
+    found: dict[str, list[str]] = {n: [] for n in wanted}
+    consumer = make_consumer(settings)
+    consumer.subscribe(list(topics))
+    partitions: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + within_s
+    idle = 0
+    try:
+        while time.monotonic() < deadline and idle < 5:
+            msgs = consumer.consume(5000, 1.0)
+            idle = 0 if msgs else idle + 1
+            for msg in msgs:
+                value = msg.value() or b""
+                for name, needle in wanted.items():
+                    if needle in value:
+                        topic, partition = str(msg.topic()), int(msg.partition() or 0)
+                        found[name].append(f"{topic}[{partition}]@{msg.offset()}")
+                        partitions.add((topic, partition))
+    finally:
+        consumer.close()
+    group = make_consumer(settings, group_id="carnival-scheduler")
+    try:
+        tps = [TopicPartition(t, p) for t, p in sorted(partitions)]
+        committed = group.committed(tps, timeout=10) if tps else []
+        found["(committed)"] = [f"{c.topic}[{c.partition}]={c.offset}" for c in committed]
+    finally:
+        group.close()
+    return found
