@@ -210,11 +210,21 @@ def consume(topic: str, from_beginning: bool, max_records: int | None, timeout_s
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--list", "list_only", is_flag=True, help="List the processors and exit.")
-def worker(names: tuple[str, ...], list_only: bool) -> None:
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes per processor; they share its partitions (a consumer group) and take over each "
+    "other's when one stops.",
+)
+def worker(names: tuple[str, ...], list_only: bool, replicas: int) -> None:
     """Run stream processors: all of them, or the NAMES given (one process each).
 
-    With one name the processor runs in this process; with several (or none: all), each runs in a child
+    With one name (and one replica) the processor runs in this process; otherwise each runs in a child
     process that is restarted if it crashes. Ctrl-C or SIGTERM stops them cleanly.
+
+    Example: `carnival worker scheduler --replicas 3` (three schedulers splitting the pool partitions).
     """
     from processors.registry import PROCESSORS
 
@@ -228,7 +238,9 @@ def worker(names: tuple[str, ...], list_only: bool) -> None:
     from carnival.worker_cmd import run_one, supervise
 
     chosen = list(names) or list(PROCESSORS)
-    sys.exit(run_one(_settings(), chosen[0]) if len(chosen) == 1 else supervise(_settings(), chosen))
+    if len(chosen) == 1 and replicas == 1:
+        sys.exit(run_one(_settings(), chosen[0]))
+    sys.exit(supervise(_settings(), chosen, replicas))
 
 
 # --------------------------------------------------------------------------------------------- query

@@ -43,18 +43,29 @@ def run_one(settings: Settings, name: str) -> int:
     return 0
 
 
-def supervise(settings: Settings, names: list[str]) -> int:
-    """Run each processor as ``carnival worker NAME`` in a child; restart crashed ones."""
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    crashes: dict[str, int] = {n: 0 for n in names}
+def slots(names: list[str], replicas: int) -> list[tuple[str, int]]:
+    """(processor, replica) of every child: ``replicas`` of each named processor."""
+    return [(name, r) for name in names for r in range(max(1, replicas))]
+
+
+def supervise(settings: Settings, names: list[str], replicas: int = 1) -> int:
+    """Run ``replicas`` children ``carnival worker NAME`` per processor; restart crashed ones.
+
+    The replicas of a processor join its consumer group and split its partitions (a rebalance on every
+    join and leave); each has its own metrics port (``metrics_port`` + its index) and faust state
+    directory (``worker_replica``)."""
+    children: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+    wanted = slots(names, replicas)
+    crashes: dict[tuple[str, int], int] = dict.fromkeys(wanted, 0)
     stopping = False
 
-    def spawn(name: str, index: int) -> None:
-        env = dict(os.environ)
+    def spawn(slot: tuple[str, int], index: int) -> None:
+        name, replica = slot
+        env = dict(os.environ, CARNIVAL_WORKER_REPLICA=str(replica))
         if settings.metrics_port:
             env["CARNIVAL_METRICS_PORT"] = str(settings.metrics_port + index)
-        children[name] = subprocess.Popen([sys.executable, "-m", "carnival.cli", "worker", name], env=env)
-        log.info("worker_spawned", processor=name, pid=children[name].pid)
+        children[slot] = subprocess.Popen([sys.executable, "-m", "carnival.cli", "worker", name], env=env)
+        log.info("worker_spawned", processor=name, replica=replica, pid=children[slot].pid)
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -62,27 +73,27 @@ def supervise(settings: Settings, names: list[str]) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    for i, name in enumerate(names):
-        spawn(name, i)
+    for i, slot in enumerate(wanted):
+        spawn(slot, i)
     while not stopping:
         time.sleep(0.5)
-        for i, name in enumerate(names):
-            code = children[name].poll()
+        for i, slot in enumerate(wanted):
+            code = children[slot].poll()
             if code is None or stopping:
                 continue
-            delay = RESTART_BACKOFF_S[min(crashes[name], len(RESTART_BACKOFF_S) - 1)]
-            crashes[name] += 1
-            log.error("worker_exited", processor=name, code=code, restart_in_s=delay)
+            delay = RESTART_BACKOFF_S[min(crashes[slot], len(RESTART_BACKOFF_S) - 1)]
+            crashes[slot] += 1
+            log.error("worker_exited", processor=slot[0], replica=slot[1], code=code, restart_in_s=delay)
             time.sleep(delay)
-            spawn(name, i)
+            spawn(slot, i)
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 30
-    for name, child in children.items():
+    for (name, replica), child in children.items():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("worker_killed", processor=name)
+            log.error("worker_killed", processor=name, replica=replica)
             child.kill()
     return 0

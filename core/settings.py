@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".carnival"), description="local state: broker, ClickHouse, faust")
     cache_dir: Path | None = Field(default=None, description="downloaded Kafka jars [~/.cache/carnival]")
     metrics_port: int = Field(default=0, description="Prometheus port; 0 picks none")
+    worker_replica: int = Field(
+        default=0,
+        ge=0,
+        description="which replica of its processor this process is (`carnival worker --replicas N` sets "
+        "it): its own faust state directory on a shared data dir",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="auto", description="json, console or auto (console on a TTY)")
 

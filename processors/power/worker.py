@@ -80,6 +80,7 @@ async def _declare_topics() -> None:
 
 glue.before_first_start(app, _declare_topics)
 glue.on_revoked(app, power.on_revoked)
+drive.checkpoint_while_stopping(app, power, _fatal)
 
 
 @app.agent(events_topic, concurrency=1)

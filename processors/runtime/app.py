@@ -23,7 +23,10 @@ def faust_broker_urls(settings: Settings) -> list[str]:
 
 
 def state_dir(settings: Settings, processor: str) -> Path:
-    return settings.data_dir.resolve() / "faust" / processor
+    """Replicas of one processor on one machine keep apart directories: two RocksDB stores must never
+    open the same files."""
+    replica = f"-{settings.worker_replica}" if settings.worker_replica else ""
+    return settings.data_dir.resolve() / "faust" / f"{processor}{replica}"
 
 
 def create_app(processor: str, settings: Settings, **overrides: object) -> faust.App:

@@ -78,10 +78,25 @@ def on_assigned(app: faust.App, handler: Callable[[set[TP]], Awaitable[None]]) -
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
 
 
+def on_stop_begins(app: faust.App, handler: Callable[[], Awaitable[None]]) -> None:
+    """Run ``handler`` as soon as the app starts stopping, before faust stops its consumer (``App.on_stop``
+    is the first thing ``mode.Service.stop`` awaits; by then ``app.should_stop`` is set, so the app's
+    timers have ended, and faust's ``Consumer.wait_empty`` is about to wait for every event taken to be
+    acked)."""
+    faust_on_stop = app.on_stop
+
+    async def _on_stop() -> None:
+        await handler()
+        await faust_on_stop()
+
+    app.on_stop = _on_stop  # type: ignore[method-assign]
+
+
 def before_shutdown(app: faust.App, handler: Callable[[], Awaitable[None]]) -> None:
     async def _stopping(sender: Any, **kwargs: Any) -> None:
         await handler()
 
+    # faust sends it once its consumer has stopped (after ``wait_empty``), before the last producer flush.
     app.on_before_shutdown.connect(_stopping)  # type: ignore[arg-type]
 
 

@@ -202,6 +202,7 @@ async def _stop_router() -> None:
 
 
 glue.before_shutdown(app, _stop_router)
+drive.checkpoint_while_stopping(app, pools, _fatal)
 
 
 @app.agent(task_topics, concurrency=1)

@@ -96,3 +96,32 @@ def test_app_parts_the_runtime_reads(app: faust.App) -> None:
     assert callable(Consumer.highwater) and inspect.iscoroutinefunction(Consumer.position)
     assert hasattr(app, "rebalancing")
     assert faust_glue.is_settling(app) is True  # not started: recovery has not completed
+
+
+def test_stop_hook_runs_before_faust_stops_its_consumer_and_shutdown_hooks_after(app: faust.App) -> None:
+    """``drive.checkpoint_while_stopping`` relies on this order: ``on_stop_begins`` handlers, then faust's
+    consumer stop (``wait_empty`` waits for acks), then ``before_shutdown`` handlers; and on mode's
+    ``Service.stop`` awaiting ``on_stop`` with ``should_stop`` already set (so app timers have ended)."""
+    import asyncio
+
+    from mode import Service
+
+    calls: list[str] = []
+
+    async def stop_consumer() -> None:
+        calls.append("faust stops its consumer")
+
+    async def begins() -> None:
+        calls.append(f"stop begins (should_stop={app.should_stop})")
+
+    async def shutdown() -> None:
+        calls.append("before shutdown")
+
+    app._stop_consumer = stop_consumer  # type: ignore[method-assign]
+    faust_glue.on_stop_begins(app, begins)
+    faust_glue.before_shutdown(app, shutdown)
+    app._stopped.set()  # what Service.stop does first
+    asyncio.run(app.on_stop())
+    assert calls == ["stop begins (should_stop=True)", "faust stops its consumer", "before shutdown"]
+    stop = inspect.getsource(Service.stop)
+    assert stop.index("_stopped_set()") < stop.index("await self.on_stop()") < stop.index("_stop_children")
