@@ -291,9 +291,13 @@ def main() -> None:
     ap.add_argument("--triggers", type=int, default=200)
     ap.add_argument("--background-rate", type=int, default=2000)
     ap.add_argument("--use-running-stack", action="store_true", help="use the stack CARNIVAL_* points at")
+    ap.add_argument("--kafka-port", type=int, default=47592, help="the private broker's port (controller +1)")
+    ap.add_argument("--metrics-port", type=int, default=47591, help="the worker's metrics port")
     args = ap.parse_args()
+    global METRICS_PORT
+    METRICS_PORT = args.metrics_port
 
-    kafka = bench_kafka(None if args.use_running_stack else 47592, "carnival-bench-power-")
+    kafka = bench_kafka(None if args.use_running_stack else args.kafka_port, "carnival-bench-power-")
     settings, workdir = kafka.settings, kafka.workdir
     env = {
         **os.environ,
