@@ -280,9 +280,10 @@ def test_a_record_that_breaks_its_detector_is_dead_lettered_and_the_batch_contin
         original = Detector.on_event
 
         def on_event(self: Detector, record: Any, arrival_us: int | None = None) -> list[Any]:
-            if record["seq"] == SERDE.decode(EVENTS, events[3].message.value)["seq"] and record[
-                "device_id"
-            ] == SERDE.decode(EVENTS, events[3].message.value)["device_id"]:
+            if (
+                record["seq"] == SERDE.decode(EVENTS, events[3].message.value)["seq"]
+                and record["device_id"] == SERDE.decode(EVENTS, events[3].message.value)["device_id"]
+            ):
                 raise ZeroDivisionError("detector bug")
             return original(self, record, arrival_us)
 
@@ -424,5 +425,87 @@ def test_sites_evicted_past_max_sites_come_back_from_the_table_unchanged() -> No
         assert table["dc-unit"] == _applied_once(good)  # evicted and read again: nothing lost
         assert codec.dead == []
         assert "FAILOVER" in _kinds(codec)
+
+    asyncio.run(main())
+
+
+# -- latency: outputs first, checkpoints beside the batches ---------------------------------------
+def _alerts(codec: Codec) -> list[dict[str, Any]]:
+    return [SERDE.decode("alerts.v1", v) for topic, _, v in codec.sent if topic == "alerts.v1"]
+
+
+def test_an_alert_leaves_as_its_rule_fires_and_batches_go_on_while_the_checkpoint_waits_for_kafka() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor()
+        codec.io.hold = True  # Kafka acknowledges nothing for now
+        events = _events()
+        ref = Detector("dc-unit", PowerConfig())
+        fires = next(i for i, e in enumerate(events) if ref.on_event(SERDE.decode(EVENTS, e.value), e.offset))
+        first, second = events[: fires + 1], events[fires + 1 :]  # the first batch ends with an OPEN
+        await asyncio.wait_for(p.handle(first), 10)  # not held up by the checkpoint it starts
+        assert any(a["status"] == "FIRING" for a in _alerts(codec))
+        assert "changelog" not in [t for t, _, _ in codec.sent] and stream.acked == []
+        await asyncio.wait_for(p.handle(second), 10)  # nor is the next batch
+        assert stream.acked == [] and "dc-unit" not in table  # state and offsets wait for the acks
+        codec.io.hold = False
+        codec.io.release()
+        await _settle(p)
+        assert stream.acked == [e.offset for e in events]
+        assert table["dc-unit"] == _applied_once(events)
+
+    asyncio.run(main())
+
+
+def test_a_batch_runs_while_a_checkpoint_encodes_and_the_state_written_is_the_checkpoints_own() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)
+        sites = [SiteEvents(f"dc-cow-{i:02d}") for i in range(40)]  # several encoding chunks
+        first = _renumbered([Event(s.measure(1.0), 0) for s in sites])
+        await p.handle(first)
+        checkpoint = asyncio.ensure_future(p.checkpointer.checkpoint())
+        while p.snapshot is None:
+            await asyncio.sleep(0)
+        last = sites[-1]
+        assert last.site_id in p.snapshot.remaining  # not encoded yet
+        later = Event(last.measure(2.0), 40)
+        await p.handle([later])  # changes it while the checkpoint is written
+        await checkpoint
+        written = [v for t, k, v in codec.sent if t == "changelog" and k == last.site_id.encode()]
+        assert written == [encode_state(_fed(last.site_id, [first[-1]]))]  # without the second event
+        assert stream.acked == list(range(40))  # the second batch is the next checkpoint's
+        await _settle(p)
+        assert table[last.site_id] == encode_state(_fed(last.site_id, [first[-1], later]))
+        assert stream.acked == list(range(41))
+
+    asyncio.run(main())
+
+
+def _fed(site_id: str, events: list[Event]) -> Detector:
+    ref = Detector(site_id, PowerConfig())
+    for e in events:
+        ref.on_event(SERDE.decode(EVENTS, e.value), arrival_us=int(e.timestamp * 1e6))
+    return ref
+
+
+def test_revoked_partitions_are_checkpointed_committed_and_forgotten() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)
+        events = _events()
+        await p.handle(events)
+        assert stream.acked == []
+        await p.on_revoked([0])
+        assert stream.acked == [e.offset for e in events]
+        assert "dc-unit" not in table and len(p.detectors) == 0  # the next owner restores it
+
+    asyncio.run(main())
+
+
+def test_lost_partitions_commit_nothing_more_and_stop_the_worker() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)
+        await p.handle(_events())
+        with pytest.raises(RuntimeError, match="lost"):
+            await p.on_revoked([0], lost=True)
+        assert stream.acked == []
 
     asyncio.run(main())
