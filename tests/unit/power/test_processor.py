@@ -4,7 +4,6 @@ app, table, topics and stream are small in-memory stand-ins; the detectors and t
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
