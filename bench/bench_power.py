@@ -134,12 +134,13 @@ def bench_raw_aiokafka(settings: Settings, n: int) -> float:
 
 def bench_in_process(settings: Settings, encoded: list[tuple[str, bytes]]) -> float:
     """The worker's work without Kafka or faust: decode and detect per event, encode the states of the
-    sites touched since the last "checkpoint" every 10,000 events."""
+    sites touched since the last "checkpoint" every 10,000 events. Events per CPU second (this process's
+    CPU time: what one free core would do, whatever else the machine runs)."""
     serde = serde_from_settings(settings)
     config = PowerConfig()
     dets: dict[str, Detector] = {}
     dirty: set[str] = set()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for i, (key, value) in enumerate(encoded, 1):
         rec = serde.decode(TOPIC, value)
         det = dets.get(key)
@@ -151,7 +152,7 @@ def bench_in_process(settings: Settings, encoded: list[tuple[str, bytes]]) -> fl
             for site in dirty:
                 encode_state(dets[site])
             dirty.clear()
-    return len(encoded) / (time.perf_counter() - t0)
+    return len(encoded) / (time.process_time() - t0)
 
 
 def metric(name: str) -> float | None:
@@ -302,10 +303,10 @@ def bench_latency(settings: Settings, triggers: int) -> tuple[list[float], list[
 
 def bench_profile(
     settings: Settings, encoded: list[tuple[str, bytes]], batch: int = 5000
-) -> list[tuple[str, float]]:
+) -> tuple[float, list[tuple[str, float]]]:
     """The worker's own Python per event, without Kafka: ``PowerProcessor`` on the same records (batches
-    of ``batch``, its real checkpointer, a store in memory, deliveries acknowledged at once), under
-    cProfile, in CPU µs per event by where the time goes."""
+    of ``batch``, its real checkpointer, a store in memory, deliveries acknowledged at once): its CPU µs
+    per event, and the shares of that time by part (from a second run under cProfile)."""
     import cProfile
     import pstats
 
@@ -356,22 +357,26 @@ def bench_profile(
         checkpoint_s=0.5, checkpoint_events=20_000, max_unconfirmed=4,
     )  # fmt: skip
 
-    async def run() -> None:
-        for start in range(0, len(records), batch):
-            await power.handle(records[start : start + batch])
+    async def run(part: list[Any]) -> None:
+        for start in range(0, len(part), batch):
+            await power.handle(part[start : start + batch])
             await asyncio.sleep(0)  # where the worker polls for its next batch: the checkpoint runs
         await power.settle()
 
+    half = len(records) // 2  # the first half plain (CPU per event), the second under the profiler (shares)
+    cpu0 = time.process_time()
+    asyncio.run(run(records[:half]))
+    cpu_us = (time.process_time() - cpu0) / half * 1e6
     prof = cProfile.Profile(time.process_time)
     prof.enable()
-    asyncio.run(run())
+    asyncio.run(run(records[half:]))
     prof.disable()
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     parts: dict[str, float] = {}
     for (path, _, func), (_, _, tottime, _, _) in stats.items():
         parts[_category(path, func)] = parts.get(_category(path, func), 0.0) + tottime
-    n = len(records)
-    return sorted(((k, v / n * 1e6) for k, v in parts.items()), key=lambda kv: -kv[1])
+    total = sum(parts.values()) or 1.0
+    return cpu_us, sorted(((k, v / total) for k, v in parts.items()), key=lambda kv: -kv[1])
 
 
 def _category(path: str, func: str) -> str:
@@ -431,9 +436,7 @@ def main() -> None:
         raw_c = bench_raw_confluent(settings, n)
         raw_a = bench_raw_aiokafka(settings, n)
         inproc = bench_in_process(settings, encoded[:50_000])
-        t_cpu = time.process_time()
-        profile = bench_profile(settings, encoded[:50_000])
-        profile_us = (time.process_time() - t_cpu) / 50_000 * 1e6
+        profile_us, profile = bench_profile(settings, encoded[:60_000])
         del encoded
 
         print("starting the power worker ...", flush=True)
@@ -468,21 +471,24 @@ def main() -> None:
         print("== power events/s (one worker, 2 shared cores)")
         print(f"  raw confluent-kafka consume          {raw_c:>10,.0f}/s")
         print(f"  raw aiokafka consume                 {raw_a:>10,.0f}/s")
-        print(f"  in-process decode+detect+checkpoints {inproc:>10,.0f}/s   (no Kafka)")
+        print(f"  in-process decode+detect+checkpoints {inproc:>10,.0f}/s   (no Kafka; per CPU second)")
         print(f"  power worker drain                   {rate:>10,.0f}/s   ({n:,} events in {elapsed:.1f} s)")
         print(f"  ratio worker / raw confluent consume {rate / raw_c:>10.3f}")
-        print(f"  ratio worker / in-process            {rate / inproc:>10.3f}")
+        print(
+            f"  worker per CPU second                {1e6 / cpu_us:>10,.0f}/s   (what one free core would do)"
+        )
+        print(f"  ratio worker / in-process, per CPU s {1e6 / cpu_us / inproc:>10.3f}")
         mean_batch = batch_events / max(batches, 1)
         print(f"  (worker CPU {cpu_us:.0f} µs per event, wall time in its batch code {handle_us:.0f} µs;")
         print(f"   {batches:,.0f} batches of {mean_batch:,.0f} events on average,")
         print(f"   {writes:,.0f} state writes in {checkpoints:,.0f} checkpoints)")
         print(f"== where the worker's CPU goes: {cpu_us:.0f} µs per event, of which its own Python")
-        print(f"   without Kafka (PowerProcessor in one process, cProfile, CPU time) {profile_us:.0f} µs:")
-        for what, us in profile:
-            print(f"    {us:>7.1f} µs  {what}")
+        print(f"   without Kafka (PowerProcessor in one process, CPU time) {profile_us:.0f} µs; by cProfile:")
+        for what, share in profile:
+            print(f"    {share * profile_us:>6.1f} µs  {share:>4.0%}  {what}")
         rest = max(cpu_us - profile_us, 0)
-        print(f"    the rest, ~{rest:.0f} µs: the Kafka clients (librdkafka threads, Record objects, the")
-        print("    polling thread hop), less the profiler's own overhead")
+        print(f"    the rest, {rest:.0f} µs: the Kafka clients (librdkafka's threads, Record objects, the")
+        print("    polling thread hop)")
         busy_note = ", one core kept busy" if args.busy_core else ""
         for bg_rate, bg_real, worker_rate, latencies, raw in runs:
             print(f"== detection latency at {bg_rate:,}/s background (sent {bg_real:,.0f}/s, worker "
