@@ -198,10 +198,7 @@ class ReorderBuffer:
         dev_id, ts = head["device_id"], head["ts"]
         if self.devices[dev_id]["fr"] < head["seq"]:
             return False  # an earlier sequence number of this device is still missing
-        for other, d in self.devices.items():  # a plain loop: the hot path of every event (no generator)
-            if d["fr_ts"] <= ts and other != dev_id:
-                return False
-        return True
+        return all(d["fr_ts"] > ts for other, d in self.devices.items() if other != dev_id)
 
     def pop(self) -> tuple[Event, Gap | None]:
         """Remove and return the head, plus the sequence gap it reveals, if any."""
