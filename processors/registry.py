@@ -32,7 +32,7 @@ PROCESSORS: dict[str, ProcessorSpec] = {
         ),
         ProcessorSpec(
             "power",
-            "processors.power.worker:app",
+            "processors.power.worker:run",
             "failover detection: incidents and alerts from power events",
         ),
         ProcessorSpec("sink", "sinks.kafka_sink:run_sink", "every topic into ClickHouse, exactly once"),

@@ -142,7 +142,7 @@ class PowerConfig:
 
 @dataclass(frozen=True, slots=True)
 class PowerKnobs:
-    """Wiring of the power worker (not detector logic): batches, checkpoints, the faust clients."""
+    """Wiring of the power worker (not detector logic): batches, checkpoints, the Kafka clients."""
 
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     """An event whose ``ts`` is more than this past its Kafka timestamp (when the broker got it, never the
@@ -154,33 +154,31 @@ class PowerKnobs:
     not ticked, so it raises no SITE_SILENT until it is loaded again."""
     tick_s: float = 1.0
     """How often the worker ticks every site of its partitions (``Detector.on_tick``), wall clock."""
-    batch_max: int = 2000
-    """Most events processed as one batch under load."""
-    batch_within_s: float = 0.005
-    """Longest a batch waits to fill: at low rates one event, at most this much extra latency."""
+    batch_max: int = 5000
+    """Most events processed as one batch: a batch is what is waiting when the worker asks (one event
+    at low rates, no batching window), up to this many under load."""
     checkpoint_s: float = 0.5
     """Site states are written at most once per checkpoint (one changelog record per dirty site); the
-    offsets of their events are acked when those records are in Kafka."""
+    offsets of their events are committed when those records are in Kafka. Checkpoints run beside the
+    batches: their cadence sets how much is replayed after a crash, never the detection latency."""
     checkpoint_events: int = 20_000
     """... or after this many unsaved events, whichever comes first."""
     max_unconfirmed: int = 4
-    """Checkpoints whose Kafka acks may still be outstanding while the agent goes on."""
+    """Checkpoints whose Kafka acks may still be outstanding while the worker goes on."""
     session_timeout_s: float = 10.0
-    """A SIGKILLed worker's partitions move on after this long (faust's default is 60 s; a failover
-    detector that is down for a minute is itself an incident)."""
-    producer_max_batch_size: int = 262_144
-    """aiokafka batch bytes: a checkpoint writes up to one state (~1-2 KB) per site at once; aiokafka sends
-    one batch per partition per request and makes the sender (and faust's producer buffer, and with it the
-    consumer) wait when a partition's batch is full: 256 KB batches instead of 16 KB."""
-    commit_every: int = 10_000_000
-    """faust's ``broker_commit_every``. Events are acked a checkpoint at a time, thousands at once under
-    load: faust's count-triggered commit (500 acks by default) would then run inline in its message drain
-    loop at every checkpoint and hold up the delivery of events for a producer flush and a commit round
-    trip. Commits come from the 1 s ``broker_commit_interval`` timer instead, which runs beside it."""
+    """A SIGKILLed worker's partitions move on after this long (a failover detector that is down for a
+    minute is itself an incident)."""
+    linger_ms: float = 0.0
+    """How long the producer may hold an incident or alert to batch it with others (librdkafka
+    ``linger.ms``): 0, an alert leaves as soon as its rule fired (records produced while a request is in
+    flight are batched anyway)."""
+    fetch_wait_ms: int = 5
+    """Longest the broker holds a fetch while it has nothing new (``fetch.wait.max.ms``): what an
+    event produced into an idle partition may wait before the worker sees it."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if not 0 < getattr(self, f.name) < math.inf:  # NaN fails too
-                raise ValueError(
-                    f"PowerKnobs.{f.name} must be positive and finite, got {getattr(self, f.name)!r}"
-                )
+            value = getattr(self, f.name)
+            low_ok = value >= 0 if f.name == "linger_ms" else value > 0
+            if not (low_ok and value < math.inf):  # NaN fails too
+                raise ValueError(f"PowerKnobs.{f.name} must be positive and finite, got {value!r}")

@@ -6,13 +6,15 @@ checkpoint makes that durable, in this order:
 
 1. **outputs acknowledged**: wait until Kafka has acknowledged every output handed over so far
    (normally long done);
-2. **state written**: under the apply lock (no batch in between), write the state touched since the
-   last checkpoint once (store + changelog records, ``StateLink.prepare``), then send the changelog
-   records (``StateLink.send``);
+2. **state written**: under the apply lock (no batch in between), take the state touched since the
+   last checkpoint (``StateLink.prepare``), then write it once per key and send its changelog records
+   (``StateLink.send``). A link may write in ``prepare`` (under the lock) or later in ``send`` with
+   batches running in between, as long as what it writes for a key is that key's state as of
+   ``prepare`` (copy-on-write: the power processor encodes a site before a batch changes it again);
 3. **state acknowledged**: in the background, wait for Kafka's acks of those changelog records, and for
    the checkpoint in front of this one;
 4. **inputs acked**: only then ack the checkpoint's input events, so that the framework commits their
-   offsets (``InputLink.ack``).
+   offsets (``InputLink.ack``; the power worker commits them itself).
 
 A crash anywhere before 4 replays the unacked events into state restored from the changelog, which has
 not seen them (outputs are deterministic: the same records again, deduplicated downstream by id). A
@@ -45,11 +47,12 @@ class OutputLink(Protocol):
 
 class StateLink(Protocol[K, E, P]):
     def prepare(self, dirty: dict[K, E]) -> P:
-        """Write the state of every dirty key (the event is its last input: its partition); called under
-        the apply lock, so no batch runs meanwhile. Returns what ``send`` needs."""
+        """Take (or write) the state of every dirty key (the event is its last input: its partition);
+        called under the apply lock, so no batch runs meanwhile. Returns what ``send`` needs."""
 
     async def send(self, prepared: P) -> Sequence[Awaitable[Any]]:
-        """Send the changelog records of ``prepared``; returns their delivery futures."""
+        """Write what ``prepare`` took, if it did not, as it was then, and send the changelog records;
+        returns their delivery futures."""
 
 
 class InputLink(Protocol[E_contra]):

@@ -10,8 +10,6 @@ offset, the case the checkpoint protocol already covers.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -20,10 +18,9 @@ import structlog
 
 from processors.runtime import faust_glue as glue
 from processors.runtime.checkpoint import Checkpointer
+from processors.runtime.loop import EXIT_CODE, exit_on_failure
 
 log = structlog.get_logger(__name__)
-
-EXIT_CODE = 70
 
 __all__ = ["EXIT_CODE", "checkpoint_if_due", "checkpoint_while_stopping", "exit_on_failure", "run_batches"]
 
@@ -33,16 +30,6 @@ class BatchProcessor(Protocol):
     checkpointer: Checkpointer[Any, Any, Any]
 
     async def handle(self, events: Sequence[Any]) -> None: ...
-
-
-def exit_on_failure(processor: str) -> Callable[[BaseException], None]:
-    def fatal(exc: BaseException) -> None:
-        log.critical(f"{processor}_batch_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_CODE)
-
-    return fatal
 
 
 async def run_batches(

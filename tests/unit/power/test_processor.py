@@ -4,13 +4,12 @@ app, table, topics and stream are small in-memory stand-ins; the detectors and t
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from processors.power import Detector, PowerConfig
-from processors.power.processor import PowerProcessor
+from processors.power.processor import CHANGELOG_TOPIC, PowerProcessor
 from processors.power.runtime import DETECTORS_EVICTED, DetectorCache, encode_state, rewind
 from processors.power.scenario import SiteEvents, rich_failover_timeline
 from processors.runtime import QUARANTINED, RetryPolicy
@@ -21,7 +20,7 @@ EVENTS = "power.events.v1"
 
 
 class Event:
-    """A consumed ``power.events.v1`` message; its Kafka timestamp is the event's ``ts`` unless given."""
+    """A consumed ``power.events.v1`` record; its Kafka timestamp is the event's ``ts`` unless given."""
 
     def __init__(
         self, record: dict[str, Any] | None, offset: int, partition: int = 0, *, key: str = "dc-unit",
@@ -29,74 +28,134 @@ class Event:
     ) -> None:  # fmt: skip
         if produced_us is None:
             produced_us = record["ts"] if record is not None else 1_700_000_000_000_000
-        self.message = SimpleNamespace(
-            topic=EVENTS, partition=partition, offset=offset,
-            key=(record["site_id"] if record is not None else key).encode(),
-            value=None if record is None else SERDE.encode(EVENTS, record), timestamp=produced_us / 1_000_000,
-        )  # fmt: skip
+        self.topic, self.partition, self.offset = EVENTS, partition, offset
+        self.key = (record["site_id"] if record is not None else key).encode()
+        self.value = None if record is None else SERDE.encode(EVENTS, record)
+        self.timestamp = produced_us / 1_000_000
+
+    @property
+    def message(self) -> Event:  # the tests below read a record's fields through ``message``
+        return self
 
 
-class Topic:
-    def __init__(self, name: str, sent: list[tuple[str, Any, Any]]) -> None:
-        self.name, self.sent = name, sent
+class Store:
+    """The in-memory store of site states (``ChangelogStore`` without its Kafka restore)."""
 
-    async def send(self, key: Any = None, value: Any = None, partition: Any = None, **kw: Any) -> Any:
-        self.sent.append((self.name, key, value))
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.partition_of: dict[str, int] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        self.data[key] = value
+        self.partition_of[key] = partition
+
+    def drop(self, partitions: Any) -> None:
+        for key in [k for k, p in self.partition_of.items() if p in set(partitions)]:
+            del self.data[key], self.partition_of[key]
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
+
+class IO:
+    """The processor's Kafka: records handed over are acknowledged at once unless ``hold`` is set (then
+    ``release()`` acknowledges them); ``fail`` makes every delivery fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, Any]] = []
+        self.acked: list[int] = []
+        self.committed: dict[int, int] = {}
+        self.hold = False
+        self.held: list[asyncio.Future[Any]] = []
+        self.parts: frozenset[int] = frozenset({0})
+
+    def send(self, topic: str, key: Any, value: Any, partition: int = -1) -> asyncio.Future[Any]:
+        self.sent.append((topic, key, value))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)  # the table's offset callback (kw) has nothing to keep in memory here
+        if self.hold:
+            self.held.append(fut)
+        else:
+            fut.set_result(None)
         return fut
 
+    def release(self) -> None:
+        for fut in self.held:
+            fut.set_result(None)
+        self.held = []
 
-class Table(dict[str, bytes]):
-    def __init__(self, sent: list[tuple[str, Any, Any]]) -> None:
-        super().__init__()
-        self.data = self  # the store: ``table.data[key] = value``
-        self.changelog_topic = Topic("changelog", sent)
-        self.key_serializer = self.value_serializer = "raw"
-        self._on_changelog_sent = None
+    async def flush(self) -> None:
+        while self.held:
+            await asyncio.sleep(0)
+
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
+        """Every offset a commit moves past, once (the tests' offsets are 0, 1, 2, ... of partition 0)."""
+        for (_, partition), upto in offsets.items():
+            start = self.committed.get(partition, 0)
+            self.acked.extend(range(start, upto))
+            self.committed[partition] = max(start, upto)
+
+    def highwater(self, partition: int) -> int | None:
+        return None
+
+    def position(self, partition: int) -> int | None:
+        return None
+
+    def assigned(self) -> frozenset[int]:
+        return self.parts
+
+    def settling(self) -> bool:
+        return False
 
 
 class Codec:
-    def __init__(self) -> None:
-        self.serde = SERDE
-        self.sent: list[tuple[str, Any, Any]] = []
-        self.dead: list[tuple[int, str, str]] = []
+    """What the tests read: every record sent and the dead letters among them."""
 
-    def topic(self, name: str) -> Topic:
-        return Topic(name, self.sent)
+    def __init__(self, io: IO) -> None:
+        self.io = io
 
-    async def dead_letter(self, msg: Any, kind: str, error: str) -> None:
-        self.dead.append((msg.offset, kind, error))
+    @property
+    def sent(self) -> list[tuple[str, Any, Any]]:
+        return [("changelog" if t == CHANGELOG_TOPIC else t, k, v) for t, k, v in self.io.sent]
+
+    @property
+    def dead(self) -> list[tuple[int, str, str]]:
+        out = []
+        for topic, _, value in self.io.sent:
+            if topic == "deadletter.v1":
+                rec = SERDE.decode("deadletter.v1", value)
+                out.append((rec["source_offset"], rec["error_kind"], rec["error"]))
+        return out
 
 
 class Stream:
-    def __init__(self) -> None:
-        self.acked: list[int] = []
+    """The input offsets committed (one per checkpoint: the last offset it covers)."""
 
-    async def ack(self, event: Event) -> None:
-        self.acked.append(event.message.offset)
+    def __init__(self, io: IO) -> None:
+        self.io = io
 
-
-class Producer:
-    async def flush(self) -> None:
-        return None
+    @property
+    def acked(self) -> list[int]:
+        return self.io.acked
 
 
 def _processor(
     checkpoint_events: int = 1, max_sites: int = 10_000
-) -> tuple[PowerProcessor, Codec, Table, Stream]:
-    codec = Codec()
-    table = Table(codec.sent)
-    app = SimpleNamespace(producer=Producer())
+) -> tuple[PowerProcessor, Codec, Store, Stream]:
+    io = IO()
+    store = Store()
     p = PowerProcessor(
-        app, table, codec, DetectorCache(PowerConfig(), table.get, lambda: 0, max_sites),
+        io, store, SERDE, DetectorCache(PowerConfig(), store.get, lambda: 0, max_sites),
         checkpoint_s=0.0 if checkpoint_events == 1 else 3600.0, checkpoint_events=checkpoint_events,
         max_unconfirmed=4,
         retry=RetryPolicy(2, (0.0,)), clock_us=lambda: 2_000_000_000_000_000,
     )  # fmt: skip
-    stream = Stream()
-    p.inputs.stream = stream
-    return p, codec, table, stream
+    return p, Codec(io), store, Stream(io)
 
 
 def _events() -> list[Event]:
@@ -104,7 +163,7 @@ def _events() -> list[Event]:
 
 
 async def _settle(p: PowerProcessor) -> None:
-    await p.checkpointer.settle()
+    await p.settle()
     for _ in range(5):
         await asyncio.sleep(0)
 
@@ -220,9 +279,10 @@ def test_a_record_that_breaks_its_detector_is_dead_lettered_and_the_batch_contin
         original = Detector.on_event
 
         def on_event(self: Detector, record: Any, arrival_us: int | None = None) -> list[Any]:
-            if record["seq"] == SERDE.decode(EVENTS, events[3].message.value)["seq"] and record[
-                "device_id"
-            ] == SERDE.decode(EVENTS, events[3].message.value)["device_id"]:
+            if (
+                record["seq"] == SERDE.decode(EVENTS, events[3].message.value)["seq"]
+                and record["device_id"] == SERDE.decode(EVENTS, events[3].message.value)["device_id"]
+            ):
                 raise ZeroDivisionError("detector bug")
             return original(self, record, arrival_us)
 
@@ -354,11 +414,97 @@ def test_sites_evicted_past_max_sites_come_back_from_the_table_unchanged() -> No
         mixed = _renumbered(mixed)
         for start in range(0, len(mixed), 40):
             await p.handle(mixed[start : start + 40])
-            assert len(p.detectors) <= 2 + 40  # the bound, plus the sites of the batch being run
+            for _ in range(5):  # the worker waits for its next batch: the checkpoint runs meanwhile
+                await asyncio.sleep(0)
+            # The bound, plus the sites of the batch being run and those of the checkpoint being written
+            # beside it (pinned until their states are encoded).
+            assert len(p.detectors) <= 2 + 40 + 40
         await _settle(p)
         assert DETECTORS_EVICTED._value.get() - evicted >= 10
         assert table["dc-unit"] == _applied_once(good)  # evicted and read again: nothing lost
         assert codec.dead == []
         assert "FAILOVER" in _kinds(codec)
+
+    asyncio.run(main())
+
+
+# -- latency: outputs first, checkpoints beside the batches ---------------------------------------
+def _alerts(codec: Codec) -> list[dict[str, Any]]:
+    return [SERDE.decode("alerts.v1", v) for topic, _, v in codec.sent if topic == "alerts.v1"]
+
+
+def test_an_alert_leaves_as_its_rule_fires_and_batches_go_on_while_the_checkpoint_waits_for_kafka() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor()
+        codec.io.hold = True  # Kafka acknowledges nothing for now
+        events = _events()
+        ref = Detector("dc-unit", PowerConfig())
+        fires = next(i for i, e in enumerate(events) if ref.on_event(SERDE.decode(EVENTS, e.value), e.offset))
+        first, second = events[: fires + 1], events[fires + 1 :]  # the first batch ends with an OPEN
+        await asyncio.wait_for(p.handle(first), 10)  # not held up by the checkpoint it starts
+        assert any(a["status"] == "FIRING" for a in _alerts(codec))
+        assert "changelog" not in [t for t, _, _ in codec.sent] and stream.acked == []
+        await asyncio.wait_for(p.handle(second), 10)  # nor is the next batch
+        assert stream.acked == [] and "dc-unit" not in table  # state and offsets wait for the acks
+        codec.io.hold = False
+        codec.io.release()
+        await _settle(p)
+        assert stream.acked == [e.offset for e in events]
+        assert table["dc-unit"] == _applied_once(events)
+
+    asyncio.run(main())
+
+
+def test_a_batch_runs_while_a_checkpoint_encodes_and_the_state_written_is_the_checkpoints_own() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)
+        sites = [SiteEvents(f"dc-cow-{i:02d}") for i in range(40)]  # several encoding chunks
+        first = _renumbered([Event(s.measure(1.0), 0) for s in sites])
+        await p.handle(first)
+        checkpoint = asyncio.ensure_future(p.checkpointer.checkpoint())
+        while p.snapshot is None:
+            await asyncio.sleep(0)
+        last = sites[-1]
+        assert last.site_id in p.snapshot.remaining  # not encoded yet
+        later = Event(last.measure(2.0), 40)
+        await p.handle([later])  # changes it while the checkpoint is written
+        await checkpoint
+        written = [v for t, k, v in codec.sent if t == "changelog" and k == last.site_id.encode()]
+        assert written == [encode_state(_fed(last.site_id, [first[-1]]))]  # without the second event
+        assert stream.acked == list(range(40))  # the second batch is the next checkpoint's
+        await _settle(p)
+        assert table[last.site_id] == encode_state(_fed(last.site_id, [first[-1], later]))
+        assert stream.acked == list(range(41))
+
+    asyncio.run(main())
+
+
+def _fed(site_id: str, events: list[Event]) -> Detector:
+    ref = Detector(site_id, PowerConfig())
+    for e in events:
+        ref.on_event(SERDE.decode(EVENTS, e.value), arrival_us=int(e.timestamp * 1e6))
+    return ref
+
+
+def test_revoked_partitions_are_checkpointed_committed_and_forgotten() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)
+        events = _events()
+        await p.handle(events)
+        assert stream.acked == []
+        await p.on_revoked([0])
+        assert stream.acked == [e.offset for e in events]
+        assert "dc-unit" not in table and len(p.detectors) == 0  # the next owner restores it
+
+    asyncio.run(main())
+
+
+def test_lost_partitions_commit_nothing_more_and_stop_the_worker() -> None:
+    async def main() -> None:
+        p, codec, table, stream = _processor(checkpoint_events=1_000_000)
+        await p.handle(_events())
+        with pytest.raises(RuntimeError, match="lost"):
+            await p.on_revoked([0], lost=True)
+        assert stream.acked == []
 
     asyncio.run(main())
