@@ -22,7 +22,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import bench_kafka  # noqa: E402
+from harness import bench_kafka, bench_port  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
 from streams.consume import assign_all_partitions, consume_json_lines  # noqa: E402
@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.records
 
-    kafka = bench_kafka(None if args.use_running_stack else 45092, "carnival-bench-")
+    kafka = bench_kafka(None if args.use_running_stack else bench_port(92, 45000), "carnival-bench-")
     settings = kafka.settings
     try:
         print(f"generating {n:,} telemetry JSON lines ...", flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import private_stack_env  # noqa: E402
+from harness import bench_port, private_stack_env  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
 from sinks.clickhouse import get_client  # noqa: E402
@@ -115,7 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     own_stack = not args.use_running_stack
     if own_stack:
-        private_stack_env("carnival-bench-sink-", kafka_port=46092, clickhouse_port=46123)
+        private_stack_env(
+            "carnival-bench-sink-", kafka_port=bench_port(92, 46000), clickhouse_port=bench_port(123, 46000)
+        )
     settings = Settings()
     from carnival.stack.lifecycle import stack_down, stack_up
 
