@@ -29,6 +29,7 @@ import schemas
 from schemas import TOPICS
 from schemas.examples import EXAMPLES
 from streams import deadletter
+from streams.avro_json import compile_json_line
 from streams.consume import consume_json_lines
 from streams.exceptions import SerializationError, ValidationError
 from streams.produce import produce_json_lines
@@ -375,6 +376,37 @@ def test_bulk_mutated_encodings_through_decode_and_consume() -> None:
         for data in batch:
             _decode(topic, data)
         _consume(topic, list(batch))
+
+
+# -- the consume fast path (streams/avro_json.py) agrees with the slow path -------------------------------
+FAST_LINES = {t: compile_json_line(t) for t in TOPIC_NAMES if t != "alerts.v1"}  # alerts: a map, slow only
+
+
+def _check_line_agrees(topic: str, data: bytes) -> bool:
+    """The fast path writes a line only for bytes the slow path decodes, and the very same line."""
+    fast = FAST_LINES[topic](data) if topic in FAST_LINES else None
+    if fast is not None:
+        assert fast == orjson.dumps(to_json_record(topic, RAW_SERDE.decode(topic, data))), data
+    return fast is not None
+
+
+def test_bulk_mutated_encodings_fast_path_agrees_with_the_slow_path() -> None:
+    rng = random.Random(14)
+    valid = {topic: _valid_encoding(topic) for topic in TOPIC_NAMES}
+    taken = 0
+    for i in range(BULK_CASES):
+        topic = TOPIC_NAMES[i % len(TOPIC_NAMES)]
+        taken += _check_line_agrees(topic, _mutated_bytes(rng, valid[topic]) if i % 4 else valid[topic])
+    assert taken > BULK_CASES // 5
+
+
+def test_bulk_extreme_records_fast_path_agrees_with_the_slow_path() -> None:
+    rng = random.Random(15)
+    taken = 0
+    for i in range(BULK_CASES):
+        topic = TOPIC_NAMES[i % len(TOPIC_NAMES)]
+        taken += _check_line_agrees(topic, SERDE.encode(topic, _extreme_record(rng, topic)))
+    assert taken > BULK_CASES // 5  # a timestamp beyond years 1..9999 (common here) is the slow path
 
 
 # -- the consume formatting path: valid records with extreme values ---------------------------------------
