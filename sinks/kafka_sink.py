@@ -153,7 +153,9 @@ class KafkaSink:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("sink_kafka_error", error=str(err))
             return
-        topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+        topic: str = msg.topic()  # type: ignore[assignment]  # never None for a message without error
+        partition: int = msg.partition()  # type: ignore[assignment]
+        offset: int = msg.offset()  # type: ignore[assignment]
         tp = (topic, partition)
         expected = self.expected.get(tp)
         if expected is None:

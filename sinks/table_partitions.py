@@ -38,6 +38,8 @@ class UnsupportedPartitionKey(ValueError):
 
 def _long(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
+    if b < 0x80:  # one byte: lengths, indexes, small numbers
+        return (b >> 1) ^ -(b & 1), pos + 1
     n, shift, pos = b & 0x7F, 7, pos + 1
     while b & 0x80:
         b = buf[pos]
@@ -51,6 +53,12 @@ def _skip_long(buf: bytes, pos: int) -> int:
 
 
 def _skip_sized(buf: bytes, pos: int) -> int:
+    b = buf[pos]
+    if b < 0x80 and not b & 1:  # a length under 64 in one byte
+        end = pos + 1 + (b >> 1)
+        if end > len(buf):
+            raise IndexError("length past the end of the body")
+        return end
     n, pos = _long(buf, pos)
     if n < 0 or pos + n > len(buf):
         raise IndexError("length past the end of the body")
