@@ -71,6 +71,20 @@ class _Gen:
     def add(self, ind: str, line: str) -> None:
         self.lines.append(ind + line)
 
+    def long(self, var: str, ind: str) -> None:
+        """Read a varint of any length into ``var`` inline (timestamps are six bytes): as ``_varint``."""
+        self.add(ind, "x = b[p]")
+        self.add(ind, "p += 1")
+        self.add(ind, "n = x & 0x7F")
+        self.add(ind, "s = 7")
+        self.add(ind, "while x & 0x80:")
+        self.add(ind, "    x = b[p]")
+        self.add(ind, "    p += 1")
+        self.add(ind, "    n |= (x & 0x7F) << s")
+        self.add(ind, "    s += 7")
+        self.add(ind, "if s > 70 or n >> 64: raise ValueError")  # more than ten bytes, or beyond 64 bits
+        self.add(ind, f"{var} = (n >> 1) ^ -(n & 1)")
+
     def varint(self, var: str, ind: str) -> None:
         """Read a varint into ``var``: one byte inline (lengths, small numbers), longer ones by call."""
         self.add(ind, "x = b[p]")
@@ -112,7 +126,7 @@ class _Gen:
             convert = _output_converter(t)
             if convert is not None and kind in ("long", "int"):  # a timestamp
                 fmt = self.const(convert)
-                self.add(ind, "x, p = _v(b, p)")
+                self.long("x", ind)
                 self.add(ind, f"{var} = {fmt}(x)")
                 self.add(ind, f"if type({var}) is int: raise ValueError")  # outside years 1..9999
                 return

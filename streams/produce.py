@@ -114,6 +114,11 @@ def produce_json_lines(
     summary = ProduceSummary(topic)
     plan = serde.json_plan(topic) if isinstance(serde, AvroSerde) else None
     limit = max_message_bytes - RECORD_OVERHEAD_BYTES
+    # The fast path's future-timestamp check: an event time up to ``horizon`` passes. The horizon is
+    # renewed only when a time goes past it (now only grows, so a stale horizon is stricter, never laxer),
+    # and a time still past it takes the slow path, which judges it against now as always.
+    skew_ms = None if max_future_skew_s is None else max_future_skew_s * 1000
+    horizon = -1.0
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -121,12 +126,10 @@ def produce_json_lines(
         fast = None if plan is None else plan(raw)
         if fast is not None:  # valid as it stands: only the checks against now and the size are left
             value, key, ts = fast
+            if skew_ms is not None and ts is not None and ts > horizon:
+                horizon = now_ms() + skew_ms
             if (
-                (
-                    ts is None
-                    or max_future_skew_s is None
-                    or future_skew_error(ts, now_ms(), max_future_skew_s) is None
-                )
+                (skew_ms is None or ts is None or ts <= horizon)
                 and len(value) + (0 if key is None else len(key.encode())) <= limit
                 and _produced(producer, topic, value, key)
             ):
