@@ -81,6 +81,7 @@ class Inserter:
         backoff_initial_s: float,
         backoff_max_s: float,
         pipelined: bool = False,
+        insert_writer: Callable[[str], ClickHouseWriter] | None = None,
     ) -> None:
         self.writer = writer
         self.serde = serde
@@ -91,20 +92,34 @@ class Inserter:
         self.rows_inserted = 0
         self.on_inserted: Callable[[TopicBatch], None] | None = None  # after each piece landed (tests)
         self._keys: dict[tuple[str, str], KeyOf | None] = {}
-        # Pipelined: the HTTP insert (ClickHouse parses the container meanwhile) runs on this thread while
-        # the sink's loop reads on; everything else (splitting, dead letters, commits) stays on the loop.
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if pipelined else None
+        # Pipelined: the HTTP insert (ClickHouse parses the container meanwhile) runs on a thread of its
+        # topic while the sink's loop reads on; everything else (splitting, dead letters, commits) stays
+        # on the loop. ``insert_writer`` gives each topic its own writer (client), so the inserts of
+        # different topics (disjoint Kafka partitions) run at the same time; by default they share one.
+        self.pipelined = pipelined
+        self._insert_writer = insert_writer or (lambda topic: writer)
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._writers: dict[str, ClickHouseWriter] = {}
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        for writer in self._writers.values():
+            if writer is not self.writer:
+                writer.close()
 
     def _start(self, piece: TopicBatch) -> Future[int]:
-        if self._pool is not None:
-            return self._pool.submit(self.writer.insert, piece)
+        writer = self._writers.get(piece.topic)
+        if writer is None:
+            writer = self._writers[piece.topic] = self._insert_writer(piece.topic)
+        if self.pipelined:
+            pool = self._pools.get(piece.topic)
+            if pool is None:
+                pool = self._pools[piece.topic] = ThreadPoolExecutor(1, thread_name_prefix="sink-insert")
+            return pool.submit(writer.insert, piece)
         done: Future[int] = Future()
         try:
-            done.set_result(self.writer.insert(piece))
+            done.set_result(writer.insert(piece))
         except Exception as exc:  # noqa: BLE001 - raised by result(), as from the insert thread
             done.set_exception(exc)
         return done

@@ -81,6 +81,11 @@ class KafkaSink:
         self.serde = serde_from_settings(settings)
         self.schemas = WriterSchemas(self.serde)
         self.writer = writer or ClickHouseWriter(settings, self.config)
+        # Each topic's inserts on a client of their own (pipelined, they run at the same time); an injected
+        # writer (tests) serves them all.
+        insert_writer = (
+            None if writer is not None else (lambda topic: ClickHouseWriter(settings, self.config))
+        )
         if consumer is None:
             consumer_conf: dict[str, Any] = {
                 "max.poll.interval.ms": 300_000,
@@ -102,6 +107,7 @@ class KafkaSink:
             self.config.backoff_initial_s,
             self.config.backoff_max_s,
             pipelined=self.config.pipelined_inserts,
+            insert_writer=insert_writer,
         )
         self.batches = {t: TopicBatch(t, SINK_TABLES[t]) for t in self.topics}
         self.plans: dict[str, deque[InsertPlan]] = {t: deque() for t in self.topics}  # sealed, in order

@@ -9,17 +9,22 @@ import threading
 from confluent_kafka import TopicPartition
 from sink_fakes import (
     JAN_31_MS,
+    NODES,
     TELEMETRY,
     Events,
     FakeProducer,
     FakeWriter,
     Msg,
     make_sink,
+    node,
     settle,
     telemetry,
 )
 
+from sinks.avro_container import WriterSchemas
 from sinks.batches import TopicBatch
+from sinks.config import SINK_TABLES
+from sinks.inserts import Inserter, InsertPlan, Outcome
 from streams.serde import AvroSerde
 
 SERDE = AvroSerde()
@@ -97,3 +102,36 @@ def test_a_rebalance_waits_for_the_insert_in_flight_and_acts_on_it_first() -> No
     assert sorted(writer.rows(TELEMETRY)) == [(p, o) for p in (0, 1) for o in range(5)]
     assert consumer.commits(TELEMETRY) == {0: 5, 1: 5}
     assert not sink.plans[TELEMETRY] and (TELEMETRY, 1) not in sink.expected
+
+
+def test_inserts_of_different_topics_are_in_flight_at_the_same_time() -> None:
+    events: Events = []
+    writers = {TELEMETRY: GatedWriter(events), NODES: GatedWriter(events)}
+    inserter = Inserter(
+        writers[TELEMETRY],
+        SERDE,
+        dead_letter=lambda *args: None,
+        settle_dead_letters=lambda: None,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.1,
+        pipelined=True,
+        insert_writer=writers.__getitem__,
+    )
+    schemas = WriterSchemas(SERDE)
+    plans = []
+    for topic, value in ((TELEMETRY, telemetry(SERDE, "V", JAN_31_MS)), (NODES, node(SERDE, "N", JAN_31_MS))):
+        batch = TopicBatch(topic, SINK_TABLES[topic])
+        ws, payload = schemas.resolve(topic, value)
+        batch.add(0, 0, ws, payload, None)
+        plans.append(InsertPlan(batch))
+    try:
+        assert [inserter.run(plan, block=False) for plan in plans] == [Outcome.IN_FLIGHT] * 2
+        assert all(w.started.wait(10) for w in writers.values())  # both running, neither landed
+        for w in writers.values():
+            w.gate.set()
+        assert [inserter.run(plan) for plan in plans] == [Outcome.DONE] * 2
+        assert [len(w.landed) for w in writers.values()] == [1, 1]
+    finally:
+        for w in writers.values():
+            w.gate.set()
+        inserter.close()
