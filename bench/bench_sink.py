@@ -5,7 +5,7 @@
 Ceiling: a direct ``client.insert`` (clickhouse-connect, column-oriented, 20k-row batches) of the same
 rows, already decoded to Python values (decoding not timed). Sink: ``KafkaSink`` reading the same records
 from Kafka (fetch, batch, Avro container, insert with dedup token, commit), timed from partition
-assignment until every record landed. Prints both in rows/s and the ratio (goal >= 0.5). Starts its own
+assignment until every record landed. Prints both in rows/s and the ratio (goal >= 0.8). Starts its own
 stack (own data dir and ports) unless --use-running-stack is given.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import private_stack_env  # noqa: E402
+from harness import bench_port, private_stack_env  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
 from sinks.clickhouse import get_client  # noqa: E402
@@ -100,7 +100,8 @@ def bench_sink(settings: Settings, n: int) -> tuple[float, int]:
     from sinks.metrics import INSERT_SECONDS
 
     in_insert = sum(s.value for m in INSERT_SECONDS.collect() for s in m.samples if s.name.endswith("_sum"))
-    print(f"sink: {elapsed:.2f}s, of which {in_insert:.2f}s waiting for ClickHouse inserts")
+    mode = "overlapping the reading (pipelined)" if sink.config.pipelined_inserts else "the loop waiting"
+    print(f"sink: {elapsed:.2f}s; ClickHouse inserts took {in_insert:.2f}s, {mode}")
     return sink.rows_inserted / elapsed, sink.rows_inserted
 
 
@@ -115,7 +116,9 @@ def main() -> None:
     args = parser.parse_args()
     own_stack = not args.use_running_stack
     if own_stack:
-        private_stack_env("carnival-bench-sink-", kafka_port=46092, clickhouse_port=46123)
+        private_stack_env(
+            "carnival-bench-sink-", kafka_port=bench_port(92, 46000), clickhouse_port=bench_port(123, 46000)
+        )
     settings = Settings()
     from carnival.stack.lifecycle import stack_down, stack_up
 
@@ -133,7 +136,7 @@ def main() -> None:
         print(f"records: {args.records:,} ({landed:,} landed by the sink)")
         print(f"ceiling  client.insert of decoded rows : {ceiling:12,.0f} rows/s")
         print(f"sink     Kafka -> ClickHouse, 1 worker : {sink_rate:12,.0f} rows/s")
-        print(f"ratio    sink / ceiling                : {sink_rate / ceiling:12.2f}  (goal >= 0.5)")
+        print(f"ratio    sink / ceiling                : {sink_rate / ceiling:12.2f}  (goal >= 0.8)")
     finally:
         if own_stack:
             stack_down(settings)

@@ -27,6 +27,12 @@ class BenchKafka:
             kafka_broker.stop_broker(self.settings)
 
 
+def bench_port(offset: int, default_base: int) -> int:
+    """``CARNIVAL_BENCH_PORT_BASE + offset`` when set (benches side by side on one machine each pick a
+    base), else ``default_base + offset``."""
+    return int(os.environ.get("CARNIVAL_BENCH_PORT_BASE", default_base)) + offset
+
+
 def private_stack_env(prefix: str, kafka_port: int, clickhouse_port: int | None = None) -> Path:
     """Point ``CARNIVAL_*`` at a private stack in a fresh data dir: Kafka on ``kafka_port`` (controller
     ``+ 1``), ClickHouse HTTP on ``clickhouse_port`` (native ``+ 1``). Returns the data dir."""

@@ -86,6 +86,11 @@ class SinkSettings(BaseModel):
         default=15.0, description="how long a stopping sink keeps trying to write what it buffered"
     )
     lag_interval_s: float = Field(default=5.0, description="how often consumer lag is published")
+    pipelined_inserts: bool = Field(
+        default=True,
+        description="a topic's insert runs on a thread of its own while the sink reads and batches the next "
+        "records (one insert in flight per topic, in order; offsets committed once it landed, as always)",
+    )
 
 
 class RouterSettings(BaseModel):

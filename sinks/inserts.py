@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 
@@ -49,6 +50,7 @@ class Outcome(Enum):
     DONE = "done"  # every piece landed (or was dead-lettered): commit the batch
     RETRY = "retry"  # a transient error: retry at ``plan.retry_at``
     YIELD = "yield"  # work left, no error: continue at the next turn of the loop
+    IN_FLIGHT = "in_flight"  # a piece is being inserted (pipelined): look again at the next turn
 
 
 @dataclass
@@ -58,6 +60,7 @@ class InsertPlan:
     retry_at: float = 0.0
     backoff: float = 0.0
     error: InsertFailed | None = None  # the last transient error
+    inflight: Future[int] | None = None  # the head piece's insert, when it runs on the insert thread
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
@@ -77,6 +80,8 @@ class Inserter:
         settle_dead_letters: Callable[[], None],
         backoff_initial_s: float,
         backoff_max_s: float,
+        pipelined: bool = False,
+        insert_writer: Callable[[str], ClickHouseWriter] | None = None,
     ) -> None:
         self.writer = writer
         self.serde = serde
@@ -87,17 +92,58 @@ class Inserter:
         self.rows_inserted = 0
         self.on_inserted: Callable[[TopicBatch], None] | None = None  # after each piece landed (tests)
         self._keys: dict[tuple[str, str], KeyOf | None] = {}
+        # Pipelined: the HTTP insert (ClickHouse parses the container meanwhile) runs on a thread of its
+        # topic while the sink's loop reads on; everything else (splitting, dead letters, commits) stays
+        # on the loop. ``insert_writer`` gives each topic its own writer (client), so the inserts of
+        # different topics (disjoint Kafka partitions) run at the same time; by default they share one.
+        self.pipelined = pipelined
+        self._insert_writer = insert_writer or (lambda topic: writer)
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._writers: dict[str, ClickHouseWriter] = {}
 
-    def run(self, plan: InsertPlan) -> Outcome:
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        for writer in self._writers.values():
+            if writer is not self.writer:
+                writer.close()
+
+    def _start(self, piece: TopicBatch) -> Future[int]:
+        writer = self._writers.get(piece.topic)
+        if writer is None:
+            writer = self._writers[piece.topic] = self._insert_writer(piece.topic)
+        if self.pipelined:
+            pool = self._pools.get(piece.topic)
+            if pool is None:
+                pool = self._pools[piece.topic] = ThreadPoolExecutor(1, thread_name_prefix="sink-insert")
+            return pool.submit(writer.insert, piece)
+        done: Future[int] = Future()
+        try:
+            done.set_result(writer.insert(piece))
+        except Exception as exc:  # noqa: BLE001 - raised by result(), as from the insert thread
+            done.set_exception(exc)
+        return done
+
+    def run(self, plan: InsertPlan, *, block: bool = True, start: bool = True) -> Outcome:
+        """Insert the plan's pieces in order. A piece in flight is waited for when ``block`` (else
+        IN_FLIGHT); ``start`` False only settles the piece in flight (a rebalance needs the rows as they
+        are, with no insert running)."""
         started = time.monotonic()
         try:
             if plan.pieces is None:
                 plan.pieces = deque(self._pieces(plan.batch))
             while plan.pieces:
-                self.settle_dead_letters()
+                if plan.inflight is None:
+                    if not start:
+                        return Outcome.YIELD
+                    self.settle_dead_letters()
+                    plan.inflight = self._start(plan.pieces[0])
+                if not block and not plan.inflight.done():
+                    return Outcome.IN_FLIGHT
+                future, plan.inflight = plan.inflight, None
                 piece = plan.pieces[0]
                 try:
-                    self.rows_inserted += self.writer.insert(piece)
+                    self.rows_inserted += future.result()
                 except InsertFailed as exc:
                     if not self._shrink(plan.pieces, exc):
                         raise

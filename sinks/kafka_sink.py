@@ -81,6 +81,11 @@ class KafkaSink:
         self.serde = serde_from_settings(settings)
         self.schemas = WriterSchemas(self.serde)
         self.writer = writer or ClickHouseWriter(settings, self.config)
+        # Each topic's inserts on a client of their own (pipelined, they run at the same time); an injected
+        # writer (tests) serves them all.
+        insert_writer = (
+            None if writer is not None else (lambda topic: ClickHouseWriter(settings, self.config))
+        )
         if consumer is None:
             consumer_conf: dict[str, Any] = {
                 "max.poll.interval.ms": 300_000,
@@ -101,6 +106,8 @@ class KafkaSink:
             self._settle_dead_letters,
             self.config.backoff_initial_s,
             self.config.backoff_max_s,
+            pipelined=self.config.pipelined_inserts,
+            insert_writer=insert_writer,
         )
         self.batches = {t: TopicBatch(t, SINK_TABLES[t]) for t in self.topics}
         self.plans: dict[str, deque[InsertPlan]] = {t: deque() for t in self.topics}  # sealed, in order
@@ -152,7 +159,9 @@ class KafkaSink:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("sink_kafka_error", error=str(err))
             return
-        topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+        topic: str = msg.topic()  # type: ignore[assignment]  # never None for a message without error
+        partition: int = msg.partition()  # type: ignore[assignment]
+        offset: int = msg.offset()  # type: ignore[assignment]
         tp = (topic, partition)
         expected = self.expected.get(tp)
         if expected is None:
@@ -228,16 +237,31 @@ class KafkaSink:
             plan = queue[0]
             if plan.retry_at > time.monotonic():
                 return
-            outcome = self.inserter.run(plan)
-            if outcome is Outcome.RETRY:
-                self._pause(topic)
+            # Pipelined, the loop reads on while the head's insert runs; once the next batch is sealed
+            # too, it waits for it (at most one batch in flight and one waiting per topic).
+            if not self._settle(topic, self.inserter.run(plan, block=len(queue) > 1)):
                 return
-            if outcome is Outcome.YIELD:
-                return
-            queue.popleft()
-            self._commit(topic, plan.batch.commit_positions())
         if topic in self.paused_topics:
             self._resume(topic)
+
+    def _settle(self, topic: str, outcome: Outcome) -> bool:
+        """Act on the head plan's outcome; True when it is done (landed and committed)."""
+        if outcome is Outcome.RETRY:
+            self._pause(topic)
+            return False
+        if outcome is not Outcome.DONE:
+            return False
+        plan = self.plans[topic].popleft()
+        self._commit(topic, plan.batch.commit_positions())
+        return True
+
+    def _finish_inflight(self) -> None:
+        """Wait for the inserts in flight and act on them, starting none: a rebalance (like every step
+        before pipelining) sees each batch either landed or not, never landing."""
+        for topic in self.topics:
+            queue = self.plans[topic]
+            if queue and queue[0].inflight is not None:
+                self._settle(topic, self.inserter.run(queue[0], start=False))
 
     def _commit(self, topic: str, positions: dict[int, int]) -> None:
         offsets = [TopicPartition(topic, p, o) for p, o in positions.items() if (topic, p) in self.expected]
@@ -313,6 +337,7 @@ class KafkaSink:
 
     # ---------------------------------------------------------------------------- rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._finish_inflight()
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.pending.update(tps)
         positions = self._positions(tps)
@@ -335,6 +360,7 @@ class KafkaSink:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._finish_inflight()
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for topic in {t for t, _ in gone}:
             if topic in self.batches:
@@ -516,6 +542,7 @@ class KafkaSink:
                 self.outbox.close()
                 self.consumer.close()
             finally:
+                self.inserter.close()
                 self.writer.close()
             log.info("sink_stopped", rows_inserted=self.rows_inserted)
 

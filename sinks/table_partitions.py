@@ -17,17 +17,19 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemas
-from sinks.batches import TopicBatch
+from sinks.batches import PartitionRun, TopicBatch
 
 KeyOf = Callable[[bytes], object]  # body -> table partition key (equal keys: one table partition)
 _Skip = Callable[[bytes, int], int]
 
 _EXPR = re.compile(r"^\s*(toYYYYMM|toYYYYMMDD|toDate|toStartOfMonth)\(\s*`?(\w+)`?\s*\)\s*$")
 _UNITS = {"timestamp-millis": 1_000, "timestamp-micros": 1_000_000}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
 class UnsupportedPartitionKey(ValueError):
@@ -36,6 +38,8 @@ class UnsupportedPartitionKey(ValueError):
 
 def _long(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
+    if b < 0x80:  # one byte: lengths, indexes, small numbers
+        return (b >> 1) ^ -(b & 1), pos + 1
     n, shift, pos = b & 0x7F, 7, pos + 1
     while b & 0x80:
         b = buf[pos]
@@ -49,6 +53,12 @@ def _skip_long(buf: bytes, pos: int) -> int:
 
 
 def _skip_sized(buf: bytes, pos: int) -> int:
+    b = buf[pos]
+    if b < 0x80 and not b & 1:  # a length under 64 in one byte
+        end = pos + 1 + (b >> 1)
+        if end > len(buf):
+            raise IndexError("length past the end of the body")
+        return end
     n, pos = _long(buf, pos)
     if n < 0 or pos + n > len(buf):
         raise IndexError("length past the end of the body")
@@ -141,6 +151,10 @@ def key_reader(topic: str, partition_key: str, header_len: int) -> KeyOf | None:
     names: dict[str, Any] = {}
     before = [_skipper(f["type"], names) for f in raw["fields"][:index]]
     bucket = _bucket(m.group(1))
+    span = _span(m.group(1))
+    # The last bucket's timestamps, a second inside its edges: a timestamp there has its key without a
+    # datetime (most records of a batch share one month). Near an edge the key is computed as always.
+    last: list[Any] = [0, 0, None]
 
     def key_of(value: bytes) -> object:
         try:
@@ -148,11 +162,31 @@ def key_reader(topic: str, partition_key: str, header_len: int) -> KeyOf | None:
             for skip in before:
                 pos = skip(value, pos)
             ts, _ = _long(value, pos)
-            return bucket(datetime.fromtimestamp(ts / unit, UTC))
+            if last[0] <= ts < last[1]:
+                return last[2]
+            moment = datetime.fromtimestamp(ts / unit, UTC)
+            key = bucket(moment)
+            start, end = span(moment)
+            last[:] = [((start - _EPOCH) // _SECOND + 1) * unit, ((end - _EPOCH) // _SECOND - 1) * unit, key]
+            return key
         except (IndexError, KeyError, OverflowError, ValueError, OSError):
             return object()  # unreadable or beyond datetime: a piece of its own (ClickHouse decides)
 
     return key_of
+
+
+def _span(function: str) -> Callable[[datetime], tuple[datetime, datetime]]:
+    """The bucket of a moment as [start, end) in UTC."""
+
+    def month(d: datetime) -> tuple[datetime, datetime]:
+        start = datetime(d.year, d.month, 1, tzinfo=UTC)
+        return start, (start + timedelta(days=32)).replace(day=1)
+
+    def day(d: datetime) -> tuple[datetime, datetime]:
+        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        return start, start + timedelta(days=1)
+
+    return month if function in ("toYYYYMM", "toStartOfMonth") else day
 
 
 def split_at_partition_key(batch: TopicBatch, key_of: KeyOf | None) -> list[TopicBatch]:
@@ -170,6 +204,8 @@ def split_at_partition_key(batch: TopicBatch, key_of: KeyOf | None) -> list[Topi
                 segments.append((key, [i]))
         if segments:
             runs[partition] = segments
+    if len({segments[0][0] for segments in runs.values()}) == 1 and all(len(s) == 1 for s in runs.values()):
+        return [_rows_of(batch)]  # one table partition (the common case): one piece, the rows as they are
     pieces = []
     while runs:
         key = runs[min(runs)][0][0]
@@ -185,3 +221,16 @@ def split_at_partition_key(batch: TopicBatch, key_of: KeyOf | None) -> list[Topi
                 del runs[partition]
         pieces.append(piece)
     return pieces
+
+
+def _rows_of(batch: TopicBatch) -> TopicBatch:
+    """The batch's rows as one piece, without copying them row by row (pieces carry rows only)."""
+    piece = TopicBatch(batch.topic, batch.table, batch.schema, opened_at=batch.opened_at)
+    for partition, run in sorted(batch.runs.items()):
+        if run.offsets:
+            rows = (list(run.offsets), list(run.payloads), list(run.keys))
+            piece.runs[partition] = PartitionRun(
+                partition, run.prefix, run.first, run.last, run.offsets[-1], *rows
+            )
+            piece.rows += len(run.offsets)
+    return piece

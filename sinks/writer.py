@@ -10,8 +10,12 @@ an insert a previous owner (a zombie) still has in flight before it reads the po
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 from clickhouse_connect.driver.client import Client
@@ -28,6 +32,19 @@ from sinks.errors import Verdict, classify, error_code
 log = structlog.get_logger(__name__)
 
 QUERY_ID_PREFIX = "carnival-sink"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_at_a_time(method: _F) -> _F:
+    """One client, one query at a time (its HTTP session refuses concurrent queries): the pipelined insert
+    thread and the sink's loop (positions, fencing, partition keys) take turns."""
+
+    @functools.wraps(method)
+    def serialized(self: ClickHouseWriter, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return serialized  # type: ignore[return-value]
 
 
 class InsertFailed(Exception):
@@ -54,6 +71,7 @@ class ClickHouseWriter:
         self._columns: dict[str, set[str]] = {}
         self._partition_keys: dict[str, str] = {}
         self._instance = uuid.uuid4().hex[:8]
+        self._lock = threading.RLock()
 
     @property
     def client(self) -> Client:
@@ -65,6 +83,7 @@ class ClickHouseWriter:
             )
         return self._client
 
+    @_one_at_a_time
     def reset(self) -> None:
         if self._client is not None:
             with contextlib.suppress(Exception):  # closing a broken client
@@ -75,6 +94,7 @@ class ClickHouseWriter:
         self.reset()
 
     # ------------------------------------------------------------------------------- inserting
+    @_one_at_a_time
     def table_columns(self, table: str) -> set[str]:
         cols = self._columns.get(table)
         if cols is None:
@@ -88,6 +108,7 @@ class ClickHouseWriter:
             self._columns[table] = cols
         return cols
 
+    @_one_at_a_time
     def partition_key(self, table: str) -> str:
         """The table's PARTITION BY expression ('' for none); on a cluster, that of its local table."""
         key = self._partition_keys.get(table)
@@ -110,6 +131,7 @@ class ClickHouseWriter:
             self._partition_keys[table] = key
         return key
 
+    @_one_at_a_time
     def insert(self, batch: TopicBatch) -> int:
         """Insert the batch as one Avro container; return rows inserted. Raises InsertFailed."""
         assert batch.schema is not None
@@ -151,6 +173,7 @@ class ClickHouseWriter:
         return batch.rows
 
     # ------------------------------------------------------------------------------- positions
+    @_one_at_a_time
     def fence(self, topic: str, partitions: list[int]) -> int:
         """Kill in-flight inserts into ``partitions`` of ``topic`` (a previous owner's); return the count."""
         rows = self.client.query(
@@ -170,6 +193,7 @@ class ClickHouseWriter:
             log.warning("sink_fenced_inflight_inserts", topic=topic, killed=killed)
         return killed
 
+    @_one_at_a_time
     def max_offsets(self, topic: str, table: str, partitions: list[int]) -> dict[int, int]:
         """partition -> highest offset of ``topic`` stored in ``table`` (absent: none stored)."""
         if not partitions:

@@ -46,6 +46,7 @@ from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S, future_skew_error
 from streams.exceptions import SerializationError, ValidationError
 from streams.kafka import MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES
 from streams.records import PRIVATE_TOPICS, parse_json_record, redact_unknown
+from streams.serde import AvroSerde
 from streams.topics import key_field
 
 MAX_REJECTIONS_KEPT = 1000
@@ -111,10 +112,33 @@ def produce_json_lines(
     ``max_future_skew_s`` None turns the future-timestamp check off."""
     key_name = key_field(topic)
     summary = ProduceSummary(topic)
+    plan = serde.json_plan(topic) if isinstance(serde, AvroSerde) else None
+    limit = max_message_bytes - RECORD_OVERHEAD_BYTES
+    # The fast path's future-timestamp check: an event time up to ``horizon`` passes. The horizon is
+    # renewed only when a time goes past it (now only grows, so a stale horizon is stricter, never laxer),
+    # and a time still past it takes the slow path, which judges it against now as always.
+    skew_ms = None if max_future_skew_s is None else max_future_skew_s * 1000
+    horizon = -1.0
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         summary.read += 1
+        fast = None if plan is None else plan(raw)
+        if fast is not None:  # valid as it stands: only the checks against now and the size are left
+            value, key, ts = fast
+            if skew_ms is not None and ts is not None and ts > horizon:
+                horizon = now_ms() + skew_ms
+            if (
+                (skew_ms is None or ts is None or ts <= horizon)
+                and len(value) + (0 if key is None else len(key.encode())) <= limit
+                and _produced(producer, topic, value, key)
+            ):
+                summary.produced += 1
+                if on_progress is not None and summary.read % 10_000 == 0:
+                    on_progress(summary.read)
+                continue
+        # The slow path: every check in turn, so a rejection says which one (and a fast line that failed
+        # only the time or size check is refused here with its reason).
         obj: dict[str, Any] | None = None
         try:
             obj = _load_object(raw)
@@ -174,6 +198,15 @@ def _fits(value: bytes, key: str | None, max_message_bytes: int, obj: dict[str, 
         raise _Rejected(
             OVERSIZED, f"encoded record is {size} bytes; one Kafka message holds at most {limit}", obj
         )
+
+
+def _produced(producer: _Producer, topic: str, value: bytes, key: str | None) -> bool:
+    """Produce a line of the fast path; False when the producer refused it (the slow path says why)."""
+    try:
+        producer.produce(topic, value, key)
+    except KafkaException:
+        return False
+    return True
 
 
 def _produce(producer: _Producer, topic: str, value: bytes, key: str | None, obj: dict[str, Any]) -> None:

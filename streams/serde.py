@@ -23,6 +23,7 @@ from fastavro.schema import to_parsing_canonical_form
 import schemas
 from streams.avro_codegen import Encoder, compile_encoder
 from streams.exceptions import SerializationError, SerializationErrorKind
+from streams.json_plan import JsonPlan, compile_json_plan
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -84,6 +85,7 @@ class AvroSerde:
         self.raw_timestamps = raw_timestamps
         self._prefix: dict[str, bytes] = {}  # topic -> framing header for encode
         self._fast: dict[str, object] = {}  # topic -> generated single-object encoder (or None)
+        self._plans: dict[str, object] = {}  # topic -> generated JSON line -> Avro plan (or None)
         self._pairs: dict[tuple[str, int], _Pair] = {}  # (topic, fingerprint or schema id) -> pair
         self._cf_writers: dict[int, tuple[dict[str, Any], str]] = {}  # schema id -> (parsed, canonical)
 
@@ -99,6 +101,20 @@ class AvroSerde:
             except (TypeError, KeyError, AttributeError, ValueError, struct.error, OverflowError):
                 pass  # fastavro below gives the precise error (or handles what codegen does not)
         return self._encode_fastavro(topic, record)
+
+    def json_plan(self, topic: str) -> JsonPlan | None:
+        """The compiled JSON line -> validated Avro fast path of ``topic`` (``streams.json_plan``); None
+        with a registry (Confluent framing) or for a topic whose shapes it does not cover."""
+        plan = self._plans.get(topic, _NOT_COMPILED)
+        if plan is _NOT_COMPILED:
+            plan = None
+            if self.registry is None:
+                try:
+                    plan = compile_json_plan(topic)
+                except (TypeError, KeyError):
+                    plan = None
+            self._plans[topic] = plan
+        return plan  # type: ignore[return-value]
 
     def _compile(self, topic: str) -> Encoder | None:
         if self.registry is not None:
@@ -239,8 +255,11 @@ def _strip_timestamps(node: Any) -> Any:
     if isinstance(node, dict):
         if str(node.get("logicalType", "")).startswith("timestamp-"):
             return node["type"]
-        return {k: _strip_timestamps(v) for k, v in node.items()
-                if k not in ("__fastavro_parsed", "__named_schemas")}
+        return {
+            k: _strip_timestamps(v)
+            for k, v in node.items()
+            if k not in ("__fastavro_parsed", "__named_schemas")
+        }
     return node
 
 

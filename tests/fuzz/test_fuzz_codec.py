@@ -16,7 +16,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,11 +29,13 @@ import schemas
 from schemas import TOPICS
 from schemas.examples import EXAMPLES
 from streams import deadletter
+from streams.avro_json import compile_json_line
 from streams.consume import consume_json_lines
 from streams.exceptions import SerializationError, ValidationError
 from streams.produce import produce_json_lines
 from streams.records import parse_json_record, to_json_record
 from streams.serde import AvroSerde
+from streams.topics import key_field
 
 EXAMPLES_PER_PROPERTY = int(os.environ.get("CARNIVAL_FUZZ_EXAMPLES", "150"))
 BULK_CASES = 60 * EXAMPLES_PER_PROPERTY
@@ -49,6 +51,7 @@ KINDS = {v for k, v in vars(deadletter).items() if isinstance(v, str) and k == v
 NOW_MS = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)
 SERDE = AvroSerde()
 RAW_SERDE = AvroSerde(raw_timestamps=True)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 EXTREME_NUMBERS: list[Any] = [
     0, -1, 1, 2**31, 2**31 - 1, -(2**31) - 1, 2**53 + 1, 2**62, 2**63, 2**63 - 1, -(2**63) - 1, 2**64, 10**40,
@@ -229,6 +232,49 @@ def test_bulk_mutated_lines_through_produce() -> None:
     assert cases >= BULK_CASES
 
 
+# -- the produce fast path (streams/json_plan.py) agrees with the slow path -------------------------------
+def _slow_path(topic: str, raw: bytes) -> tuple[bytes, str | None, int | None] | None:
+    """What validation + encoding make of a line (None: refused), with the key and the ts in ms."""
+    try:
+        obj = orjson.loads(raw)
+        record = parse_json_record(topic, obj)
+        value = SERDE.encode(topic, record)
+    except (orjson.JSONDecodeError, ValidationError, SerializationError):
+        return None
+    key = record[key_field(topic)]
+    ts = record.get("ts")
+    ms = (ts - EPOCH) // timedelta(milliseconds=1) if isinstance(ts, datetime) else None
+    return value, None if key is None else str(key), ms
+
+
+def _check_plan_agrees(topic: str, raw: bytes) -> bool:
+    """The fast path takes a line only if the slow path does, and then gives the very same bytes."""
+    plan = SERDE.json_plan(topic)
+    fast = None if plan is None else plan(raw)
+    if fast is not None:
+        assert fast == _slow_path(topic, raw), raw[:300]
+    return fast is not None
+
+
+@FUZZ
+@given(near_valid())
+def test_fast_path_takes_only_what_the_slow_path_takes_and_encodes_it_the_same(
+    case: tuple[str, dict[str, Any]],
+) -> None:
+    topic, obj = case
+    _check_plan_agrees(topic, _line(obj))
+
+
+def test_bulk_mutated_lines_fast_path_agrees_with_the_slow_path() -> None:
+    rng = random.Random(12)
+    taken = 0
+    for i in range(BULK_CASES):
+        topic = TOPIC_NAMES[i % len(TOPIC_NAMES)]
+        obj = _mutated_example(rng, topic) if i % 3 else dict(EXAMPLES[topic])
+        taken += _check_plan_agrees(topic, _damaged(rng, _line(obj)))
+    assert taken > BULK_CASES // 10  # the fast path is exercised, not just refused
+
+
 # -- the Avro decode path -----------------------------------------------------------------------------------
 @dataclass
 class _Msg:
@@ -330,6 +376,37 @@ def test_bulk_mutated_encodings_through_decode_and_consume() -> None:
         for data in batch:
             _decode(topic, data)
         _consume(topic, list(batch))
+
+
+# -- the consume fast path (streams/avro_json.py) agrees with the slow path -------------------------------
+FAST_LINES = {t: compile_json_line(t) for t in TOPIC_NAMES if t != "alerts.v1"}  # alerts: a map, slow only
+
+
+def _check_line_agrees(topic: str, data: bytes) -> bool:
+    """The fast path writes a line only for bytes the slow path decodes, and the very same line."""
+    fast = FAST_LINES[topic](data) if topic in FAST_LINES else None
+    if fast is not None:
+        assert fast == orjson.dumps(to_json_record(topic, RAW_SERDE.decode(topic, data))), data
+    return fast is not None
+
+
+def test_bulk_mutated_encodings_fast_path_agrees_with_the_slow_path() -> None:
+    rng = random.Random(14)
+    valid = {topic: _valid_encoding(topic) for topic in TOPIC_NAMES}
+    taken = 0
+    for i in range(BULK_CASES):
+        topic = TOPIC_NAMES[i % len(TOPIC_NAMES)]
+        taken += _check_line_agrees(topic, _mutated_bytes(rng, valid[topic]) if i % 4 else valid[topic])
+    assert taken > BULK_CASES // 5
+
+
+def test_bulk_extreme_records_fast_path_agrees_with_the_slow_path() -> None:
+    rng = random.Random(15)
+    taken = 0
+    for i in range(BULK_CASES):
+        topic = TOPIC_NAMES[i % len(TOPIC_NAMES)]
+        taken += _check_line_agrees(topic, SERDE.encode(topic, _extreme_record(rng, topic)))
+    assert taken > BULK_CASES // 5  # a timestamp beyond years 1..9999 (common here) is the slow path
 
 
 # -- the consume formatting path: valid records with extreme values ---------------------------------------

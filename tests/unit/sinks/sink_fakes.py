@@ -5,6 +5,7 @@ One event log (``Events``) orders what happened across them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import wait
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -193,7 +194,16 @@ def make_sink(
 
 
 def feed(sink: KafkaSink, msgs: list[Msg]) -> None:
-    """Route ``msgs``, then seal and insert what is due (one turn of the sink's loop)."""
+    """Route ``msgs``, then seal and insert what is due (one turn of the sink's loop), and wait for the
+    pipelined inserts to land (the loop's next turns)."""
     for m in msgs:
         sink._route(m)  # type: ignore[arg-type]
     sink._flush_due(float("inf"))
+    settle(sink)
+
+
+def settle(sink: KafkaSink) -> None:
+    """Wait for every insert in flight and act on it, as the loop's next turns would."""
+    while inflight := [q[0].inflight for q in sink.plans.values() if q and q[0].inflight is not None]:
+        wait(inflight)
+        sink._flush_due(float("inf"))

@@ -96,8 +96,29 @@ def test_key_read_from_the_body_is_the_month_of_the_decoded_timestamp(topic: str
         assert key_of is not None
         decoded = SERDE.decode(topic, value)[column]
         assert key_of(payload) == decoded.year * 100 + decoded.month
+        # One reader for every record (it remembers the last month's span): the same keys.
+        assert shared(payload) == decoded.year * 100 + decoded.month
 
+    shared = key_reader(
+        topic, KEYS[SINK_TABLES[topic]], ws_cache.resolve(topic, _example(topic))[0].header_len
+    )
+    assert shared is not None
     check()
+
+
+def _example(topic: str) -> bytes:
+    return SERDE.encode(topic, parse_json_record(topic, EXAMPLES[topic]))
+
+
+def test_one_reader_across_month_edges_gives_each_records_month() -> None:
+    topic = "fleet.telemetry.v1"
+    key_of = key_reader(topic, "toYYYYMM(ts)", 10)
+    assert key_of is not None
+    edge = 1_769_904_000_000  # 2026-02-01T00:00:00Z
+    record = parse_json_record(topic, EXAMPLES[topic])
+    for ts in [edge - 5000, edge - 1, edge, edge + 1, edge - 1001, edge + 999, edge - 2000, edge + 5000, 0]:
+        expected = 202602 if ts >= edge else 202601 if ts > 0 else 197001
+        assert key_of(SERDE.encode(topic, {**record, "ts": ts})) == expected, ts
 
 
 def test_tables_without_a_partition_key_need_no_cut_and_unknown_keys_are_refused() -> None:
