@@ -13,7 +13,7 @@ import pytest
 from simulator import SimConfig, World
 from simulator.app import build_config
 from simulator.car import PLUGGED_STATES
-from simulator.config import DAY_MS, HOUR_MS, Habits, habits_profile
+from simulator.config import HOUR_MS, Habits, habits_profile
 from simulator.fleet import make_car
 from simulator.habits import HOME, NO_TRAITS, OTHER, WORK, CarTraits, car_traits, plan_day
 from simulator.sinks import MemorySink
