@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import math
 import sys
 import time
@@ -61,10 +62,8 @@ class Calibration:
         class FeedSink(Sink):
             def write(self, topic: str, key: str, record: dict[str, Any]) -> None:
                 if topic == "fleet.telemetry.v1":
-                    try:
+                    with contextlib.suppress(InvalidRecord):
                         run.sched.on_telemetry(record, now=run.world.now)
-                    except InvalidRecord:
-                        pass
 
         sim = SimConfig(
             seed=args.seed,
@@ -238,15 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(scored)} scored predictions, {sum(ys) / len(ys):.3f} stayed; wall {wall:.0f} s"
     )
     print(f"{'model':<10}{'Brier':>10}{'log loss':>10}")
-    for k, name in enumerate(MODELS):
-        b, ll = scores([s[k] for s in scored], ys)
+    preds = {MODELS[0]: [s[0] for s in scored], MODELS[1]: [s[1] for s in scored]}
+    for name in MODELS:
+        b, ll = scores(preds[name], ys)
         print(f"{name:<10}{b:>10.4f}{ll:>10.4f}")
     curves = {}
     print("\nreliability: predicted bucket -> mean predicted / observed stay share (count)")
     print(f"{'bucket':<8}" + "".join(f"{name:>30}" for name in MODELS))
-    tables = {
-        name: {r[0]: r for r in reliability([s[k] for s in scored], ys)} for k, name in enumerate(MODELS)
-    }
+    tables = {name: {r[0]: r for r in reliability(preds[name], ys)} for name in MODELS}
     for lo in EDGES[:-1]:
         cells = []
         for name in MODELS:

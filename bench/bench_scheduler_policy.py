@@ -61,12 +61,18 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from processors.scheduler import DEFAULT_CONFIG, InvalidRecord, Out, Scheduler, SchedulerConfig  # noqa: E402
-from processors.scheduler import evaluate  # noqa: E402
+from processors.scheduler import (  # noqa: E402
+    DEFAULT_CONFIG,
+    InvalidRecord,
+    Out,
+    Scheduler,
+    SchedulerConfig,
+    evaluate,
+)
 from processors.scheduler import matching as _matching  # noqa: E402
 from processors.scheduler import prediction as _prediction  # noqa: E402
 from processors.scheduler.config import HW_RANK  # noqa: E402
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for seed in seeds:
             args.seed = seed
-            ranking = "random" if policy == "random" else "predictive"
+            ranking: Literal["random", "predictive"] = "random" if policy == "random" else "predictive"
             cfg = replace(DEFAULT_CONFIG, ranking=ranking, seed=seed, claim_lease_s=args.claim_lease_s)
             runs.append(PolicyRun(args, cfg).run(policy))
         results[policy] = combine(runs)

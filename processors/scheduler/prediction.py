@@ -103,6 +103,11 @@ WIFI_DECAY = 0.995  # per look (one a few minutes): a memory of a few days
 LONG_GAP_SHARE = 0.15  # share of weak-Wi-Fi gaps long enough to lose the claim lease
 MEAN_GAP_S = 600.0
 _PLACES = {True: "home", False: "away", None: "unknown"}
+CAL_RATE = 0.1  # SGD step of the per-car recalibration (per scored prediction)
+CAL_PRIOR_N = 10.0  # sessions before the per-car correction has half its weight
+CAL_MIN_SLOPE, CAL_MAX_SLOPE, CAL_MAX_OFFSET = 0.3, 2.0, 3.0
+CAL_MAX_ASKED = 12  # predictions kept per session for recalibration
+CAL_MAX_D_S = 12 * 3600.0
 
 
 class NodeState(Protocol):
@@ -174,7 +179,7 @@ class IdleHistory:
     """Decayed per-bucket statistics of ln(plug-in session duration): ``{bucket: [weight, mean, var]}``,
     and the car's departure rate by local hour of the day (``haz``, see ``add``)."""
 
-    __slots__ = ("stats", "sessions", "haz", "ann", "full", "wifi", "cur")
+    __slots__ = ("stats", "sessions", "haz", "ann", "full", "wifi", "cur", "asked", "cal")
 
     def __init__(
         self,
@@ -195,6 +200,10 @@ class IdleHistory:
         self.full: dict[str, list[float]] = {}
         self.wifi: dict[str, list[float]] = {}
         self.cur: list[float | None] = []
+        # Per-car recalibration: predictions asked this session [t, d, p] (a few, see ``_remember``) and
+        # the car's learned logistic correction [slope, offset, sessions scored].
+        self.asked: list[list[float]] = []
+        self.cal: list[float] = []
 
     def _add_hazard(self, start_ms: int, duration_s: float, offset_h: float) -> None:
         if not self.haz:
@@ -232,6 +241,9 @@ class IdleHistory:
     def _score_notes(self, start_ms: int, end_ms: float) -> None:
         """The session ended at ``end_ms``: score its announced departure and charge completion."""
         cur, self.cur = self.cur, []
+        asked, self.asked = self.asked, []
+        if asked and cur and cur[0] == start_ms:
+            self._recalibrate(asked, end_ms)
         if not cur or cur[0] != start_ms:
             return
         dep, full_est, full_at, place = cur[1], cur[2], cur[3], cur[5]
@@ -261,6 +273,37 @@ class IdleHistory:
             if at_full:
                 off += (gap - off) / max(1.0, ended)
             self.full[key] = [w, ended, off]
+
+    def _recalibrate(self, asked: list[list[float]], end_ms: float) -> None:
+        """One pass of logistic-regression SGD on this session's predictions: did the car stay (until
+        ``OWNER_LEAD_S`` before the observed end) for each asked duration?"""
+        a, b, n = self.cal or [1.0, 0.0, 0.0]
+        for t, d, p in asked:
+            y = 1.0 if t + (d + OWNER_LEAD_S) * 1000.0 <= end_ms else 0.0
+            x = _logit(p)
+            q = _sigmoid(a * x + b)
+            a = min(CAL_MAX_SLOPE, max(CAL_MIN_SLOPE, a - CAL_RATE * (q - y) * x / 4.0))
+            b = min(CAL_MAX_OFFSET, max(-CAL_MAX_OFFSET, b - CAL_RATE * (q - y)))
+        self.cal = [a, b, n + 1.0]
+
+    def calibrated(self, p: float) -> float:
+        """``p`` through this car's learned correction, shrunk toward none with ``CAL_PRIOR_N`` sessions."""
+        if not self.cal:
+            return p
+        a, b, n = self.cal
+        w = n / (n + CAL_PRIOR_N)
+        return _sigmoid((1.0 + (a - 1.0) * w) * _logit(p) + b * w)
+
+    def remember(self, now_ms: int, duration_s: float, p: float) -> None:
+        """Keep a few of this session's predictions (one per duration band per half hour) for
+        ``_recalibrate``."""
+        if duration_s > CAL_MAX_D_S or len(self.asked) >= CAL_MAX_ASKED:
+            return
+        band = int(math.log2(max(60.0, duration_s)))
+        for t, d, _ in self.asked:
+            if int(math.log2(max(60.0, d))) == band and now_ms - t < 1_800_000:
+                return
+        self.asked.append([float(now_ms), duration_s, p])
 
     def ann_params(self, sigma0_s: float) -> tuple[float, float]:
         """(bias s, sd s) of this car's departure error, shrunk toward (0, ``sigma0_s``)."""
@@ -321,6 +364,10 @@ class IdleHistory:
             d["w"] = {k: v[:] for k, v in sorted(self.wifi.items())}
         if self.cur:
             d["c"] = self.cur[:]
+        if self.asked:
+            d["q"] = [row[:] for row in self.asked]
+        if self.cal:
+            d["k"] = self.cal[:]
         return d
 
     @classmethod
@@ -335,6 +382,8 @@ class IdleHistory:
         hist.full = {k: [float(x) for x in v] for k, v in (d.get("f") or {}).items()}
         hist.wifi = {k: [float(x) for x in v] for k, v in (d.get("w") or {}).items()}
         hist.cur = list(d.get("c") or [])
+        hist.asked = [[float(x) for x in row] for row in d.get("q") or []]
+        hist.cal = [float(x) for x in d.get("k") or []]
         return hist
 
 
@@ -447,6 +496,15 @@ def idle_until(node: NodeState, now_ms: int, cfg: SchedulerConfig, horizon_s: fl
     return now_ms + int(math.expm1(lo) * 1000)
 
 
+def _logit(p: float) -> float:
+    p = min(1.0 - 1e-4, max(1e-4, p))
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 def _place(node: NodeState) -> str:
     return _PLACES[node.at_home]
 
@@ -539,5 +597,9 @@ def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: Sched
     p = _habit_survival(node, mu, sigma, elapsed, d, now_ms, cfg)
     p *= _announced_survival(node, d, now_ms, cfg)
     p *= _full_survival(node, d, now_ms, cfg)
-    p *= _wifi_survival(node, duration_s)
+    p = max(0.0, min(1.0, p))
+    hist = node.history
+    if node.session_start is not None:
+        hist.remember(now_ms, duration_s, p)
+    p = hist.calibrated(p) * _wifi_survival(node, duration_s)
     return max(0.0, min(1.0, p))

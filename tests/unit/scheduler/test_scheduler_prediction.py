@@ -260,3 +260,19 @@ def test_calibrated_on_a_synthetic_fleet() -> None:
         preds.append(stay_probability(node, 90 * 60, ask, DEFAULT_CONFIG))
     truth = 0.5 * math.erfc((OWNER_LEAD_S / 60) / 30 / math.sqrt(2))  # P(N(0, 30 min) > lead)
     assert abs(statistics.fmean(preds) - truth) < 0.15
+
+
+def test_a_car_the_model_keeps_overrating_is_recalibrated() -> None:
+    """Each session the model said 0.9 for an hour, and the owner was back after 20 minutes."""
+    hist = IdleHistory()
+    for d in range(30):
+        start = T0 - (30 - d) * DAY
+        hist.cur = [start, None, None, None, None, True]
+        hist.remember(start + MIN, 3600.0, 0.9)
+        hist.remember(start + 2 * MIN, 3600.0, 0.9)  # same band within half an hour: kept once
+        assert len(hist.asked) == 1
+        hist.add(start, 20 * 60, -8.0, DEFAULT_CONFIG.history_decay)
+        assert hist.asked == []
+    assert hist.calibrated(0.9) < 0.6
+    assert IdleHistory().calibrated(0.9) == 0.9  # no sessions scored: no correction
+    assert IdleHistory.from_dict(hist.to_dict()).calibrated(0.9) == hist.calibrated(0.9)
