@@ -59,6 +59,7 @@ import argparse
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -308,6 +309,14 @@ class PolicyRun:
         }
 
 
+def run_one(args: argparse.Namespace, policy: str, seed: int) -> dict[str, Any]:
+    """One (policy, seed) run; a top-level function so that ``--jobs`` can run it in another process."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
+    ranking: Literal["random", "predictive"] = "random" if policy == "random" else "predictive"
+    cfg = replace(DEFAULT_CONFIG, ranking=ranking, seed=seed, claim_lease_s=args.claim_lease_s)
+    return PolicyRun(args, cfg).run(policy)
+
+
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum counts over seeds; rates from the sums; waits pooled over seeds."""
     total = {k: sum(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], int)}
@@ -335,10 +344,10 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cars", type=int, default=150)
+    ap.add_argument("--cars", type=int, default=60)
     ap.add_argument("--days", type=int, default=1, help="measured days")
     ap.add_argument("--learn-days", type=int, default=2, help="days before measuring (history is learned)")
-    ap.add_argument("--tasks-per-hour", type=float, default=20.0)
+    ap.add_argument("--tasks-per-hour", type=float, default=8.0)
     ap.add_argument("--bursts-per-day", type=float, default=0.0)
     ap.add_argument("--duration-scale", type=float, default=3.0, help="x the simulator's task medians")
     ap.add_argument("--regions", default="us-west=1,us-east=1", help="region mix = matching pools")
@@ -353,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated, from random, predictive, legacy (pre-issue-13 model), oracle (truth ceiling)",
     )
     ap.add_argument("--oracle", action="store_true", help="add oracle to --policies (kept for old commands)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (one per core)")
     ap.add_argument("--habits", default="realistic", choices=["off", "realistic"], help="simulator habits")
     ap.add_argument(
         "--claim-lease-s",
@@ -378,16 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     if policies[0] != "random" or not set(policies) <= {"random", "predictive", "legacy", "oracle"}:
         print("--policies: start with random, then any of predictive, legacy, oracle")
         return 2
-    results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
-    for policy in policies:
-        runs = []
-        for seed in seeds:
-            args.seed = seed
-            ranking: Literal["random", "predictive"] = "random" if policy == "random" else "predictive"
-            cfg = replace(DEFAULT_CONFIG, ranking=ranking, seed=seed, claim_lease_s=args.claim_lease_s)
-            runs.append(PolicyRun(args, cfg).run(policy))
-        results[policy] = combine(runs)
+    jobs = [(policy, seed) for policy in policies for seed in seeds]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            done = list(pool.map(run_one, [args] * len(jobs), *zip(*jobs, strict=True)))
+    else:
+        done = [run_one(args, policy, seed) for policy, seed in jobs]
+    results = {p: combine([r for (q, _), r in zip(jobs, done, strict=True) if q == p]) for p in policies}
     wall = time.perf_counter() - t0
     print(
         f"fleet: {args.cars} simulated candidate cars (opt-in {args.opt_in:g}, {args.hw_mix}, regions "
