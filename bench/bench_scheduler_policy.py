@@ -17,7 +17,9 @@ The defaults are chosen so that ranking *can* matter (see docs/scheduler.md, "Me
   ranking cut preemptions only 1.2x;
 - no bursts (a burst of 50-400 tasks takes every idle node, whatever the ranking);
 - task durations 3x the simulator's kind medians (log-normal, sigma 0.8: ~2 minutes to 4 hours), at
-  20 tasks/h: a few percent of the idle nodes are busy on average.
+  8 tasks/h on 60 cars (20/h on 150 before issue 13): a few percent of the idle nodes are busy on
+  average. 60 cars and five seeds keep a default run (15 runs, ``--jobs 2``) to a few minutes of CPU
+  per core; ``--cars 150 --tasks-per-hour 20`` is the older, larger setting.
 
 Measured, per policy:
 - preemptions: assignments whose node was lost before the task ended (the scheduler's PREEMPTED
