@@ -24,6 +24,11 @@ and the work is lost then, not at the drive-off the history records.
   car that found it silent for more than ``SILENT_S`` (a weak-Wi-Fi gap), as a hazard of losing the claim
   lease: ``exp(-share * LONG_GAP_SHARE / MEAN_GAP_S * d)``. No evidence, no penalty.
 
+Finally the product goes through the car's own **recalibration** (``IdleHistory.calibrated``): a
+logistic correction (slope, offset) learned by SGD from this car's earlier predictions (a few per
+session, ``remember``) against how its sessions really ended, shrunk toward none over the first
+``CAL_PRIOR_N`` sessions; then ``S_wifi`` applies.
+
 What the model learns beyond the session history it notes from the node each time it is asked
 (``note``: the announced departure of the current session, when charging completed, silences); when
 the session ends (``IdleHistory.add``) the notes are scored against the observed end. The scheduler asks
