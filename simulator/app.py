@@ -10,7 +10,7 @@ from typing import Any
 import click
 import structlog
 
-from simulator.config import DAY_MS, SimConfig
+from simulator.config import DAY_MS, SimConfig, habits_profile
 from simulator.options import INPUT_TOPICS, parse_duration_ms, parse_start_ms
 from simulator.runner import RunSummary
 from simulator.sinks import JsonlSink, Sink
@@ -41,6 +41,8 @@ def build_config(opts: dict[str, Any]) -> SimConfig:
     ):
         if opts.get(opt) is not None:
             setattr(config, attr, opts[opt])
+    if opts.get("habits"):
+        config.habits = habits_profile(opts["habits"])
     self_assign = opts.get("self_assign")
     config.self_assign = rate_mode if self_assign is None else self_assign
     return config

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from simulator import charging
 from simulator.config import DAY_MS, HOUR_MS, REGION_AMBIENT_C
 from simulator.fleet import CarSpec
-from simulator.habits import HOME, OTHER, WORK, Trip, plan_day
+from simulator.habits import HOME, OTHER, WORK, Trip, car_traits, plan_day
 from simulator.rng import rng_for
 from streams.topics import TELEMETRY_TOPIC
 
@@ -59,6 +59,10 @@ class Car:
         self.departure_at_plug: int | None = None
         self.awake = True
         self.epoch = 0
+        self.habits = world.config.habits
+        self.traits = car_traits(world.config, spec)
+        self.habit_rng = rng_for(seed, "habit-run", spec.index)  # draws of the habits only (never default)
+        self.owner_present = False  # the owner walked up (owner-back window): no new work, work abandoned
         self.busy_until = 0
         self.departures: list[int] = []  # planned departure times, sorted
         self.sessions: dict[str, Any] = {}  # assignment_id -> running emulator session
@@ -74,12 +78,17 @@ class Car:
 
     def plan(self, local_midnight_utc_ms: int) -> None:
         weekday = ((local_midnight_utc_ms + self.local_offset_ms) // DAY_MS + 3) % 7
-        for trip in plan_day(self.spec, self.plan_rng, int(weekday)):
+        habits = self.habits if self.habits.enabled else None
+        lo, hi = self.habits.owner_back_min
+        for trip in plan_day(self.spec, self.plan_rng, int(weekday), habits, self.traits):
             at = local_midnight_utc_ms + int(trip.depart_min * MIN_MS)
             if at < self.w.q.now:
                 continue
             bisect.insort(self.departures, at)
             self.w.q.schedule(at, self.depart, trip, at)
+            if hi > 0:
+                back = at - int(self.habit_rng.uniform(lo, hi) * MIN_MS)
+                self.w.q.schedule(back, self.owner_back_for_trip, trip, at)
         self.w.q.schedule(local_midnight_utc_ms, self.plan, local_midnight_utc_ms + DAY_MS)
 
     def next_departure(self, now: int) -> int | None:
@@ -126,9 +135,50 @@ class Car:
             return "vehicle not parked"
         if not self.plugged:
             return "not plugged in"
+        if self.owner_present:
+            return "owner_returned"
         if len(self.sessions) >= (2 if self.spec.hw == "HW5" else 1):
             return "node busy"
         return None
+
+    # -- owner back (habit) -------------------------------------------------------------------
+    def owner_back_for_trip(self, trip: Trip, planned_at: int) -> None:
+        """The owner walks up before a planned trip (only if the trip will really drive off from here)."""
+        if (
+            self.driving
+            or planned_at not in self.departures
+            or (trip.dest == self.loc and trip.dest != OTHER)
+        ):
+            return
+        self.owner_back()
+
+    def owner_back(self) -> None:
+        """Phone key in range: the car wakes, the emulator abandons its work (reported: the car is online)
+        and refuses new work; telemetry still says parked and plugged until the drive-off."""
+        now = self.w.q.now
+        self.owner_present = True
+        self.wake()
+        if self.sessions:
+            self.w.emulators.owner_returned(self, always_report=True)
+        if self.w.recording:
+            self.w.truth.write(
+                {"type": "owner_back", "vin": self.spec.vin, "ts": now, "plugged": self.plugged}
+            )
+
+    def fast_charge_done(self, plug_ms: int) -> None:
+        """A fast-charge stop ends at full: the owner unplugs (and moves the car off the stall)."""
+        if not self.plugged or self.plug_ms != plug_ms or self.driving:
+            return
+        now = self.w.q.now
+        self.advance(now)
+        self.unplug(now)
+        if self.sessions:
+            self.w.emulators.owner_returned(self, always_report=True)
+        self.owner_present = False
+
+    def owner_back_at_charger(self, plug_ms: int) -> None:
+        if self.plugged and self.plug_ms == plug_ms and not self.driving:
+            self.owner_back()
 
     # -- trips --------------------------------------------------------------------------------
     def depart(self, trip: Trip, planned_at: int) -> None:
@@ -140,6 +190,7 @@ class Car:
         i = bisect.bisect_left(self.departures, planned_at)
         if i < len(self.departures) and self.departures[i] == planned_at:
             del self.departures[i]
+        self.owner_present = False
         if trip.dest == self.loc and trip.dest != OTHER:
             return
         self.advance(now)
@@ -201,6 +252,19 @@ class Car:
         self.departure_at_plug = self.scheduled_departure(now)
         if not self.awake:
             self.wake()
+        if kw >= 50.0 and self.habits.fast_charge_to_full:
+            self._plan_fast_charge_end(now)
+
+    def _plan_fast_charge_end(self, now: int) -> None:
+        """Fast-charge stop (habit): the owner is back when the battery is full (after the owner-back
+        window, when that habit is on) and unplugs 0-5 minutes after."""
+        self.advance(now)
+        leave = self.charge_done_at() + int(self.habit_rng.uniform(0, 5) * MIN_MS)
+        self.w.q.schedule(leave, self.fast_charge_done, self.plug_ms)
+        lo, hi = self.habits.owner_back_min
+        if hi > 0:
+            back = max(now, leave - int(self.habit_rng.uniform(lo, hi) * MIN_MS))
+            self.w.q.schedule(back, self.owner_back_at_charger, self.plug_ms)
 
     def unplug(self, now: int) -> None:
         self.plugged = False
@@ -238,7 +302,7 @@ class Car:
         if self.driving or self.sessions:
             return now + 10 * MIN_MS
         if self.plugged:
-            if self.spec.opted_in and self.loc != OTHER:
+            if self.spec.opted_in and self.loc != OTHER and not self.traits.sleepy:
                 return now + 60 * MIN_MS  # an idle node keeps its computer awake
             if not self.no_power and now >= self.charge_from:
                 self.advance(now)
@@ -256,6 +320,10 @@ class Car:
             return
         if self.w.emitting:
             self.emit_sleep_record(now)
+            if self.traits.sleepy and self.w.recording:
+                self.w.truth.write(
+                    {"type": "sleep", "vin": self.spec.vin, "ts": now, "plugged": self.plugged}
+                )
         self.awake = False
         self.epoch += 1
         if self.plugged and self.charge_from > now:
@@ -289,9 +357,31 @@ class Car:
         if rng.random() >= noise.skip:
             self.emit_telemetry(now)
         gap = self.spec.interval_s * 1000 * rng.uniform(0.9, 1.1)
-        if not self.driving and rng.random() < noise.weak_wifi_gap:
-            gap += rng.uniform(2, 15) * MIN_MS
+        wifi = self.wifi_factor()
+        if not self.driving and rng.random() < noise.weak_wifi_gap * wifi:
+            silent = rng.uniform(2, 15) * MIN_MS
+            if wifi != 1.0:  # bad Wi-Fi also drops out for longer
+                silent *= max(1.0, math.sqrt(wifi))
+                if self.w.recording:
+                    self.w.truth.write(
+                        {
+                            "type": "wifi_gap",
+                            "vin": self.spec.vin,
+                            "start": now,
+                            "end": now + int(gap + silent),
+                        }
+                    )
+            gap += silent
         self.w.q.schedule(now + int(gap), self.tick, epoch)
+
+    def wifi_factor(self) -> float:
+        """Weak-Wi-Fi gap rate multiplier where the car is (1.0 everywhere without the Wi-Fi habit)."""
+        t = self.traits
+        if t.wifi_home == 1.0 and t.wifi_work == 1.0:
+            return 1.0
+        if self.loc == HOME:
+            return t.wifi_home
+        return t.wifi_work if self.loc == WORK else self.habits.wifi_public_factor
 
     def telemetry_record(self, now: int) -> dict[str, Any]:
         self.advance(now)

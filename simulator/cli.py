@@ -68,6 +68,12 @@ def _mix(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[
     "--fault-share", type=click.FloatRange(0, 1), help="Share of failovers with an injected fault [0.4]."
 )
 @click.option(
+    "--habits",
+    type=click.Choice(["off", "realistic"]),
+    help="Owner habits profile [off]: realistic = sleeping cars, owner back before the drive-off, "
+    "departures late/early/skipped, fast charges end at full, gig drivers, Wi-Fi per location.",
+)
+@click.option(
     "--self-assign/--no-self-assign",
     default=None,
     help="Run tasks on idle simulated cars without a matcher [on with --rate, off otherwise].",

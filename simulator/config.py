@@ -62,6 +62,63 @@ class PowerNoise:
     reorder: float = 0.02  # swapped with the next event of the same burst (a few ms late)
 
 
+@dataclass(frozen=True)
+class Habits:
+    """Owner habits beyond the project's original fleet (issue 13). Everything is off by default, so
+    runs without habits are byte-identical to before; ``HABIT_PROFILES["realistic"]`` turns all on.
+
+    Per-car traits (who dozes, how punctual an owner is, the Wi-Fi at home and at work) are drawn from a
+    stream of their own (``rng_for(seed, "habits", index)``), so they never shift the other draws."""
+
+    # Share of cars that doze off after charging ends, even opted in and idle (without: an idle node keeps
+    # its computer awake). A dozing car sends one record with fields not reported, then nothing until woken.
+    # It dozes 5-20 minutes after charging completes (15-30 minutes after parking or waking if it is full).
+    sleepy_share: float = 0.0
+    # The owner walks up (phone key) this many minutes before the drive-off: the emulator abandons work with
+    # ``owner_returned`` and refuses new work, while telemetry still says parked and plugged.
+    owner_back_min: tuple[float, float] = (0.0, 0.0)
+    # Scheduled departures announced with realistic error: per owner a bias and a spread (minutes, the
+    # spread log-normal around this median) and a share of announced workdays skipped (home office).
+    departure_error: bool = False
+    departure_spread_median_min: float = 15.0
+    departure_skip_max: float = 0.3  # each owner's skip share is uniform in [0, this]
+    # Fast-charge stops (public chargers) end when the battery reaches its limit, 0-5 minutes later.
+    fast_charge_to_full: bool = False
+    # The erratic profile becomes gig drivers: trips around the clock, short stops, no day-to-day pattern.
+    gig_drivers: bool = False
+    # Wi-Fi quality per location: each car's home and work get a weak-Wi-Fi gap rate multiplier
+    # (log-normal, sigma below), public places a fixed one; 0 = the same rate everywhere (the default).
+    wifi_sigma: float = 0.0
+    wifi_public_factor: float = 3.0
+
+    @property
+    def enabled(self) -> bool:
+        return self != Habits()
+
+
+HABIT_PROFILES: dict[str, Habits] = {
+    "off": Habits(),
+    "realistic": Habits(
+        sleepy_share=0.5,
+        owner_back_min=(2.0, 12.0),
+        departure_error=True,
+        fast_charge_to_full=True,
+        gig_drivers=True,
+        wifi_sigma=1.2,
+    ),
+}
+
+
+def habits_profile(name: str) -> Habits:
+    """The named habit profile (``off`` or ``realistic``); raises ValueError for another name."""
+    try:
+        return HABIT_PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown habits profile {name!r}; choose from {', '.join(HABIT_PROFILES)}"
+        ) from None
+
+
 @dataclass
 class SimConfig:
     seed: int = 42
@@ -85,6 +142,7 @@ class SimConfig:
     faulty_car_share: float = 0.02
     car_noise: CarNoise = field(default_factory=CarNoise)
     telemetry: bool = True  # False: simulate habits and charging without emitting telemetry (fast stats)
+    habits: Habits = field(default_factory=Habits)  # issue-13 owner habits, all off by default
 
     # Tasks
     tasks_per_hour: float = 400.0  # mean arrival rate over a weekday

@@ -16,7 +16,7 @@ from simulator.truth import Truth
 
 
 class OwnerAware(Protocol):
-    def owner_returned(self, car: Any) -> None: ...
+    def owner_returned(self, car: Any, always_report: bool = False) -> None: ...
 
 
 class WorldContext(Protocol):

@@ -3,7 +3,10 @@
 It runs on the world's clock: an ASSIGN handled at simulated time ``now`` boots the emulator a few
 seconds later (STARTED), streams the session's actions, and ends with COMPLETED or FAILED. A REVOKE
 stops the session (a closing FAIL action, no status). When the owner drives off, the session is
-abandoned: most nodes report FAILED on the way out, some just go silent.
+abandoned: most nodes report FAILED on the way out, some just go silent. With the owner-back habit the
+owner walks up minutes before the drive-off: the session is abandoned (always reported, the car is still
+online) and new work is refused as ``node_unavailable: owner_returned``. A dozing car (sleep habit) does not
+hear an ASSIGN at all: the command times out unclaimed.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class EmulatorHost:
             self.w.counters["assignments_duplicate"] += 1
             return True
         self.seen.add(aid)
+        if not car.awake and car.traits.sleepy:
+            self.w.counters["assignments_asleep"] += 1
+            return True
         self.w.counters["assignments_received"] += 1
         self.assign(car, aid, command["task_id"])
         return True
@@ -105,9 +111,9 @@ class EmulatorHost:
             return
         self._stop(run, "revoked", report=False)
 
-    def owner_returned(self, car: Car) -> None:
+    def owner_returned(self, car: Car, always_report: bool = False) -> None:
         for run in list(car.sessions.values()):
-            self._stop(run, "owner_returned", report=run.session.rng.random() < 0.7)
+            self._stop(run, "owner_returned", report=always_report or run.session.rng.random() < 0.7)
 
     def self_assign(self, task: dict[str, Any], duration_s: float) -> bool:
         """Without a matcher: run the task on a random available car (tries a few)."""

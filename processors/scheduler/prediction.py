@@ -1,7 +1,41 @@
 """How long will a parked, plugged-in car stay idle? P(idle for at least the task's duration).
 
-The model (telemetry and the car's own history only), as competing exit causes whose survival
-functions multiply: ``P(stay >= d) = S_hist(d) * S_dep(d) * S_full(d)``.
+``stay_probability`` is the context model (issue 13); ``habit_stay_probability`` the session model it
+builds on (the one before issue 13, kept for comparison: ``bench/bench_idle_model.py`` scores both).
+
+**Context model** (``stay_probability``), telemetry and the car's own history only:
+``P = S_hist(d + lead) * S_ann(d + lead) * S_full(d + lead) * S_wifi(d)``, or ``DOZING_P`` when the car's
+newest record reported neither gear nor SoC (the record a car sends as it dozes off: it will not hear
+an ASSIGN). ``lead`` (``OWNER_LEAD_S``): owners are back at the car minutes before the cable comes out,
+and the work is lost then, not at the drive-off the history records.
+
+- ``S_hist``: the session model's habit term below (log-normal by hour of week + own leave-by-hour rate).
+- ``S_ann``, the announced departure, **per car**: the scheduler's own guard preempts at
+  ``departure - departure_guard_s`` (a near step), and the owner may leave before that: the car's
+  departure error (actual drive-off - announcement) is normal with this car's learned bias and spread,
+  shrunk toward (0, ``departure_sigma_s``) with ``ANN_PRIOR_N`` pseudo-departures. Announcements the
+  car did not keep (still plugged 2 h after) count as skips and do not widen the spread.
+- ``S_full``, charge state and time to full, **per car and place** (at home / away / unknown): the share
+  of this car's sessions there that ended within minutes of charging completing (fast-charge stops end
+  at full), Beta-shrunk toward the session model's hint shares; the owner leaves ``FULL_OFFSET`` after
+  full with sd ``FULL_SD``, conditional on not having left yet (so a car that is full and still there
+  loses risk as time passes).
+- ``S_wifi``, recent Wi-Fi behaviour **per car and place**: the share of the scheduler's looks at this
+  car that found it silent for more than ``SILENT_S`` (a weak-Wi-Fi gap), as a hazard of losing the claim
+  lease: ``exp(-share * LONG_GAP_SHARE / MEAN_GAP_S * d)``. No evidence, no penalty.
+
+Finally the product goes through the car's own **recalibration** (``IdleHistory.calibrated``): a
+logistic correction (slope, offset) learned by SGD from this car's earlier predictions (a few per
+session, ``remember``) against how its sessions really ended, shrunk toward none over the first
+``CAL_PRIOR_N`` sessions; then ``S_wifi`` applies.
+
+What the model learns beyond the session history it notes from the node each time it is asked
+(``note``: the announced departure of the current session, when charging completed, silences); when
+the session ends (``IdleHistory.add``) the notes are scored against the observed end. The scheduler asks
+for every eligible node at least every ``node_republish_s`` (``records.node_record``) and at each pick.
+
+**Session model** (``habit_stay_probability``), as competing exit causes whose survival functions
+multiply: ``P(stay >= d) = S_hist(d) * S_dep(d) * S_full(d)``.
 
 1. **Habit** ``S_hist``: the length of a plug-in session is log-normal. Its parameters come from the car's
    own history of finished sessions, kept per 4-hour block of the local week (42 buckets, each an
@@ -43,7 +77,9 @@ __all__ = [
     "IdleHistory",
     "bucket_of",
     "habit_params",
+    "habit_stay_probability",
     "idle_until",
+    "note",
     "prior_params",
     "stay_probability",
 ]
@@ -55,6 +91,28 @@ _SQRT2 = math.sqrt(2.0)
 _MIN_VAR = 0.05  # floor on ln-duration variance (sd ~0.22): no history is that certain
 _PRIOR_SIGMA = 0.8
 _ALL = -1  # key of the all-week aggregate
+
+
+OWNER_LEAD_S = 300.0  # owners are back at the car about this long before the drive-off
+DOZING_P = 0.02  # P(stay) of a car whose newest record is a doze-off record
+ANN_PRIOR_N = 2.0  # pseudo-departures of the prior (bias 0, sd departure_sigma_s)
+ANN_DECAY = 0.9  # weight kept by older departure errors at each new one
+ANN_SKIP_S = 2 * 3600.0  # still there this long after the announcement: skipped, not late
+FULL_PRIOR_N = 2.0  # pseudo-sessions of the leave-at-full prior
+FULL_DECAY = 0.9
+FULL_WINDOW_S = (-600.0, 1500.0)  # a session "ended at full" if it ended this close to completion
+FULL_OFFSET_S = 600.0  # owners who come back at full do so this long after it, on average
+FULL_SD_S = 900.0
+SILENT_S = 90.0  # a look finding the car silent longer than this (reports come every 10-30 s) is a gap
+WIFI_DECAY = 0.995  # per look (one a few minutes): a memory of a few days
+LONG_GAP_SHARE = 0.15  # share of weak-Wi-Fi gaps long enough to lose the claim lease
+MEAN_GAP_S = 600.0
+_PLACES = {True: "home", False: "away", None: "unknown"}
+CAL_RATE = 0.1  # SGD step of the per-car recalibration (per scored prediction)
+CAL_PRIOR_N = 10.0  # sessions before the per-car correction has half its weight
+CAL_MIN_SLOPE, CAL_MAX_SLOPE, CAL_MAX_OFFSET = 0.3, 2.0, 3.0
+CAL_MAX_ASKED = 12  # predictions kept per session for recalibration
+CAL_MAX_D_S = 12 * 3600.0
 
 
 class NodeState(Protocol):
@@ -69,6 +127,9 @@ class NodeState(Protocol):
     session_start: int | None
     history: IdleHistory
     pred_cache: tuple[Any, float, float] | None
+    ts: int
+    gear_at: int
+    soc_at: int
 
 
 _TOD = 100  # keys 100..105: the same 4-hour block of the day, any weekday
@@ -123,7 +184,7 @@ class IdleHistory:
     """Decayed per-bucket statistics of ln(plug-in session duration): ``{bucket: [weight, mean, var]}``,
     and the car's departure rate by local hour of the day (``haz``, see ``add``)."""
 
-    __slots__ = ("stats", "sessions", "haz")
+    __slots__ = ("stats", "sessions", "haz", "ann", "full", "wifi", "cur", "asked", "cal")
 
     def __init__(
         self,
@@ -136,6 +197,18 @@ class IdleHistory:
         # [exposure hours, sessions ended] x [weekday, weekend], 24 local hours each, decayed by
         # HAZARD_DECAY per recorded session: the car's own hazard of leaving at each hour of the day.
         self.haz: list[list[float]] = haz if haz is not None else []
+        # Context (see ``note``): departure errors [weight, mean s, var, skips]; per place leave-at-full
+        # [weight, ended at full, mean offset s]; per place Wi-Fi [looks, silent looks]; notes of the
+        # current session [start, announced departure, estimated full time, completed at (-1: unknown),
+        # last look, at_home].
+        self.ann: list[float] = []
+        self.full: dict[str, list[float]] = {}
+        self.wifi: dict[str, list[float]] = {}
+        self.cur: list[float | None] = []
+        # Per-car recalibration: predictions asked this session [t, d, p] (a few, see ``_remember``) and
+        # the car's learned logistic correction [slope, offset, sessions scored].
+        self.asked: list[list[float]] = []
+        self.cal: list[float] = []
 
     def _add_hazard(self, start_ms: int, duration_s: float, offset_h: float) -> None:
         if not self.haz:
@@ -168,6 +241,93 @@ class IdleHistory:
             self.stats[key] = [w, mu, var]
         self.sessions += 1
         self._add_hazard(start_ms, duration_s, offset_h)
+        self._score_notes(start_ms, start_ms + duration_s * 1000.0)
+
+    def _score_notes(self, start_ms: int, end_ms: float) -> None:
+        """The session ended at ``end_ms``: score its announced departure and charge completion."""
+        cur, self.cur = self.cur, []
+        asked, self.asked = self.asked, []
+        if asked and cur and cur[0] == start_ms:
+            self._recalibrate(asked, end_ms)
+        if not cur or cur[0] != start_ms:
+            return
+        dep, full_est, full_at, place = cur[1], cur[2], cur[3], cur[5]
+        if full_at is not None and full_at < 0:  # complete when first seen: when it completed is unknown
+            full_est = full_at = None
+        if dep is not None:
+            err = end_ms - dep
+            if not self.ann:
+                self.ann = [0.0, 0.0, 0.0, 0.0]
+            if err > ANN_SKIP_S * 1000:
+                self.ann[3] += 1.0
+            elif err > -6 * _MS_H:
+                w, mu, var, skips = self.ann
+                w = w * ANN_DECAY + 1.0
+                a, x = 1.0 / w, err / 1000.0
+                delta = x - mu
+                mu += a * delta
+                var = (1.0 - a) * (var + a * delta * delta)
+                self.ann = [w, mu, var, skips]
+        full = full_at if full_at is not None else full_est
+        if full is not None and full <= end_ms + FULL_WINDOW_S[1] * 1000:
+            key = "unknown" if place is None else ("home" if place else "away")
+            w, ended, off = self.full.get(key, [0.0, 0.0, FULL_OFFSET_S])
+            gap = (end_ms - full) / 1000.0
+            at_full = FULL_WINDOW_S[0] <= gap <= FULL_WINDOW_S[1]
+            w, ended = w * FULL_DECAY + 1.0, ended * FULL_DECAY + at_full
+            if at_full:
+                off += (gap - off) / max(1.0, ended)
+            self.full[key] = [w, ended, off]
+
+    def _recalibrate(self, asked: list[list[float]], end_ms: float) -> None:
+        """One pass of logistic-regression SGD on this session's predictions: did the car stay (until
+        ``OWNER_LEAD_S`` before the observed end) for each asked duration?"""
+        a, b, n = self.cal or [1.0, 0.0, 0.0]
+        for t, d, p in asked:
+            y = 1.0 if t + (d + OWNER_LEAD_S) * 1000.0 <= end_ms else 0.0
+            x = _logit(p)
+            q = _sigmoid(a * x + b)
+            a = min(CAL_MAX_SLOPE, max(CAL_MIN_SLOPE, a - CAL_RATE * (q - y) * x / 4.0))
+            b = min(CAL_MAX_OFFSET, max(-CAL_MAX_OFFSET, b - CAL_RATE * (q - y)))
+        self.cal = [a, b, n + 1.0]
+
+    def calibrated(self, p: float) -> float:
+        """``p`` through this car's learned correction, shrunk toward none with ``CAL_PRIOR_N`` sessions."""
+        if not self.cal:
+            return p
+        a, b, n = self.cal
+        w = n / (n + CAL_PRIOR_N)
+        return _sigmoid((1.0 + (a - 1.0) * w) * _logit(p) + b * w)
+
+    def remember(self, now_ms: int, duration_s: float, p: float) -> None:
+        """Keep a few of this session's predictions (one per duration band per half hour) for
+        ``_recalibrate``."""
+        if duration_s > CAL_MAX_D_S or len(self.asked) >= CAL_MAX_ASKED:
+            return
+        band = int(math.log2(max(60.0, duration_s)))
+        for t, d, _ in self.asked:
+            if int(math.log2(max(60.0, d))) == band and now_ms - t < 1_800_000:
+                return
+        self.asked.append([float(now_ms), duration_s, p])
+
+    def ann_params(self, sigma0_s: float) -> tuple[float, float]:
+        """(bias s, sd s) of this car's departure error, shrunk toward (0, ``sigma0_s``)."""
+        if not self.ann or self.ann[0] <= 0:
+            return 0.0, sigma0_s
+        w, mu, var, _ = self.ann
+        k = ANN_PRIOR_N
+        bias = w * mu / (w + k)
+        v = (w * (var + (mu - bias) ** 2) + k * (sigma0_s**2 + bias**2)) / (w + k)
+        return bias, math.sqrt(max(v, 60.0**2))
+
+    def full_share(self, place: str, prior: float) -> tuple[float, float]:
+        """(share of sessions at ``place`` that ended at full, mean offset s), Beta-shrunk to ``prior``."""
+        w, ended, off = self.full.get(place, [0.0, 0.0, FULL_OFFSET_S])
+        return (ended + FULL_PRIOR_N * prior) / (w + FULL_PRIOR_N), off
+
+    def silent_share(self, place: str) -> float:
+        looks, silent = self.wifi.get(place, [0.0, 0.0])
+        return silent / (looks + 5.0)  # 5 pseudo-looks of a silent-free car
 
     def params(self, bucket: int, prior: tuple[float, float], k: float) -> tuple[float, float]:
         """(mu, sigma): prior -> car-wide -> same time of day -> same block of the week, each level
@@ -201,6 +361,18 @@ class IdleHistory:
         }
         if self.haz:
             d["h"] = [row[:] for row in self.haz]
+        if self.ann:
+            d["a"] = self.ann[:]
+        if self.full:
+            d["f"] = {k: v[:] for k, v in sorted(self.full.items())}
+        if self.wifi:
+            d["w"] = {k: v[:] for k, v in sorted(self.wifi.items())}
+        if self.cur:
+            d["c"] = self.cur[:]
+        if self.asked:
+            d["q"] = [row[:] for row in self.asked]
+        if self.cal:
+            d["k"] = self.cal[:]
         return d
 
     @classmethod
@@ -208,9 +380,16 @@ class IdleHistory:
         if not d:
             return cls()
         haz = [[float(x) for x in row] for row in d["h"]] if d.get("h") else None
-        return cls(
+        hist = cls(
             {int(row[0]): [float(row[1]), float(row[2]), float(row[3])] for row in d["b"]}, int(d["n"]), haz
         )
+        hist.ann = [float(x) for x in d.get("a") or []]
+        hist.full = {k: [float(x) for x in v] for k, v in (d.get("f") or {}).items()}
+        hist.wifi = {k: [float(x) for x in v] for k, v in (d.get("w") or {}).items()}
+        hist.cur = list(d.get("c") or [])
+        hist.asked = [[float(x) for x in row] for row in d.get("q") or []]
+        hist.cal = [float(x) for x in d.get("k") or []]
+        return hist
 
 
 def habit_params(node: NodeState, now_ms: int, cfg: SchedulerConfig) -> tuple[float, float, float]:
@@ -286,8 +465,8 @@ def _ln_logsf(t: float, mu: float, sigma: float) -> float:
     return -0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi))  # Mills ratio
 
 
-def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
-    """P(the node is still idle ``duration_s`` seconds after ``now_ms``)."""
+def habit_stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
+    """The session model (before issue 13): P(the node is still idle ``duration_s`` after ``now_ms``)."""
     mu, sigma, elapsed = habit_params(node, now_ms, cfg)
     p = _habit_survival(node, mu, sigma, elapsed, duration_s, now_ms, cfg)
     dep = node.scheduled_departure
@@ -320,3 +499,112 @@ def idle_until(node: NodeState, now_ms: int, cfg: SchedulerConfig, horizon_s: fl
         else:
             hi = mid
     return now_ms + int(math.expm1(lo) * 1000)
+
+
+def _logit(p: float) -> float:
+    p = min(1.0 - 1e-4, max(1e-4, p))
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def _place(node: NodeState) -> str:
+    return _PLACES[node.at_home]
+
+
+def _full_prior(node: NodeState) -> float:
+    """The session model's share of owners back when charging ends, by place (before any history)."""
+    return 0.3 if node.at_home is None else (0.15 if node.at_home else 0.5)
+
+
+def note(node: NodeState, now_ms: int, cfg: SchedulerConfig) -> None:
+    """Note what the node shows now that the model scores when its session ends (``IdleHistory.add``):
+    the earliest announced departure of this session, when charging completes, and (at most once a
+    minute) whether the car is silent. Cheap and idempotent; ``stay_probability`` calls it."""
+    start = node.session_start
+    hist = node.history
+    if start is None:
+        return
+    cur = hist.cur
+    if not cur or cur[0] != start:
+        cur = hist.cur = [start, None, None, None, None, None]
+    dep = node.scheduled_departure
+    if dep is not None and dep > start and (cur[1] is None or dep < cur[1]):
+        cur[1] = dep
+    if node.charge_state in ("CHARGING", "STARTING") and node.minutes_to_full:
+        cur[2] = now_ms + node.minutes_to_full * 60_000.0
+    elif node.charge_state == "COMPLETE" and cur[3] is None:
+        est = cur[2]
+        cur[3] = min(float(now_ms), est) if est is not None else -1.0
+    cur[5] = node.at_home
+    last = cur[4]
+    if last is None or now_ms - last >= 60_000:
+        cur[4] = now_ms
+        looks, silent = hist.wifi.get(_place(node), [0.0, 0.0])
+        quiet = node.ts >= 0 and now_ms - node.ts > SILENT_S * 1000
+        hist.wifi[_place(node)] = [looks * WIFI_DECAY + 1.0, silent * WIFI_DECAY + quiet]
+
+
+def _dozing(node: NodeState) -> bool:
+    """The newest record reported neither gear nor SoC: the record a car sends as it dozes off."""
+    return node.ts >= 0 and node.gear_at < node.ts and node.soc_at < node.ts
+
+
+def _announced_survival(node: NodeState, d_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
+    dep = node.scheduled_departure
+    guard_ms = cfg.departure_guard_s * 1000.0
+    if dep is None or now_ms >= dep + guard_ms:
+        return 1.0
+    end = now_ms + d_s * 1000.0
+    bias, sd = node.history.ann_params(cfg.departure_sigma_s)
+    s_guard = _norm_sf((end - (dep - guard_ms)) / 120_000.0) if now_ms < dep - guard_ms else 1.0
+    return s_guard * _norm_sf((end - (dep + bias * 1000.0)) / (sd * 1000.0))
+
+
+def _full_survival(node: NodeState, d_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
+    if cfg.full_hint_weight <= 0 or node.charge_state not in ("CHARGING", "STARTING", "COMPLETE"):
+        return 1.0
+    share, offset = node.history.full_share(_place(node), _full_prior(node))
+    q = min(1.0, cfg.full_hint_weight * share)
+    if q <= 0:
+        return 1.0
+    mtf = node.minutes_to_full
+    if node.charge_state == "COMPLETE":
+        cur = node.history.cur
+        full = cur[3] if cur and cur[0] == node.session_start and cur[3] is not None else None
+        if full is None or full < 0:
+            return 1.0  # complete since before the first look: when it completed is unknown
+    elif mtf is not None and mtf > 0:
+        full = now_ms + mtf * 60_000.0
+    else:
+        return 1.0
+    center, sd = full + offset * 1000.0, FULL_SD_S * 1000.0
+    gone_by_now = q * (1.0 - _norm_sf((now_ms - center) / sd))
+    gone_by_end = q * (1.0 - _norm_sf((now_ms + d_s * 1000.0 - center) / sd))
+    return max(0.0, 1.0 - (gone_by_end - gone_by_now) / max(1e-9, 1.0 - gone_by_now))
+
+
+def _wifi_survival(node: NodeState, d_s: float) -> float:
+    share = node.history.silent_share(_place(node))
+    return math.exp(-share * LONG_GAP_SHARE / MEAN_GAP_S * d_s) if share > 0 else 1.0
+
+
+def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
+    """P(the node is still idle and holding work ``duration_s`` seconds after ``now_ms``): the context
+    model (module docstring)."""
+    note(node, now_ms, cfg)
+    if _dozing(node):
+        return DOZING_P
+    d = duration_s + OWNER_LEAD_S
+    mu, sigma, elapsed = habit_params(node, now_ms, cfg)
+    p = _habit_survival(node, mu, sigma, elapsed, d, now_ms, cfg)
+    p *= _announced_survival(node, d, now_ms, cfg)
+    p *= _full_survival(node, d, now_ms, cfg)
+    p = max(0.0, min(1.0, p))
+    hist = node.history
+    if node.session_start is not None:
+        hist.remember(now_ms, duration_s, p)
+    p = hist.calibrated(p) * _wifi_survival(node, duration_s)
+    return max(0.0, min(1.0, p))
