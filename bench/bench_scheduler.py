@@ -1,6 +1,11 @@
 """The scheduler worker: telemetry throughput and match latency, against baselines from the same run.
 
     python bench/bench_scheduler.py [--events 200000] [--cars 20000] [--task-rate 20] [--tasks 400]
+                                    [--restore-cars 100000] [--restore-only]
+
+0. Memory and restore (``--restore-cars``, in process, no Kafka): bytes per node in memory and in the
+   table, and the time to rebuild a partition's scheduler from its table after a rebalance, against a
+   raw ``orjson.loads`` of the same values.
 
 1. Throughput: ``--events`` telemetry records of ``--cars`` cars (all eligible, 12 regions) are
    produced first; then ``carnival worker scheduler`` starts and drains them (route by region ->
@@ -116,6 +121,65 @@ def bench_in_process(encoded: list[tuple[str, bytes]]) -> float:
             state.persist(sink, lambda p, key, v: None)
     state.persist(sink, lambda p, key, v: None)
     return len(encoded) / (time.perf_counter() - t)
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_restore(cars: int) -> dict[str, float]:
+    """Memory per node and the time to rebuild a partition's scheduler from its table, in process.
+
+    ``cars`` nodes (one telemetry record each, two rounds so each has a plug-in history) go into one
+    partition's ``Scheduler``; its table (what the changelog holds) is written; then the partition is
+    rebuilt from the table as after a rebalance (``PartitionState.rebuild``). Baseline of the same run:
+    ``orjson.loads`` of every table value, the parse any restore must do. Reading the changelog from Kafka
+    comes on top (the raw consume rate above says how fast that can be)."""
+    import gc
+
+    import orjson
+
+    cfg = SchedulerConfig(lease_s=3600, confirm_s=3600)
+    gc.collect()
+    rss_before = _rss_bytes()
+    state = PartitionState(0, Scheduler(cfg))
+    start_ms = int(time.time() * 1000) - 60_000
+    for rnd in range(2):
+        for i in range(cars):
+            state.scheduler.on_telemetry(telemetry(i, start_ms + rnd * 5_000 + i % 1000, rnd))
+    gc.collect()
+    rss_nodes = _rss_bytes() - rss_before
+    table: dict[bytes, bytes] = {}
+    state.persist(table, lambda p, key, v: None)
+    table_bytes = sum(len(k) + len(v) for k, v in table.items())
+    items = list(table.items())
+    del state
+    gc.collect()
+    t = time.perf_counter()
+    for _, value in items:
+        if value[:1] == b"{":
+            orjson.loads(value)
+    parse_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rebuilt, restored = PartitionState.rebuild(0, items, cfg)
+    rebuild_s = time.perf_counter() - t
+    assert len(restored.nodes) == cars, (len(restored.nodes), cars)
+    return {"rss_per_node": rss_nodes / cars, "table_per_node": table_bytes / cars, "rebuild_s": rebuild_s,
+            "parse_s": parse_s}  # fmt: skip
+
+
+def report_restore(cars: int) -> None:
+    print(f"memory and restore of {cars:,} nodes in one partition (in process) ...", flush=True)
+    r = bench_restore(cars)
+    print(f"  memory per node (RSS): {r['rss_per_node']:,.0f} B   in the table: {r['table_per_node']:,.0f} B")
+    print(
+        f"  rebuild from the table: {r['rebuild_s']:.2f} s (goal: 100k nodes < 20 s);  raw orjson parse of "
+        f"the same values: {r['parse_s']:.2f} s, ratio {r['rebuild_s'] / r['parse_s']:.1f}x",
+        flush=True,
+    )
 
 
 def processed_telemetry() -> float | None:
@@ -270,7 +334,14 @@ def main() -> None:
     ap.add_argument("--task-rate", type=float, default=20.0)
     ap.add_argument("--background-rate", type=int, default=200)
     ap.add_argument("--use-running-stack", action="store_true", help="use the stack CARNIVAL_* points at")
+    ap.add_argument("--restore-cars", type=int, default=100_000,
+                    help="nodes of the in-process memory/restore phase (0: skip it)")  # fmt: skip
+    ap.add_argument("--restore-only", action="store_true", help="only the memory/restore phase (no Kafka)")
     args = ap.parse_args()
+    if args.restore_cars:
+        report_restore(args.restore_cars)
+    if args.restore_only:
+        return
 
     kafka = bench_kafka(None if args.use_running_stack else 48392, "carnival-bench-scheduler-")
     settings, workdir = kafka.settings, kafka.workdir

@@ -38,7 +38,7 @@ from typing import Any
 
 from processors.scheduler._time import opt_ms, to_ms
 from processors.scheduler.config import HW_RANK, SchedulerConfig
-from processors.scheduler.prediction import IdleHistory
+from processors.scheduler.prediction import IdleHistory, note
 
 __all__ = [
     "LEASE_EXPIRED",
@@ -297,6 +297,8 @@ def apply_telemetry(
             seconds = (ts - start) / 1000.0
             node.history.add(start, seconds, cfg.utc_offset_h(node.region), cfg.history_decay)
             ended = (start, seconds)
+    if node.session_start is not None:
+        note(node, ts, cfg, ts - prev_ts if prev_ts >= 0 else None)
     return TelemetryResult.APPLIED, ended
 
 

@@ -68,7 +68,7 @@ from processors.scheduler.eligibility import (
     next_change_at,
 )
 from processors.scheduler.exceptions import InvalidRecord
-from processors.scheduler.prediction import stay_probability
+from processors.scheduler.prediction import remember_pick, stay_probability
 from processors.scheduler.records import HANDOFF, Out, assignment_record, lifecycle_record, node_record
 from processors.scheduler.reliability import is_trusted, record_failure, record_success
 from processors.scheduler.tasks import (
@@ -890,6 +890,7 @@ class Scheduler:
         aid = assignment_id_for(task.task_id, task.attempt)
         task.state, task.vin, task.assignment_id, task.assigned_ts = ASSIGNED, node.vin, aid, now
         node.running.append(task.task_id)
+        remember_pick(node, task.est_duration_s, now, self.cfg)  # the node is written below (_refresh_node)
         self._dirty_tasks.add(task.task_id)
         self.counters["task_assigned"] += 1
         out.append(assignment_record(task, "ASSIGN", node.vin, aid, now, self.cfg))

@@ -20,19 +20,23 @@ and the work is lost then, not at the drive-off the history records.
   at full), Beta-shrunk toward the session model's hint shares; the owner leaves ``FULL_OFFSET`` after
   full with sd ``FULL_SD``, conditional on not having left yet (so a car that is full and still there
   loses risk as time passes).
-- ``S_wifi``, recent Wi-Fi behaviour **per car and place**: the share of the scheduler's looks at this
-  car that found it silent for more than ``SILENT_S`` (a weak-Wi-Fi gap), as a hazard of losing the claim
-  lease: ``exp(-share * LONG_GAP_SHARE / MEAN_GAP_S * d)``. No evidence, no penalty.
+- ``S_wifi``, recent Wi-Fi behaviour **per car and place**: the share of this car's reports in a
+  session (at most one counted a minute) that came after a silence longer than ``SILENT_S`` and than
+  ``SILENT_CADENCES`` times its usual reporting period there (a weak-Wi-Fi gap), as a hazard of losing
+  the claim lease: ``exp(-share * LONG_GAP_SHARE / MEAN_GAP_S * d)``. No evidence, no penalty.
 
 Finally the product goes through the car's own **recalibration** (``IdleHistory.calibrated``): a
 logistic correction (slope, offset) learned by SGD from this car's earlier predictions (a few per
 session, ``remember``) against how its sessions really ended, shrunk toward none over the first
 ``CAL_PRIOR_N`` sessions; then ``S_wifi`` applies.
 
-What the model learns beyond the session history it notes from the node each time it is asked
-(``note``: the announced departure of the current session, when charging completed, silences); when
-the session ends (``IdleHistory.add``) the notes are scored against the observed end. The scheduler asks
-for every eligible node at least every ``node_republish_s`` (``records.node_record``) and at each pick.
+What the model learns beyond the session history it notes from each telemetry record
+(``note``, called by ``eligibility.apply_telemetry``: the announced departure of the current session,
+when charging completed, silences), and the prediction the scheduler acted on when it assigns a node
+(``remember_pick``); when the session ends (``IdleHistory.add``) both are scored against the observed
+end. ``stay_probability`` itself changes nothing: the scheduler asks it for every candidate of every
+pick, and a node whose learned state changed without being persisted would restore different from what
+decided (a replay after a crash must decide the same).
 
 **Session model** (``habit_stay_probability``), as competing exit causes whose survival functions
 multiply: ``P(stay >= d) = S_hist(d) * S_dep(d) * S_full(d)``.
@@ -103,8 +107,10 @@ FULL_DECAY = 0.9
 FULL_WINDOW_S = (-600.0, 1500.0)  # a session "ended at full" if it ended this close to completion
 FULL_OFFSET_S = 600.0  # owners who come back at full do so this long after it, on average
 FULL_SD_S = 900.0
-SILENT_S = 90.0  # a look finding the car silent longer than this (reports come every 10-30 s) is a gap
-WIFI_DECAY = 0.995  # per look (one a few minutes): a memory of a few days
+SILENT_S = 90.0  # a report after a silence longer than this (reports come every 10-30 s) ends a gap ...
+SILENT_CADENCES = 1.5  # ... and longer than this many times the car's usual period there
+CADENCE_RATE = 0.1  # EWMA weight of a new reporting period
+WIFI_DECAY = 0.995  # per counted report (at most one a minute): a memory of a few days
 LONG_GAP_SHARE = 0.15  # share of weak-Wi-Fi gaps long enough to lose the claim lease
 MEAN_GAP_S = 600.0
 _PLACES = {True: "home", False: "away", None: "unknown"}
@@ -326,7 +332,7 @@ class IdleHistory:
         return (ended + FULL_PRIOR_N * prior) / (w + FULL_PRIOR_N), off
 
     def silent_share(self, place: str) -> float:
-        looks, silent = self.wifi.get(place, [0.0, 0.0])
+        looks, silent = (list(self.wifi.get(place, ())) + [0.0, 0.0])[:2]
         return silent / (looks + 5.0)  # 5 pseudo-looks of a silent-free car
 
     def params(self, bucket: int, prior: tuple[float, float], k: float) -> tuple[float, float]:
@@ -519,10 +525,11 @@ def _full_prior(node: NodeState) -> float:
     return 0.3 if node.at_home is None else (0.15 if node.at_home else 0.5)
 
 
-def note(node: NodeState, now_ms: int, cfg: SchedulerConfig) -> None:
-    """Note what the node shows now that the model scores when its session ends (``IdleHistory.add``):
-    the earliest announced departure of this session, when charging completes, and (at most once a
-    minute) whether the car is silent. Cheap and idempotent; ``stay_probability`` calls it."""
+def note(node: NodeState, now_ms: int, cfg: SchedulerConfig, gap_ms: int | None = None) -> None:
+    """Note what a telemetry record shows that the model scores when its session ends
+    (``IdleHistory.add``): the earliest announced departure of this session, when charging completes, and
+    (at most once a minute) whether the record came after a silence (``gap_ms`` since the car's previous
+    one). Cheap and idempotent; called by ``eligibility.apply_telemetry`` for every applied record."""
     start = node.session_start
     hist = node.history
     if start is None:
@@ -539,12 +546,19 @@ def note(node: NodeState, now_ms: int, cfg: SchedulerConfig) -> None:
         est = cur[2]
         cur[3] = min(float(now_ms), est) if est is not None else -1.0
     cur[5] = node.at_home
+    if gap_ms is None or start >= now_ms:  # the session's first record: its gap was a drive, not Wi-Fi
+        return
+    looks, silent, cadence = (list(hist.wifi.get(_place(node), ())) + [0.0, 0.0, 0.0])[:3]
+    gap_s = gap_ms / 1000.0
+    quiet = cadence > 0 and gap_s > max(SILENT_S, SILENT_CADENCES * cadence)
+    if not quiet:  # the car's usual reporting period here (a silence does not stretch it; the first gap
+        # seen sets it)
+        cadence = gap_s if cadence <= 0 else cadence + CADENCE_RATE * (gap_s - cadence)
     last = cur[4]
-    if last is None or now_ms - last >= 60_000:
+    if quiet or last is None or now_ms - last >= 60_000:  # a silence always counts; reports once a minute
         cur[4] = now_ms
-        looks, silent = hist.wifi.get(_place(node), [0.0, 0.0])
-        quiet = node.ts >= 0 and now_ms - node.ts > SILENT_S * 1000
-        hist.wifi[_place(node)] = [looks * WIFI_DECAY + 1.0, silent * WIFI_DECAY + quiet]
+        looks, silent = looks * WIFI_DECAY + 1.0, silent * WIFI_DECAY + quiet
+    hist.wifi[_place(node)] = [looks, silent, cadence]
 
 
 def _dozing(node: NodeState) -> bool:
@@ -591,20 +605,26 @@ def _wifi_survival(node: NodeState, d_s: float) -> float:
     return math.exp(-share * LONG_GAP_SHARE / MEAN_GAP_S * d_s) if share > 0 else 1.0
 
 
-def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
-    """P(the node is still idle and holding work ``duration_s`` seconds after ``now_ms``): the context
-    model (module docstring)."""
-    note(node, now_ms, cfg)
-    if _dozing(node):
-        return DOZING_P
+def _uncalibrated(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
     d = duration_s + OWNER_LEAD_S
     mu, sigma, elapsed = habit_params(node, now_ms, cfg)
     p = _habit_survival(node, mu, sigma, elapsed, d, now_ms, cfg)
     p *= _announced_survival(node, d, now_ms, cfg)
     p *= _full_survival(node, d, now_ms, cfg)
-    p = max(0.0, min(1.0, p))
-    hist = node.history
-    if node.session_start is not None:
-        hist.remember(now_ms, duration_s, p)
-    p = hist.calibrated(p) * _wifi_survival(node, duration_s)
     return max(0.0, min(1.0, p))
+
+
+def stay_probability(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> float:
+    """P(the node is still idle and holding work ``duration_s`` seconds after ``now_ms``): the context
+    model (module docstring). Pure: reads the node, changes nothing."""
+    if _dozing(node):
+        return DOZING_P
+    p = node.history.calibrated(_uncalibrated(node, duration_s, now_ms, cfg))
+    return max(0.0, min(1.0, p * _wifi_survival(node, duration_s)))
+
+
+def remember_pick(node: NodeState, duration_s: float, now_ms: int, cfg: SchedulerConfig) -> None:
+    """The scheduler assigned ``node`` work of ``duration_s``: keep the model's prediction for this car's
+    recalibration (``IdleHistory.remember``). Called where the node is written anyway (an assignment)."""
+    if node.session_start is not None and not _dozing(node):
+        node.history.remember(now_ms, duration_s, _uncalibrated(node, duration_s, now_ms, cfg))
