@@ -23,7 +23,7 @@ PLUGGED_STATES: frozenset[str] = frozenset({"STARTING", "CHARGING", "COMPLETE", 
 
 # Ineligibility reasons that mean "the owner is back" (or the node is gone / unsafe): a node that
 # holds work and turns ineligible for one of these gets its tasks revoked and requeued.
-# UNKNOWN_STATE, THROTTLED, AT_CAPACITY and HW_TOO_OLD never preempt running work.
+# UNKNOWN_STATE, ASLEEP, THROTTLED, AT_CAPACITY and HW_TOO_OLD never preempt running work.
 PREEMPT_REASONS: frozenset[str] = frozenset(
     {
         "NOT_OPTED_IN",
@@ -33,6 +33,7 @@ PREEMPT_REASONS: frozenset[str] = frozenset(
         "TOO_HOT",
         "DEPARTURE_SOON",
         "LEASE_EXPIRED",
+        "OWNER_PRESENT",
     }
 )
 
@@ -65,6 +66,10 @@ class SchedulerConfig:
     # the car reports those fields as missing/UNKNOWN (cars invalidate fields when they doze).
     confirm_s: float = 120.0
     field_ttl_s: float = 900.0  # HTCondor's stale-ad expiry is 15 minutes
+    # A node that reported its owner back (FAILED "abandoned: owner_returned") or refused an ASSIGN as
+    # "node_unavailable" gets no work until a plug-in session started after that report is seen, or this
+    # long after it (the owner came and went without driving off).
+    owner_away_s: float = 1800.0
     departure_guard_s: float = 1200.0  # owner "returns" this long before the scheduled departure
     plugged_states: frozenset[str] = PLUGGED_STATES  # charge states that count as plugged in
     preempt_reasons: frozenset[str] = PREEMPT_REASONS  # ineligibility reasons that revoke running work
