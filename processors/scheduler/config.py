@@ -63,7 +63,7 @@ class SchedulerConfig:
     claim_lease_s: float = 900.0
     # A gear / charge-state / SoC value must have been *reported* within confirm_s for a node to become
     # eligible; an already-eligible node keeps trusting its last good values for field_ttl_s while
-    # the car reports those fields as missing/UNKNOWN (cars invalidate fields when they doze).
+    # the car reports those fields as missing/UNKNOWN (a record with no live reading at all: ASLEEP).
     confirm_s: float = 120.0
     field_ttl_s: float = 900.0  # HTCondor's stale-ad expiry is 15 minutes
     # A node that reported its owner back (FAILED "abandoned: owner_returned") or refused an ASSIGN as

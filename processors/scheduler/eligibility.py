@@ -35,8 +35,9 @@ Not-reported values (the rule, precisely):
   again is a duplicate and a no-op. Both are counted by the caller.
 
 Reasons, checked in this order (the first that applies is reported): LEASE_EXPIRED, ASLEEP, NOT_OPTED_IN,
-HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, OWNER_PRESENT, SOC_INVALID, TEMP_INVALID, UNKNOWN_STATE, SOC_TOO_LOW, TOO_HOT,
-DEPARTURE_SOON, THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the car itself ("ready").
+HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, OWNER_PRESENT, SOC_INVALID, TEMP_INVALID, UNKNOWN_STATE,
+SOC_TOO_LOW, TOO_HOT, DEPARTURE_SOON, THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the
+car itself ("ready").
 """
 
 from __future__ import annotations

@@ -307,7 +307,9 @@ class Scheduler:
                 self._match_touched(now, out)
             else:
                 self.counters["status_stale"] += 1
-                if status == "FAILED" and self._late_owner_back(task, aid, vin, ts, rec.get("error"), now, out):
+                if status == "FAILED" and self._late_owner_back(
+                    task, aid, vin, ts, rec.get("error"), now, out
+                ):
                     self._match_touched(now, out)
             return out
         node = self.nodes[vin]
@@ -794,7 +796,9 @@ class Scheduler:
             self._refresh_node(self.nodes[v], now, out)
         return True
 
-    def _owner_back(self, task: Task, node: NodeState, reason: str, ts: int, now: int, out: list[Out]) -> None:
+    def _owner_back(
+        self, task: Task, node: NodeState, reason: str, ts: int, now: int, out: list[Out]
+    ) -> None:
         """The node gave the task back because its owner is back (or it refused it as unavailable): not
         a failure of the node or the task. The node turns OWNER_PRESENT (from the report's time ``ts``),
         the task is requeued with its request time and never offered to this node again."""

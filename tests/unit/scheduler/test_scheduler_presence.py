@@ -20,7 +20,11 @@ OWNER_BACK = "abandoned: owner_returned"
 
 
 def lifecycle(outs, task_id):
-    return [(o.value["state"], o.value["reason"]) for o in outs if o.topic == "tasks.lifecycle.v1" and o.key == task_id]
+    return [
+        (o.value["state"], o.value["reason"])
+        for o in outs
+        if o.topic == "tasks.lifecycle.v1" and o.key == task_id
+    ]
 
 
 def started_on_v1(h: Harness, task_id: str = "t", at: int = T0) -> None:
@@ -78,7 +82,6 @@ def test_owner_returns_never_throttle_a_healthy_node() -> None:
         at += 3 * H
     node = h.s.nodes["V1"]
     assert node.failure_streak == 0 and node.throttled_until < 0 and node.failed == 0
-
 
 
 def test_owner_presence_ends_with_a_new_session() -> None:
