@@ -88,6 +88,10 @@ class SchedulerConfig:
     # deadline) still completes the task if its ts is before the REVOKE and it arrives at most this late
     # (scheduler clock - report ts): statuses reach the matcher later than the telemetry driving its clock.
     late_status_s: float = 3600.0
+    # A task is started only if deadline - now >= deadline_fit x est_duration_s; else it ends EXPIRED
+    # (CANNOT_FINISH_BY_DEADLINE). 1 = the whole estimate must fit; lower also starts tasks that finish in
+    # time only if they run shorter than estimated (est_duration_s is an estimate, not a bound).
+    deadline_fit: float = 1.0
     max_failures: int = 3  # FAILED reports before a task is given up (final FAILED)
     max_task_duration_s: float = 24 * 3600.0  # longer est_duration_s is REJECTED
     tombstone_ttl_s: float = 24 * 3600.0  # finished tasks are remembered this long (duplicate requests)
@@ -144,6 +148,8 @@ class SchedulerConfig:
             raise ValueError("max_future_skew_s must be >= 0 and node_ttl_s > claim_lease_s")
         if self.max_queued_tasks < 1:
             raise ValueError("max_queued_tasks must be >= 1")
+        if self.deadline_fit < 0:
+            raise ValueError("deadline_fit must be >= 0")
         if self.late_status_s < 0:
             raise ValueError("late_status_s must be >= 0")
         object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))

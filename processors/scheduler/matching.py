@@ -274,7 +274,7 @@ class Scheduler:
         if task.deadline is not None and task.deadline <= now:
             self._finish(task, EXPIRED, now, out, reason="DEADLINE_PASSED")
             return out
-        if not finishes_in_time(task, now):
+        if not finishes_in_time(task, now, self.cfg.deadline_fit):
             self._finish(task, EXPIRED, now, out, reason=CANNOT_FINISH)
             return out
         self.counters["request_accepted"] += 1
@@ -374,7 +374,7 @@ class Scheduler:
             return []
         task.state, task.vin, task.assignment_id, task.done_ts = QUEUED, None, None, None
         out: list[Out] = []
-        if not finishes_in_time(task, now):
+        if not finishes_in_time(task, now, self.cfg.deadline_fit):
             self._finish(task, EXPIRED, now, out, reason=CANNOT_FINISH)
             return out
         self._queue(task, now)
@@ -531,7 +531,7 @@ class Scheduler:
         cfg = self.cfg
         if task.state in ACTIVE and task.deadline is not None:
             self._push(task.deadline, "deadline", task.task_id)
-        start_by = task.latest_start()
+        start_by = task.latest_start(self.cfg.deadline_fit)
         if task.state == QUEUED and start_by is not None:
             self._push(start_by + 1, "start_by", task.task_id)
         if task.state == ASSIGNED and task.assigned_ts is not None:
@@ -553,7 +553,7 @@ class Scheduler:
         if kind == "deadline":
             return task.state in ACTIVE and task.deadline == at
         if kind == "start_by":
-            start_by = task.latest_start()
+            start_by = task.latest_start(self.cfg.deadline_fit)
             return task.state == QUEUED and start_by is not None and start_by + 1 == at
         if kind == "claim":
             return (
@@ -698,7 +698,7 @@ class Scheduler:
         self._touched.add(task.pool)
         if task.region is None:
             self._push(self._spill_at(task), "spill", task.task_id)
-        start_by = task.latest_start()
+        start_by = task.latest_start(self.cfg.deadline_fit)
         if start_by is not None:
             self._push(start_by + 1, "start_by", task.task_id)
 
@@ -751,7 +751,7 @@ class Scheduler:
         if task.attempt >= MAX_ATTEMPT:  # bounded: lifecycle and routes never see a larger attempt
             self._finish(task, FAILED, now, out, reason="MAX_ATTEMPTS")
             return
-        if not finishes_in_time(task, now):
+        if not finishes_in_time(task, now, self.cfg.deadline_fit):
             self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason=CANNOT_FINISH)
             return
         self._queue(task, now)
@@ -912,7 +912,7 @@ class Scheduler:
             if pool.free_count <= 0:
                 break
             task = self.tasks[task_id]
-            if not finishes_in_time(task, now):
+            if not finishes_in_time(task, now, self.cfg.deadline_fit):
                 continue  # its own pool ends it
             node = self._pick(pool, task, now)
             if node is None:
@@ -928,7 +928,9 @@ class Scheduler:
         while i < len(pool.queue) and pool.free_count > 0 and scanned < self.cfg.max_scan_tasks:
             task = self.tasks[pool.queue[i][1]]
             scanned += 1
-            if not finishes_in_time(task, now):  # its start_by timer is due: end it now, never start it
+            if not finishes_in_time(
+                task, now, self.cfg.deadline_fit
+            ):  # its start_by timer is due: end it now, never start it
                 self._expire(task, now, out, CANNOT_FINISH)
                 continue
             node = self._pick(pool, task, now)

@@ -15,9 +15,10 @@ still completes the task (``late_status_s`` in the config), as it would have in 
 ``excluded`` lists the nodes that must not get the task again (the last ``MAX_EXCLUDED``): each one
 reported its owner back or refused the task as unavailable during this task's life.
 
-Deadlines: a task can finish in time only if it starts by ``latest_start = deadline - est_duration_s``.
-A task that cannot (at its request, when requeued or handed over, or while it waits) ends EXPIRED with
-reason ``CANNOT_FINISH_BY_DEADLINE`` instead of being started and killed at the deadline.
+Deadlines: a task can finish in time only if it starts by ``latest_start = deadline - fit *
+est_duration_s`` (``fit`` = ``SchedulerConfig.deadline_fit``, 1 = the whole estimate). A task that
+cannot (at its request, when requeued or handed over, or while it waits) ends EXPIRED with reason
+``CANNOT_FINISH_BY_DEADLINE`` instead of being started and killed at the deadline.
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ class Task:
         if vin not in self.excluded:
             self.excluded = (*self.excluded, vin)[-MAX_EXCLUDED:]
 
-    def latest_start(self) -> int | None:
-        """The last event time (ms) at which the task can start and still finish by its deadline."""
-        return None if self.deadline is None else self.deadline - self.est_duration_s * 1000
+    def latest_start(self, fit: float = 1.0) -> int | None:
+        """The last event time (ms) at which the task can start and still finish by its deadline, if it
+        runs ``fit`` x its estimate."""
+        return None if self.deadline is None else self.deadline - int(self.est_duration_s * 1000 * fit)
 
     def remember_revoke(self, aid: str, vin: str, at: int) -> None:
         self.revoked = (*self.revoked, (aid, vin, at))[-MAX_REVOKED:]
@@ -168,9 +170,9 @@ def order_key(task: Task, cfg: SchedulerConfig) -> tuple[float, int, str]:
     return (virtual, task.requested_ts, task.task_id)
 
 
-def finishes_in_time(task: Task, now: int) -> bool:
+def finishes_in_time(task: Task, now: int, fit: float = 1.0) -> bool:
     """Whether ``task``, started at ``now``, can end by its deadline (always, without one)."""
-    start_by = task.latest_start()
+    start_by = task.latest_start(fit)
     return start_by is None or now <= start_by
 
 

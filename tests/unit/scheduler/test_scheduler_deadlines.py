@@ -74,3 +74,13 @@ def test_a_node_that_misses_the_deadline_is_still_used_when_it_is_the_only_one()
     s.on_telemetry(tel("A", T0, scheduled_departure=T0 + 40 * MIN))
     s.on_request({**_req(0), "deadline": T0 + 45 * MIN})
     assert s.tasks["t0"].vin == "A"
+
+
+def test_deadline_fit_starts_tasks_that_fit_only_if_they_run_shorter_than_estimated() -> None:
+    h = Harness(cfg(deadline_fit=0.5))
+    h.tel("V1", T0)
+    outs = h.req("t", T0 + S, est_duration_s=1800, deadline=T0 + 20 * MIN)  # 19 of 30 minutes left
+    assert commands(outs) == [("ASSIGN", "t", "V1")]
+    assert expired_reason(h.req("u", T0 + 2 * S, est_duration_s=3600, deadline=T0 + 20 * MIN), "u") == [
+        "CANNOT_FINISH_BY_DEADLINE"
+    ]
