@@ -12,9 +12,7 @@ Pools are regions: a node belongs to the pool of the region it reports; a task t
 task with no region ("any") starts in one pool (the one with most idle nodes when this instance owns
 all pools, else a hash of the task_id over ``config.pools``) and, if it waits ``spill_after_s``
 without a match, moves on to the next pool in a ring (a ``HANDOFF`` record when the next pool belongs
-to another instance). Nodes left idle in a pool take any-region tasks waiting in another pool of this
-instance at once (``_pull_any``), not after the spill backoff. So every decision needs only one pool's
-state, and the state can be
+to another instance). So every decision needs only one pool's state, and the state can be
 partitioned by pool: repartition telemetry, requests and status by pool, keep node dicts (key vin)
 and task dicts (key task_id) in changelogged tables co-partitioned with that stream.
 
@@ -56,7 +54,6 @@ import heapq
 import zlib
 from collections import Counter
 from collections.abc import Iterable
-from itertools import islice
 from typing import Any
 
 from processors.scheduler._time import to_ms
@@ -127,30 +124,22 @@ def pool_for_request(rec: dict[str, Any], cfg: SchedulerConfig) -> str:
 class _Pool:
     """Derived indexes of one pool (rebuilt from node and task state on restore, never persisted)."""
 
-    __slots__ = ("name", "queue", "anys", "free", "free_count", "members")
+    __slots__ = ("name", "queue", "free", "free_count", "members")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members = 0  # nodes whose pool this is (a pool with none and an empty queue is dropped)
         self.queue: list[tuple[tuple[float, int, str], str]] = []  # sorted (order_key, task_id)
-        self.anys: list[tuple[tuple[float, int, str], str]] = []  # the any-region entries of queue
         self.free: list[set[str]] = [set() for _ in range(N_SHARDS)]  # eligible nodes, sharded by vin hash
         self.free_count = 0
 
-    def enqueue(self, key: tuple[float, int, str], task_id: str, anywhere: bool = False) -> None:
+    def enqueue(self, key: tuple[float, int, str], task_id: str) -> None:
         bisect.insort(self.queue, (key, task_id))
-        if anywhere:
-            bisect.insort(self.anys, (key, task_id))
 
     def dequeue(self, key: tuple[float, int, str], task_id: str) -> None:
-        for entries in (self.queue, self.anys):
-            i = bisect.bisect_left(entries, (key, task_id))
-            if i < len(entries) and entries[i] == (key, task_id):
-                del entries[i]
-
-    def pop(self, i: int) -> None:
-        """Remove the ``i``-th queue entry (it is being assigned)."""
-        self.dequeue(*self.queue[i])
+        i = bisect.bisect_left(self.queue, (key, task_id))
+        if i < len(self.queue) and self.queue[i] == (key, task_id):
+            del self.queue[i]
 
 
 class Scheduler:
@@ -426,7 +415,7 @@ class Scheduler:
             s.tasks[task.task_id] = task
             s._task_timers(task)
             if task.state == QUEUED:
-                s._pool(task.pool).enqueue(order_key(task, s.cfg), task.task_id, task.region is None)
+                s._pool(task.pool).enqueue(order_key(task, s.cfg), task.task_id)
         s._compact_at = max(_MIN_COMPACT_TIMERS, 4 * (len(s.nodes) + len(s.tasks)))
         return s
 
@@ -488,8 +477,6 @@ class Scheduler:
         for name, pool in self._pools.items():
             assert pool.members == members[name], f"pool {name} counts {pool.members} != {members[name]}"
             assert pool.queue == sorted(pool.queue), f"queue of {name} out of order"
-            anys = [e for e in pool.queue if self.tasks[e[1]].region is None]
-            assert pool.anys == anys, f"any-region index of {name} is not its queue's"
             assert pool.free_count == sum(len(s) for s in pool.free)
             for _, tid in pool.queue:
                 task = self.tasks[tid]
@@ -694,7 +681,7 @@ class Scheduler:
         task.queued_ts = now
         self.tasks[task.task_id] = task
         self._dirty_tasks.add(task.task_id)
-        self._pool(task.pool).enqueue(order_key(task, self.cfg), task.task_id, task.region is None)
+        self._pool(task.pool).enqueue(order_key(task, self.cfg), task.task_id)
         self._touched.add(task.pool)
         if task.region is None:
             self._push(self._spill_at(task), "spill", task.task_id)
@@ -895,49 +882,20 @@ class Scheduler:
                 pool = self._pools.get(name)
                 if pool is not None:
                     self._match_pool(pool, now, out)
-            # Supply or any-region demand changed: idle nodes of any pool may serve another pool's tasks.
-            demand = any(name in self._pools and self._pools[name].anys for name in names)
-            for name, pool in sorted(self._pools.items()):
-                if name and pool.free_count > 0 and (demand or name in names):
-                    self._pull_any(pool, now, out)
-
-    def _pull_any(self, pool: _Pool, now: int, out: list[Out]) -> None:
-        """Nodes still idle in ``pool`` take any-region tasks waiting in this instance's other pools, in
-        queue order, instead of idling through those tasks' spill backoff (pools of other instances are
-        reached only by the spill hand-off)."""
-        others = [p.anys for name, p in sorted(self._pools.items()) if p is not pool and p.anys]
-        if not others:
-            return
-        for key, task_id in list(islice(heapq.merge(*others), self.cfg.max_scan_tasks)):
-            if pool.free_count <= 0:
-                break
-            task = self.tasks[task_id]
-            if not finishes_in_time(task, now, self.cfg.deadline_fit):
-                continue  # its own pool ends it
-            node = self._pick(pool, task, now)
-            if node is None:
-                continue
-            self._pool(task.pool).dequeue(key, task_id)
-            self._drop_if_empty(task.pool)
-            task.pool = pool.name
-            self.counters["task_pulled"] += 1
-            self._assign(task, node, now, out)
 
     def _match_pool(self, pool: _Pool, now: int, out: list[Out]) -> None:
         i = scanned = 0
         while i < len(pool.queue) and pool.free_count > 0 and scanned < self.cfg.max_scan_tasks:
             task = self.tasks[pool.queue[i][1]]
             scanned += 1
-            if not finishes_in_time(
-                task, now, self.cfg.deadline_fit
-            ):  # its start_by timer is due: end it now, never start it
-                self._expire(task, now, out, CANNOT_FINISH)
+            if not finishes_in_time(task, now, self.cfg.deadline_fit):  # its start_by timer is due:
+                self._expire(task, now, out, CANNOT_FINISH)  # end it now, never start it
                 continue
             node = self._pick(pool, task, now)
             if node is None:
                 i += 1
                 continue
-            pool.pop(i)
+            del pool.queue[i]
             self._assign(task, node, now, out)
 
     def _pick(self, pool: _Pool, task: Task, now: int) -> NodeState | None:
