@@ -23,7 +23,7 @@ PLUGGED_STATES: frozenset[str] = frozenset({"STARTING", "CHARGING", "COMPLETE", 
 
 # Ineligibility reasons that mean "the owner is back" (or the node is gone / unsafe): a node that
 # holds work and turns ineligible for one of these gets its tasks revoked and requeued.
-# UNKNOWN_STATE, THROTTLED, AT_CAPACITY and HW_TOO_OLD never preempt running work.
+# UNKNOWN_STATE, ASLEEP, THROTTLED, AT_CAPACITY and HW_TOO_OLD never preempt running work.
 PREEMPT_REASONS: frozenset[str] = frozenset(
     {
         "NOT_OPTED_IN",
@@ -33,6 +33,7 @@ PREEMPT_REASONS: frozenset[str] = frozenset(
         "TOO_HOT",
         "DEPARTURE_SOON",
         "LEASE_EXPIRED",
+        "OWNER_PRESENT",
     }
 )
 
@@ -62,9 +63,13 @@ class SchedulerConfig:
     claim_lease_s: float = 900.0
     # A gear / charge-state / SoC value must have been *reported* within confirm_s for a node to become
     # eligible; an already-eligible node keeps trusting its last good values for field_ttl_s while
-    # the car reports those fields as missing/UNKNOWN (cars invalidate fields when they doze).
+    # the car reports those fields as missing/UNKNOWN (a record with no live reading at all: ASLEEP).
     confirm_s: float = 120.0
     field_ttl_s: float = 900.0  # HTCondor's stale-ad expiry is 15 minutes
+    # A node that reported its owner back (FAILED "abandoned: owner_returned") or refused an ASSIGN as
+    # "node_unavailable" gets no work until a plug-in session started after that report is seen, or this
+    # long after it (the owner came and went without driving off).
+    owner_away_s: float = 1800.0
     departure_guard_s: float = 1200.0  # owner "returns" this long before the scheduled departure
     plugged_states: frozenset[str] = PLUGGED_STATES  # charge states that count as plugged in
     preempt_reasons: frozenset[str] = PREEMPT_REASONS  # ineligibility reasons that revoke running work
@@ -83,6 +88,10 @@ class SchedulerConfig:
     # deadline) still completes the task if its ts is before the REVOKE and it arrives at most this late
     # (scheduler clock - report ts): statuses reach the matcher later than the telemetry driving its clock.
     late_status_s: float = 3600.0
+    # A task is started only if deadline - now >= deadline_fit x est_duration_s; else it ends EXPIRED
+    # (CANNOT_FINISH_BY_DEADLINE). 1 = the whole estimate must fit; lower also starts tasks that finish in
+    # time only if they run shorter than estimated (est_duration_s is an estimate, not a bound).
+    deadline_fit: float = 1.0
     max_failures: int = 3  # FAILED reports before a task is given up (final FAILED)
     max_task_duration_s: float = 24 * 3600.0  # longer est_duration_s is REJECTED
     tombstone_ttl_s: float = 24 * 3600.0  # finished tasks are remembered this long (duplicate requests)
@@ -139,6 +148,8 @@ class SchedulerConfig:
             raise ValueError("max_future_skew_s must be >= 0 and node_ttl_s > claim_lease_s")
         if self.max_queued_tasks < 1:
             raise ValueError("max_queued_tasks must be >= 1")
+        if self.deadline_fit < 0:
+            raise ValueError("deadline_fit must be >= 0")
         if self.late_status_s < 0:
             raise ValueError("late_status_s must be >= 0")
         object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))

@@ -5,8 +5,18 @@ Not-reported values (the rule, precisely):
 * A field that is missing/null, or an enum reported as ``UNKNOWN`` (or any symbol we do not know), is
   *not reported*: it never overwrites the last known value and does not refresh that field's
   report time. It is never read as "unplugged" or "not parked".
-* Any accepted telemetry record refreshes the node's data-timeout lease (``ts``); liveness comes only
-  from the lease (``LEASE_EXPIRED`` when ``now - ts > lease_s``), never from connectivity hints.
+* Liveness comes from data: only a record that carries a *live reading* (a known gear, or a usable
+  SoC, computer temperature, charge limit or minutes-to-full) renews the node's data-timeout lease
+  (``lease_ts``; ``LEASE_EXPIRED`` when ``now - lease_ts > lease_s``), never connectivity hints. A record
+  with none of them is the one a car sends as it falls asleep (its readings go UNKNOWN/null; some cars
+  keep their last charge state, so that field alone does not count as live): it renews nothing and marks
+  the node ``ASLEEP`` (not eligible, not preempting on its own: work it holds is guarded by the lease and
+  ``claim_lease_s``) until the next live record. Whatever known value it carries is still folded in.
+* Owner presence (``owner_since``, set by the matcher when the node reports its owner back or refuses an
+  ASSIGN as unavailable, at the report's event time R): the node is ``OWNER_PRESENT`` until a plug-in
+  session that started after R is seen (the car left P or was unplugged, and is parked and plugged again:
+  ``session_start > R``), or ``owner_away_s`` after R (the owner came and went without driving off).
+  Either way it then needs fresh values (``confirm_s``) like any node becoming eligible.
 * Gear, charge state and SoC are the critical fields. A last known *bad* value always counts
   (gear D reported 20 minutes ago still means NOT_PARKED). A last known *good* value counts only
   while it is recent: to make a node **newly** eligible it must have been reported within
@@ -24,9 +34,10 @@ Not-reported values (the rule, precisely):
 * Telemetry older than the newest seen (``ts`` smaller) is ignored as out of order; the same ``ts``
   again is a duplicate and a no-op. Both are counted by the caller.
 
-Reasons, checked in this order (the first that applies is reported): LEASE_EXPIRED, NOT_OPTED_IN,
-HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, SOC_INVALID, TEMP_INVALID, UNKNOWN_STATE, SOC_TOO_LOW, TOO_HOT,
-DEPARTURE_SOON, THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the car itself ("ready").
+Reasons, checked in this order (the first that applies is reported): LEASE_EXPIRED, ASLEEP, NOT_OPTED_IN,
+HW_TOO_OLD, NOT_PARKED, NOT_PLUGGED_IN, OWNER_PRESENT, SOC_INVALID, TEMP_INVALID, UNKNOWN_STATE,
+SOC_TOO_LOW, TOO_HOT, DEPARTURE_SOON, THROTTLED, AT_CAPACITY. Everything before THROTTLED is about the
+car itself ("ready").
 """
 
 from __future__ import annotations
@@ -42,10 +53,12 @@ from processors.scheduler.prediction import IdleHistory, note
 
 __all__ = [
     "LEASE_EXPIRED",
+    "ASLEEP",
     "NOT_OPTED_IN",
     "HW_TOO_OLD",
     "NOT_PARKED",
     "NOT_PLUGGED_IN",
+    "OWNER_PRESENT",
     "SOC_INVALID",
     "TEMP_INVALID",
     "UNKNOWN_STATE",
@@ -62,13 +75,16 @@ __all__ = [
     "evaluate",
     "is_ready",
     "next_change_at",
+    "owner_present",
 ]
 
 LEASE_EXPIRED = "LEASE_EXPIRED"
+ASLEEP = "ASLEEP"
 NOT_OPTED_IN = "NOT_OPTED_IN"
 HW_TOO_OLD = "HW_TOO_OLD"
 NOT_PARKED = "NOT_PARKED"
 NOT_PLUGGED_IN = "NOT_PLUGGED_IN"
+OWNER_PRESENT = "OWNER_PRESENT"
 SOC_INVALID = "SOC_INVALID"
 TEMP_INVALID = "TEMP_INVALID"
 UNKNOWN_STATE = "UNKNOWN_STATE"
@@ -79,10 +95,12 @@ THROTTLED = "THROTTLED"
 AT_CAPACITY = "AT_CAPACITY"
 REASONS = (
     LEASE_EXPIRED,
+    ASLEEP,
     NOT_OPTED_IN,
     HW_TOO_OLD,
     NOT_PARKED,
     NOT_PLUGGED_IN,
+    OWNER_PRESENT,
     SOC_INVALID,
     TEMP_INVALID,
     UNKNOWN_STATE,
@@ -123,7 +141,10 @@ class NodeState:
     region: str = ""
     pool: str = ""
     hw: str = "OTHER"
-    ts: int = -1  # event time of the newest accepted telemetry (the lease); -1 = never
+    ts: int = -1  # event time of the newest accepted telemetry (ordering); -1 = never
+    lease_ts: int = -1  # event time of the newest record with a live reading (the lease); -1 = never
+    asleep: bool = False  # the newest record carried no live reading (the car dozed off)
+    owner_since: int | None = None  # event time of the node's last owner-back report / refusal
     opted_in: bool = False
     gear: str | None = None  # last *reported* value (never UNKNOWN), with its report time
     gear_at: int = -1
@@ -164,6 +185,9 @@ class NodeState:
         "pool",
         "hw",
         "ts",
+        "lease_ts",
+        "asleep",
+        "owner_since",
         "opted_in",
         "gear",
         "gear_at",
@@ -207,6 +231,8 @@ class NodeState:
         for name in cls._PERSISTED:
             if name in d:
                 setattr(node, name, d[name])
+        if "lease_ts" not in d:  # written before liveness came from data: every record was live
+            node.lease_ts = node.ts
         node.running = list(d.get("running", []))
         node.invalid = list(d.get("invalid") or [])
         node.history = IdleHistory.from_dict(d.get("history"))
@@ -227,9 +253,11 @@ def reading(value: Any, name: str) -> float | None:
     return number if math.isfinite(number) and lo <= number <= hi else None
 
 
-def _fold_readings(node: NodeState, rec: dict[str, Any], ts: int) -> None:
-    """The doubles of one record: usable ones are stored, unusable ones mark their field invalid."""
+def _fold_readings(node: NodeState, rec: dict[str, Any], ts: int) -> bool:
+    """The doubles of one record: usable ones are stored, unusable ones mark their field invalid.
+    Returns whether any was usable (a live reading)."""
     invalid = set(node.invalid)
+    live = False
     for name in READING_RANGES:
         raw = rec.get(name)
         if raw is None:
@@ -239,12 +267,14 @@ def _fold_readings(node: NodeState, rec: dict[str, Any], ts: int) -> None:
             invalid.add(name)
             continue
         invalid.discard(name)
+        live = True
         setattr(node, name, value)
         if name == "soc_pct":
             node.soc_at = ts
         elif name == "compute_temp_c":
             node.temp_at = ts
     node.invalid = sorted(invalid)
+    return live
 
 
 def apply_telemetry(
@@ -274,7 +304,10 @@ def apply_telemetry(
     charge = _known(rec.get("charge_state"), _CHARGE_STATES)
     if charge is not None:
         node.charge_state, node.charge_at = charge, ts
-    _fold_readings(node, rec, ts)
+    live = _fold_readings(node, rec, ts) or gear is not None
+    node.asleep = not live
+    if live:
+        node.lease_ts = ts
     if rec.get("scheduled_departure") is not None:
         node.scheduled_departure = opt_ms(rec["scheduled_departure"])
     if rec.get("at_home") is not None:
@@ -308,8 +341,10 @@ def _fresh(at: int, now: int, ttl_ms: float) -> bool:
 
 def evaluate(node: NodeState, now: int, cfg: SchedulerConfig) -> tuple[bool, str | None]:
     """``(eligible, reason)`` of ``node`` at event time ``now`` (ms); reason is None when eligible. Pure."""
-    if node.ts < 0 or now - node.ts > cfg.lease_s * 1000:
+    if node.lease_ts < 0 or now - node.lease_ts > cfg.lease_s * 1000:
         return False, LEASE_EXPIRED
+    if node.asleep:
+        return False, ASLEEP
     if not node.opted_in:
         return False, NOT_OPTED_IN
     if HW_RANK.get(node.hw, 0) < HW_RANK[cfg.min_hw]:
@@ -318,6 +353,8 @@ def evaluate(node: NodeState, now: int, cfg: SchedulerConfig) -> tuple[bool, str
         return False, NOT_PARKED
     if node.charge_state is not None and node.charge_state not in cfg.plugged_states:
         return False, NOT_PLUGGED_IN
+    if owner_present(node, now, cfg):
+        return False, OWNER_PRESENT
     for name, reason in _INVALID_REASON.items():
         if name in node.invalid:
             return False, reason
@@ -344,6 +381,15 @@ def evaluate(node: NodeState, now: int, cfg: SchedulerConfig) -> tuple[bool, str
     return True, None
 
 
+def owner_present(node: NodeState, now: int, cfg: SchedulerConfig) -> bool:
+    """Whether the owner the node reported back (at ``owner_since``) may still be at the car: no plug-in
+    session started since the report, and less than ``owner_away_s`` went by."""
+    since = node.owner_since
+    if since is None or now >= since + cfg.owner_away_s * 1000:
+        return False
+    return node.session_start is None or node.session_start <= since
+
+
 def is_ready(reason: str | None) -> bool:
     """Whether the car itself qualifies (eligible, or only throttled / full)."""
     return reason in _NOT_READY_OK
@@ -359,10 +405,12 @@ def next_change_at(node: NodeState, now: int, cfg: SchedulerConfig) -> int | Non
         if ti > now and (best is None or ti < best):
             best = ti
 
-    if node.ts >= 0:
-        consider(node.ts + cfg.lease_s * 1000 + 1)
+    if node.lease_ts >= 0:
+        consider(node.lease_ts + cfg.lease_s * 1000 + 1)
         if node.running:
-            consider(node.ts + cfg.claim_lease_s * 1000 + 1)
+            consider(node.lease_ts + cfg.claim_lease_s * 1000 + 1)
+    if node.owner_since is not None:
+        consider(node.owner_since + cfg.owner_away_s * 1000)
     ttl = (cfg.field_ttl_s if node.ready_since is not None else cfg.confirm_s) * 1000
     for at in (node.gear_at, node.charge_at, node.soc_at):
         if at >= 0:

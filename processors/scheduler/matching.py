@@ -66,14 +66,17 @@ from processors.scheduler.eligibility import (
     evaluate,
     is_ready,
     next_change_at,
+    owner_present,
 )
 from processors.scheduler.exceptions import InvalidRecord
 from processors.scheduler.prediction import remember_pick, stay_probability
+from processors.scheduler.presence import mark_owner_back, presence_reason
 from processors.scheduler.records import HANDOFF, Out, assignment_record, lifecycle_record, node_record
 from processors.scheduler.reliability import is_trusted, record_failure, record_success
 from processors.scheduler.tasks import (
     ACTIVE,
     ASSIGNED,
+    CANNOT_FINISH,
     COMPLETED,
     EXPIRED,
     FAILED,
@@ -86,6 +89,7 @@ from processors.scheduler.tasks import (
     TERMINAL,
     Task,
     assignment_id_for,
+    finishes_in_time,
     order_key,
     validate_request,
 )
@@ -259,6 +263,9 @@ class Scheduler:
         if task.deadline is not None and task.deadline <= now:
             self._finish(task, EXPIRED, now, out, reason="DEADLINE_PASSED")
             return out
+        if not finishes_in_time(task, now, self.cfg.deadline_fit):
+            self._finish(task, EXPIRED, now, out, reason=CANNOT_FINISH)
+            return out
         self.counters["request_accepted"] += 1
         self._queue(task, now)
         out.append(lifecycle_record(task, "QUEUED", now))
@@ -300,6 +307,10 @@ class Scheduler:
                 self._match_touched(now, out)
             else:
                 self.counters["status_stale"] += 1
+                if status == "FAILED" and self._late_owner_back(
+                    task, aid, vin, ts, rec.get("error"), now, out
+                ):
+                    self._match_touched(now, out)
             return out
         node = self.nodes[vin]
         if status == "STARTED":
@@ -314,6 +325,8 @@ class Scheduler:
             self._release(task)
             self._finish(task, COMPLETED, now, out, vin=vin, aid=aid)
             self._refresh_node(node, now, out)
+        elif (presence := presence_reason(rec.get("error"))) is not None:
+            self._owner_back(task, node, presence, ts, now, out)
         else:
             record_failure(node, now, self.cfg)
             self._release(task)
@@ -350,6 +363,9 @@ class Scheduler:
             return []
         task.state, task.vin, task.assignment_id, task.done_ts = QUEUED, None, None, None
         out: list[Out] = []
+        if not finishes_in_time(task, now, self.cfg.deadline_fit):
+            self._finish(task, EXPIRED, now, out, reason=CANNOT_FINISH)
+            return out
         self._queue(task, now)
         if task.deadline is not None:
             self._push(task.deadline, "deadline", task.task_id)
@@ -502,6 +518,9 @@ class Scheduler:
         cfg = self.cfg
         if task.state in ACTIVE and task.deadline is not None:
             self._push(task.deadline, "deadline", task.task_id)
+        start_by = task.latest_start(self.cfg.deadline_fit)
+        if task.state == QUEUED and start_by is not None:
+            self._push(start_by + 1, "start_by", task.task_id)
         if task.state == ASSIGNED and task.assigned_ts is not None:
             self._push(task.assigned_ts + cfg.claim_timeout_s * 1000, "claim", task.task_id)
         if task.state == QUEUED and task.region is None and task.queued_ts is not None:
@@ -520,6 +539,9 @@ class Scheduler:
             return False
         if kind == "deadline":
             return task.state in ACTIVE and task.deadline == at
+        if kind == "start_by":
+            start_by = task.latest_start(self.cfg.deadline_fit)
+            return task.state == QUEUED and start_by is not None and start_by + 1 == at
         if kind == "claim":
             return (
                 task.state == ASSIGNED
@@ -549,6 +571,8 @@ class Scheduler:
         task = self.tasks[key]
         if kind == "deadline":
             self._expire(task, now, out)
+        elif kind == "start_by":
+            self._expire(task, now, out, CANNOT_FINISH)
         elif kind == "claim":
             self._claim_timeout(task, now, out)
         elif kind == "spill":
@@ -601,8 +625,10 @@ class Scheduler:
     def _refresh_node(self, node: NodeState, now: int, out: list[Out]) -> None:
         """Re-evaluate ``node`` at ``now``; preempt, update the idle set, publish, schedule a re-check."""
         cfg = self.cfg
+        if node.owner_since is not None and not owner_present(node, now, cfg):
+            node.owner_since = None  # the owner left (a new session, or owner_away_s went by)
         eligible, reason = evaluate(node, now, cfg)
-        claim_kept = reason == LEASE_EXPIRED and now - node.ts <= cfg.claim_lease_s * 1000
+        claim_kept = reason == LEASE_EXPIRED and now - node.lease_ts <= cfg.claim_lease_s * 1000
         if reason in cfg.preempt_reasons and node.running and not claim_kept:
             for task_id in list(node.running):
                 self._preempt(self.tasks[task_id], reason, now, out)
@@ -659,6 +685,9 @@ class Scheduler:
         self._touched.add(task.pool)
         if task.region is None:
             self._push(self._spill_at(task), "spill", task.task_id)
+        start_by = task.latest_start(self.cfg.deadline_fit)
+        if start_by is not None:
+            self._push(start_by + 1, "start_by", task.task_id)
 
     def _spill_at(self, task: Task) -> int:
         """When a waiting any-region task moves on: ``spill_after_s``, doubling per hop (at most 32x)."""
@@ -708,6 +737,9 @@ class Scheduler:
         task.assigned_ts = None
         if task.attempt >= MAX_ATTEMPT:  # bounded: lifecycle and routes never see a larger attempt
             self._finish(task, FAILED, now, out, reason="MAX_ATTEMPTS")
+            return
+        if not finishes_in_time(task, now, self.cfg.deadline_fit):
+            self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason=CANNOT_FINISH)
             return
         self._queue(task, now)
         out.append(lifecycle_record(task, "REQUEUED", now, vin=vin, aid=aid, reason=reason))
@@ -764,6 +796,40 @@ class Scheduler:
             self._refresh_node(self.nodes[v], now, out)
         return True
 
+    def _owner_back(
+        self, task: Task, node: NodeState, reason: str, ts: int, now: int, out: list[Out]
+    ) -> None:
+        """The node gave the task back because its owner is back (or it refused it as unavailable): not
+        a failure of the node or the task. The node turns OWNER_PRESENT (from the report's time ``ts``),
+        the task is requeued with its request time and never offered to this node again."""
+        vin, aid = node.vin, task.assignment_id
+        self._release(task)
+        mark_owner_back(node, ts)
+        task.exclude(node.vin)
+        task.preemptions += 1
+        self.counters["task_owner_returned"] += 1
+        out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=reason))
+        self._requeue(task, now, reason, out)
+        self._refresh_node(node, now, out)
+
+    def _late_owner_back(
+        self, task: Task, aid: str, vin: str | None, ts: int, error: Any, now: int, out: list[Out]
+    ) -> bool:
+        """An owner-back report for an assignment already taken back (it reached the matcher late): the
+        node still learns its owner is there, and the task never goes back to it. False if not one."""
+        if presence_reason(error) is None or vin is None or vin not in self.nodes:
+            return False
+        if task.revoked_at(aid, vin) is None:
+            return False
+        node = self.nodes[vin]
+        mark_owner_back(node, ts)
+        if task.state in ACTIVE:
+            task.exclude(vin)
+            self._dirty_tasks.add(task.task_id)
+        self.counters["status_late_owner_back"] += 1
+        self._refresh_node(node, now, out)
+        return True
+
     def _claim_timeout(self, task: Task, now: int, out: list[Out]) -> None:
         vin, aid = self._revoke(task, "CLAIM_TIMEOUT", now, out)
         self.counters["claim_timeout"] += 1
@@ -772,14 +838,14 @@ class Scheduler:
         self._requeue(task, now, "CLAIM_TIMEOUT", out, vin=vin, aid=aid)
         self._refresh_node(node, now, out)
 
-    def _expire(self, task: Task, now: int, out: list[Out]) -> None:
+    def _expire(self, task: Task, now: int, out: list[Out], reason: str = "DEADLINE_PASSED") -> None:
         vin = aid = None
         if task.state == QUEUED:
             self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
             self._drop_if_empty(task.pool)
         else:
             vin, aid = self._revoke(task, "DEADLINE", now, out)
-        self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason="DEADLINE_PASSED")
+        self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason=reason)
         if vin is not None:
             self._refresh_node(self.nodes[vin], now, out)
 
@@ -822,6 +888,9 @@ class Scheduler:
         while i < len(pool.queue) and pool.free_count > 0 and scanned < self.cfg.max_scan_tasks:
             task = self.tasks[pool.queue[i][1]]
             scanned += 1
+            if not finishes_in_time(task, now, self.cfg.deadline_fit):  # its start_by timer is due:
+                self._expire(task, now, out, CANNOT_FINISH)  # end it now, never start it
+                continue
             node = self._pick(pool, task, now)
             if node is None:
                 i += 1
@@ -836,8 +905,11 @@ class Scheduler:
         need_soc = task.min_soc_pct
         start = _crc(f"{task.task_id}/{task.attempt}") % N_SHARDS
         cands: list[NodeState] = []
+        excluded = task.excluded
         for j in range(N_SHARDS):
             for vin in pool.free[(start + j) % N_SHARDS]:
+                if vin in excluded:  # its owner came back during this task's life
+                    continue
                 node = self.nodes[vin]
                 if HW_RANK.get(node.hw, 0) < need_hw:
                     continue
@@ -850,6 +922,8 @@ class Scheduler:
                 break
         if not cands:
             return None
+        if task.deadline is not None:  # where the task would miss its deadline, only if nothing better
+            cands = [n for n in cands if not self._misses_deadline(n, task, now)] or cands
         if cfg.ranking == "random":
             return min(cands, key=lambda n: _crc(f"{cfg.seed}/{task.task_id}/{task.attempt}/{n.vin}"))
         retry = task.failures > 0
@@ -882,6 +956,22 @@ class Scheduler:
         if best_p < cfg.min_stay_probability:
             return None
         return best_node
+
+    def _misses_deadline(self, node: NodeState, task: Task, now: int) -> bool:
+        """Whether ``task``'s expected end on ``node`` is past its deadline.
+
+        The node's predicted idle time is the median of its stay (``prediction.idle_until``), so it
+        outlasts ``d`` seconds iff ``stay_probability(node, d) >= 0.5`` (no solve needed). If the node
+        outlasts the task, the task ends at now + est_duration_s: in time (the caller checked that it
+        can finish). If not, the task is lost when the node leaves and starts over elsewhere right
+        away, ending est_duration_s after that: past the deadline iff the node stays past
+        ``deadline - est_duration_s``. (A node about to leave costs little; one that leaves late does.)"""
+        assert task.deadline is not None
+        est = float(task.est_duration_s)
+        if stay_probability(node, est, now, self.cfg) >= 0.5:
+            return False
+        slack_s = (task.deadline - now) / 1000.0 - est
+        return stay_probability(node, slack_s, now, self.cfg) >= 0.5
 
     def _assign(self, task: Task, node: NodeState, now: int, out: list[Out]) -> None:
         assert len(node.running) < node.capacity, f"{node.vin} is full"

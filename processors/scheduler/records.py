@@ -49,7 +49,7 @@ def node_record(node: NodeState, now: int, cfg: SchedulerConfig) -> Out:
         "at_home": node.at_home,
         "minutes_to_full": node.minutes_to_full,
         "idle_until": idle_until(node, now, cfg) if node.eligible or node.running else None,
-        "lease_expires_at": node.ts + int(cfg.lease_s * 1000) if node.ts >= 0 else None,
+        "lease_expires_at": node.lease_ts + int(cfg.lease_s * 1000) if node.lease_ts >= 0 else None,
         "reliability": round(node.reliability, 4),
         "capacity": node.capacity,
         "running": len(node.running),

@@ -11,6 +11,14 @@ keeps its original request time, so it goes back ahead of newer work of equal pr
 ``revoked`` remembers the last ``MAX_REVOKED`` assignments the scheduler took back (assignment_id, vin,
 event time of the REVOKE): a node's COMPLETED that was sent before that moment but arrives after it
 still completes the task (``late_status_s`` in the config), as it would have in order.
+
+``excluded`` lists the nodes that must not get the task again (the last ``MAX_EXCLUDED``): each one
+reported its owner back or refused the task as unavailable during this task's life.
+
+Deadlines: a task can finish in time only if it starts by ``latest_start = deadline - fit *
+est_duration_s`` (``fit`` = ``SchedulerConfig.deadline_fit``, 1 = the whole estimate). A task that
+cannot (at its request, when requeued or handed over, or while it waits) ends EXPIRED with reason
+``CANNOT_FINISH_BY_DEADLINE`` instead of being started and killed at the deadline.
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from processors.scheduler.config import HW_RANK, SchedulerConfig
 
 __all__ = [
     "ACTIVE",
+    "CANNOT_FINISH",
     "MAX_ATTEMPT",
+    "MAX_EXCLUDED",
     "MAX_REVOKED",
     "TERMINAL",
     "Task",
     "assignment_id_for",
     "effective_priority",
+    "finishes_in_time",
     "order_key",
     "validate_request",
 ]
@@ -43,6 +54,8 @@ TERMINAL = frozenset({COMPLETED, FAILED, EXPIRED, REJECTED, MOVED})
 
 MAX_REVOKED = 4  # previous assignments remembered per task (for late COMPLETED reports)
 MAX_ATTEMPT = 1000  # assignments of one task; at that many the task ends FAILED (MAX_ATTEMPTS)
+MAX_EXCLUDED = 8  # nodes a task remembers never to go back to (owner back, refused): a bounded list
+CANNOT_FINISH = "CANNOT_FINISH_BY_DEADLINE"  # EXPIRED reason: now + est_duration_s is past the deadline
 
 _NAMESPACE = uuid.UUID("6f1c2f8e-6a55-4d0b-9c7e-2b8f3c5a9d10")  # Carnival assignments
 
@@ -76,10 +89,12 @@ class Task:
     done_ts: int | None = None
     hops: int = 0  # any-region pool hand-offs
     revoked: tuple[tuple[str, str, int], ...] = ()  # (assignment_id, vin, revoked at), oldest first
+    excluded: tuple[str, ...] = ()  # vins never to be offered this task again, oldest first
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
         d["revoked"] = [list(r) for r in self.revoked]
+        d["excluded"] = list(self.excluded)
         return d
 
     @classmethod
@@ -87,7 +102,17 @@ class Task:
         """Also reads states written before ``revoked`` existed (no previous assignments known)."""
         kw = {k: v for k, v in d.items() if k in cls.__slots__}  # type: ignore[attr-defined]
         kw["revoked"] = tuple((str(a), str(v), int(t)) for a, v, t in d.get("revoked") or ())
+        kw["excluded"] = tuple(str(v) for v in d.get("excluded") or ())
         return cls(**kw)
+
+    def exclude(self, vin: str) -> None:
+        if vin not in self.excluded:
+            self.excluded = (*self.excluded, vin)[-MAX_EXCLUDED:]
+
+    def latest_start(self, fit: float = 1.0) -> int | None:
+        """The last event time (ms) at which the task can start and still finish by its deadline, if it
+        runs ``fit`` x its estimate."""
+        return None if self.deadline is None else self.deadline - int(self.est_duration_s * 1000 * fit)
 
     def remember_revoke(self, aid: str, vin: str, at: int) -> None:
         self.revoked = (*self.revoked, (aid, vin, at))[-MAX_REVOKED:]
@@ -143,6 +168,12 @@ def order_key(task: Task, cfg: SchedulerConfig) -> tuple[float, int, str]:
     else:
         virtual = -task.priority * 1e15 + task.requested_ts
     return (virtual, task.requested_ts, task.task_id)
+
+
+def finishes_in_time(task: Task, now: int, fit: float = 1.0) -> bool:
+    """Whether ``task``, started at ``now``, can end by its deadline (always, without one)."""
+    start_by = task.latest_start(fit)
+    return start_by is None or now <= start_by
 
 
 def effective_priority(task: Task, now: int, cfg: SchedulerConfig) -> float:

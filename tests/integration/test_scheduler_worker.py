@@ -232,18 +232,22 @@ def test_deadline_expiry(worker: SchedWorker, outputs: Outputs, feed: Feed) -> N
     t = tag("deadline")
     now = now_ms()
     feed.requests(
-        req(f"{t}-soon", t, ts=now, deadline=now + 2000),  # no car in this pool: expires while queued
+        # No car in this pool: it waits until it can no longer finish (deadline - est_duration_s).
+        req(f"{t}-soon", t, ts=now, deadline=now + 4000, est_duration_s=1),
         req(f"{t}-past", t, ts=now, deadline=now - 1000),  # already too late
+        req(f"{t}-long", t, ts=now, deadline=now + 60_000),  # 600 s of work: cannot finish, never queued
     )
     outputs.wait(lambda: "EXPIRED" in outputs.states(f"{t}-soon"), timeout_s=15)
     assert outputs.states(f"{t}-soon") == ["REQUESTED", "QUEUED", "EXPIRED"]
     assert outputs.states(f"{t}-past") == ["REQUESTED", "EXPIRED"]
+    assert outputs.states(f"{t}-long") == ["REQUESTED", "EXPIRED"]
+    assert outputs.lifecycle[f"{t}-long"][-1]["reason"] == "CANNOT_FINISH_BY_DEADLINE"
     expired = [r for r in outputs.lifecycle[f"{t}-soon"] if r["state"] == "EXPIRED"][0]
-    assert expired["reason"] == "DEADLINE_PASSED" and expired["ts"] >= now + 2000
+    assert expired["reason"] == "CANNOT_FINISH_BY_DEADLINE" and expired["ts"] >= now + 3000
     # An assigned task past its deadline is revoked too.
     feed.telemetry(tel(f"{t}-a", t))
     outputs.wait(lambda: outputs.node(f"{t}-a"))
-    feed.requests(req(f"{t}-run", t, deadline=now_ms() + 2500))
+    feed.requests(req(f"{t}-run", t, deadline=now_ms() + 2500, est_duration_s=1))
     outputs.wait(lambda: "EXPIRED" in outputs.states(f"{t}-run"), timeout_s=15)
     assert outputs.states(f"{t}-run") == ["REQUESTED", "QUEUED", "ASSIGNED", "EXPIRED"]
     assert [c[0] for c in outputs.commands(f"{t}-run")] == ["ASSIGN", "REVOKE"]

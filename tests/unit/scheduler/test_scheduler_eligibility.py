@@ -95,6 +95,14 @@ def test_every_reason_is_covered() -> None:
     ]:
         assert reason_of(tel("V1", T0, **overrides)) == reason
         covered.add(reason)
+    # The record a car sends as it falls asleep (no live reading), after a live one.
+    asleep = tel("V1", T0 + S, gear="UNKNOWN", soc_pct=None, charge_limit_pct=None, compute_temp_c=None)
+    assert reason_of(tel("V1", T0), asleep) == "ASLEEP"
+    covered.add("ASLEEP")
+    node = node_after(tel("V1", T0))
+    node.owner_since = T0  # the node reported its owner back (matching sets it from tasks.status.v1)
+    assert evaluate(node, T0 + S, DEFAULT_CONFIG)[1] == "OWNER_PRESENT"
+    covered.add("OWNER_PRESENT")
     assert covered == set(REASONS)
 
 
@@ -114,14 +122,14 @@ def test_unknown_charge_state_is_never_unplugged() -> None:
     assert evaluate(node, T0 + 10 * S, DEFAULT_CONFIG) == (True, None)
 
 
-def test_missing_fields_keep_last_value_and_refresh_lease() -> None:
-    rec = {"vin": "V1", "ts": T0 + 100 * S, "region": "us-west", "opted_in": True}  # everything else missing
+def test_missing_fields_keep_last_value_and_a_live_reading_refreshes_lease() -> None:
+    rec = {"vin": "V1", "ts": T0 + 100 * S, "region": "us-west", "opted_in": True, "soc_pct": 79.0}
     h = Harness()
     h.tel("V1", T0)
-    h.s.on_telemetry(rec)
+    h.s.on_telemetry(rec)  # everything but the SoC missing
     node = h.s.nodes["V1"]
     assert node.ts == T0 + 100 * S and node.gear == "P" and node.charge_at == T0
-    # lease refreshed: still eligible after the original lease would have run out
+    # lease refreshed by the live SoC: still eligible after the original lease would have run out
     assert evaluate(node, T0 + 150 * S, DEFAULT_CONFIG) == (True, None)
 
 

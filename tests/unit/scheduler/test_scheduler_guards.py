@@ -189,7 +189,7 @@ def test_timers_of_finished_tasks_do_not_pile_up() -> None:
 def test_a_long_silence_is_one_compaction_not_a_leak() -> None:
     s = Scheduler()
     s.on_telemetry(tel("V1", T0))
-    s.on_request(req("t1", T0, deadline=T0 + 10 * MIN))
+    s.on_request(req("t1", T0, deadline=T0 + 10 * MIN, est_duration_s=60))
     before = {e for e in s._timers if s._live(*e)}
     s._compact_timers()
     assert set(s._timers) == before  # compaction keeps exactly the live timers

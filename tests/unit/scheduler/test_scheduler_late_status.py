@@ -99,7 +99,7 @@ def test_late_completed_beyond_the_allowance_stays_stale() -> None:
 def test_late_completed_replaces_a_deadline_expiry_it_beat() -> None:
     h = Harness()
     h.tel("V1", T0)
-    h.req("r", T0 + S, deadline=T0 + 90 * S)
+    h.req("r", T0 + S, deadline=T0 + 90 * S, est_duration_s=60)  # can finish in time: it is started
     aid = h.s.tasks["r"].assignment_id
     h.status("r", T0 + 2 * S, "STARTED")
     h.tel("V1", T0 + 60 * S)

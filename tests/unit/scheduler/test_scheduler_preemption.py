@@ -107,12 +107,12 @@ def test_claim_timeout_requeues() -> None:
 
 def test_deadline_expiry_of_queued_and_running_tasks() -> None:
     h = Harness()
-    h.req("q", T0, deadline=T0 + 10 * MIN)
+    h.req("q", T0, deadline=T0 + 10 * MIN, est_duration_s=60)
     outs = h.tick(T0 + 10 * MIN)
     assert states(outs) == ["EXPIRED"] and h.s.queue("us-west") == []
     h2 = Harness()
     h2.tel("V1", T0)
-    h2.req("r", T0 + S, deadline=T0 + 90 * S)
+    h2.req("r", T0 + S, deadline=T0 + 90 * S, est_duration_s=60)
     h2.status("r", T0 + 2 * S, "STARTED")
     h2.tel("V1", T0 + 60 * S)
     outs = h2.tick(T0 + 90 * S)
