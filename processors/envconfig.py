@@ -12,7 +12,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
+
 from core.settings import ProcessorValues, Settings, get_settings
+
+log = structlog.get_logger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -47,12 +51,17 @@ def field_defaults(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.init}
 
 
-def check_names(raw: ProcessorValues, prefix: str, what: str, *classes: type) -> None:
+def check_names(
+    raw: ProcessorValues, prefix: str, what: str, *classes: type, retired: Mapping[str, str] | None = None
+) -> None:
     """``ValueError`` for a ``<prefix><NAME>`` variable none of ``classes`` declares (a typo keeps no
-    default)."""
+    default). A ``retired`` name (a setting that existed once, with why it went) is only warned about:
+    an operator's old environment must not stop a worker that no longer needs it."""
     names = {name for cls in classes for name in field_defaults(cls)}
     for name in sorted(raw.values):
-        if name not in names:
+        if name in (retired or {}):
+            log.warning("setting_retired", setting=f"{prefix}{name.upper()}", why=(retired or {})[name])
+        elif name not in names:
             raise ValueError(f"unknown {what} setting {prefix}{name.upper()}")
 
 

@@ -109,9 +109,17 @@ DETECTORS_LOADED = Counter(
 
 
 # -- configuration --------------------------------------------------------------------------------
+RETIRED = {
+    name: "the power worker no longer runs on faust: batches are whatever is waiting, and commits follow "
+    "each checkpoint"
+    for name in ("batch_within_s", "producer_max_batch_size", "commit_every")
+}
+"""Settings of the faust power worker, accepted with a warning."""
+
+
 def _checked(settings: Settings) -> ProcessorValues:
     raw = settings.power
-    check_names(raw, ENV_PREFIX, "power detector", PowerConfig, PowerKnobs)
+    check_names(raw, ENV_PREFIX, "power detector", PowerConfig, PowerKnobs, retired=RETIRED)
     return raw
 
 

@@ -115,6 +115,19 @@ def test_power_config_and_knobs_from_the_settings() -> None:
         power_config(Settings.from_env({"CARNIVAL_POWER_GAP_HOLD_S": "soon"}))
 
 
+def test_settings_of_the_faust_power_worker_are_accepted_with_a_warning() -> None:
+    """An operator's environment from before the power worker left faust must not stop it."""
+    from structlog.testing import capture_logs
+
+    old = Settings.from_env({"CARNIVAL_POWER_COMMIT_EVERY": "500", "CARNIVAL_POWER_BATCH_WITHIN_S": "0.01"})
+    with capture_logs() as logs:
+        assert power_knobs(old) == PowerKnobs()
+    assert sorted(e["setting"] for e in logs if e["event"] == "setting_retired") == [
+        "CARNIVAL_POWER_BATCH_WITHIN_S",
+        "CARNIVAL_POWER_COMMIT_EVERY",
+    ]
+
+
 def test_sink_and_alert_router_configs_from_the_settings() -> None:
     s = Settings.from_env({
         "CARNIVAL_SINK_BATCH_ROWS": "500",
