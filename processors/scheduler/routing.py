@@ -130,7 +130,8 @@ class TaskRouter:
         )
 
     async def _forward(self, kind: bytes, pool: str, value: bytes, partition: int, offset: int) -> None:
-        await glue.send(self.pool_topic, pool.encode(), pack(kind, value, partition, offset))
+        record = pack(kind, value, partition, offset)
+        self.codec.watch(await glue.send(self.pool_topic, pool.encode(), record))
 
     def _set_route(self, key: bytes, route: dict[str, Any], partition: int) -> None:
         self.routes[key] = orjson.dumps(route)
