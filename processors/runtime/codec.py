@@ -6,8 +6,6 @@ record with its source position instead of an exception that crashes the agent.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -25,39 +23,13 @@ log = structlog.get_logger(__name__)
 
 
 class AgentCodec:
-    """Decode events of an agent's input topics; encode and send its outputs.
+    """Decode events of an agent's input topics; encode and send its outputs."""
 
-    Every record sent through faust's producer is ``watch``ed: faust commits an agent's offsets after
-    ``producer.flush()``, which waits for the sends but does not look at whether they failed, so a send
-    Kafka refused past the producer's retries would be committed past and lost without a trace. A failed
-    send calls ``on_failed`` (the worker exits, and the next start replays what was not committed)."""
-
-    def __init__(
-        self,
-        app: faust.App,
-        settings: Settings,
-        processor: str,
-        on_failed: Callable[[BaseException], None] | None = None,
-    ) -> None:
+    def __init__(self, app: faust.App, settings: Settings, processor: str) -> None:
         self.app = app
         self.processor = processor
         self.serde: AvroSerde = serde_from_settings(settings)
         self._topics: dict[str, faust.TopicT] = {}
-        self.on_failed = on_failed
-
-    def watch(self, future: Any) -> Any:
-        """Call ``on_failed`` if this send fails; returns the future."""
-        if self.on_failed is not None and isinstance(future, asyncio.Future):
-            future.add_done_callback(self._delivered)
-        return future
-
-    def _delivered(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None and self.on_failed is not None:
-            log.error("faust_send_failed", processor=self.processor, error=f"{type(exc).__name__}: {exc}")
-            self.on_failed(exc)
 
     def topic(self, name: str) -> faust.TopicT:
         """A raw-bytes faust topic handle (created once per name)."""
@@ -81,8 +53,7 @@ class AgentCodec:
         RECORDS_CONSUMED.labels(topic=msg.topic).inc()
         return record
 
-    async def dead_letter(self, msg: Any, kind: str, error: str) -> Any:
-        """Send ``msg`` to the dead-letter topic with its reason; returns the send's delivery future."""
+    async def dead_letter(self, msg: Any, kind: str, error: str) -> None:
         RECORDS_REJECTED.labels(topic=msg.topic, kind=kind).inc()
         log.warning(
             "record_dead_lettered",
@@ -103,10 +74,8 @@ class AgentCodec:
             offset=msg.offset,
             processor=self.processor,
         )
-        return self.watch(
-            await self.topic(DEADLETTER_TOPIC).send(
-                key=msg.topic.encode(), value=self.serde.encode(DEADLETTER_TOPIC, record)
-            )
+        await self.topic(DEADLETTER_TOPIC).send(
+            key=msg.topic.encode(), value=self.serde.encode(DEADLETTER_TOPIC, record)
         )
 
     async def processing_failed(self, event: faust.EventT, exc: Exception) -> None:

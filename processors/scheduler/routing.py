@@ -130,8 +130,7 @@ class TaskRouter:
         )
 
     async def _forward(self, kind: bytes, pool: str, value: bytes, partition: int, offset: int) -> None:
-        record = pack(kind, value, partition, offset)
-        self.codec.watch(await glue.send(self.pool_topic, pool.encode(), record))
+        await glue.send(self.pool_topic, pool.encode(), pack(kind, value, partition, offset))
 
     def _set_route(self, key: bytes, route: dict[str, Any], partition: int) -> None:
         self.routes[key] = orjson.dumps(route)

@@ -332,22 +332,18 @@ class PoolScheduler:
                 dead.extend(d)
             emitted: Counter[str] = Counter()
             produce, encode = self.producer.produce, self.codec.serde.encode
-            sent: list[Any] = []  # faust's sends: the checkpoint acks nothing before they are delivered
             for out in outs:
                 if out.topic == HANDOFF_TOPIC:
-                    value = pack(HANDOFF, orjson.dumps(out.value))
-                    sent.append(self.codec.watch(await glue.send(self.pool_topic, out.key.encode(), value)))
+                    await glue.send(self.pool_topic, out.key.encode(), pack(HANDOFF, orjson.dumps(out.value)))
                 else:
                     produce(out.topic, out.key.encode(), encode(out.topic, out.value))
                 emitted[out.topic] += 1
             for source, kind, error in dead:
                 DEAD_LETTERED.labels(kind=kind).inc()
-                sent.append(await self.codec.dead_letter(source, kind, error))
+                await self.codec.dead_letter(source, kind, error)
             t_run = time.perf_counter()
             writes = self._write_table(by_partition)
-            futures = [f for f in sent if isinstance(f, asyncio.Future)]
-            untracked = len(outs) + len(dead) - len(futures)  # the confluent producer's: checked by its flush
-            cp.add(events, dict.fromkeys(by_partition, events[-1]), futures, untracked)
+            cp.add(events, dict.fromkeys(by_partition, events[-1]), (), len(outs) + len(dead))
         for topic, n in emitted.items():
             OUTPUTS.labels(topic=topic).inc(n)
         BATCH_SIZE.observe(len(events))
@@ -392,12 +388,9 @@ class PoolScheduler:
 
     async def quarantine(self, event: Any, reason: str) -> None:
         DEAD_LETTERED.labels(kind=QUARANTINED).inc()
-        sent = await self.codec.dead_letter(event.message, QUARANTINED, reason)
+        await self.codec.dead_letter(event.message, QUARANTINED, reason)
         async with self.checkpointer.applying:
-            if isinstance(sent, asyncio.Future):
-                self.checkpointer.add([event], {}, (sent,), 0)
-            else:
-                self.checkpointer.add([event], {}, (), 1)
+            self.checkpointer.add([event], {}, (), 1)
 
     # -- time -------------------------------------------------------------------------------------
     async def tick(self) -> None:

@@ -102,7 +102,7 @@ app = create_app(
     # inline in faust's message drain loop.
     broker_commit_every=10_000_000,
 )
-codec = AgentCodec(app, settings, PROCESSOR, on_failed=_fatal)
+codec = AgentCodec(app, settings, PROCESSOR)
 serde = AvroSerde(codec.serde.registry, raw_timestamps=True)  # epoch-ms ints, as the scheduler wants
 
 task_topics = app.topic(*TASK_TOPICS, key_type=bytes, value_type=bytes)

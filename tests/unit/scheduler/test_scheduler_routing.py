@@ -46,9 +46,6 @@ class Codec:
     async def dead_letter(self, msg: Any, kind: str, error: str) -> None:
         self.dead.append((msg.offset, kind, error))
 
-    def watch(self, future: Any) -> Any:
-        return future
-
 
 def _event(topic: str, record: dict[str, Any], offset: int) -> Any:
     return SimpleNamespace(message=SimpleNamespace(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_scheduler_support import T0, cfg, req, tel
 
-from processors.runtime import QUARANTINED, CheckpointFailed, RetryPolicy
+from processors.runtime import QUARANTINED, RetryPolicy
 from processors.scheduler.scheduling import PoolScheduler
 from processors.scheduler.wiring_runtime import REQUEST, TELEMETRY, WorkerKnobs, pack
 from processors.scheduler.wiring_state import restore
@@ -45,14 +45,9 @@ class Codec:
     def __init__(self) -> None:
         self.serde = SERDE
         self.dead: list[tuple[Any, str, str]] = []
-        self.sends: list[asyncio.Future[Any]] = []  # delivery futures the next dead letters get
 
-    async def dead_letter(self, msg: Any, kind: str, error: str) -> Any:
+    async def dead_letter(self, msg: Any, kind: str, error: str) -> None:
         self.dead.append((msg.offset, kind, error))
-        return self.sends.pop(0) if self.sends else None
-
-    def watch(self, future: Any) -> Any:
-        return future
 
 
 class Stream:
@@ -200,22 +195,3 @@ def test_a_record_that_breaks_the_scheduler_is_dead_lettered_and_the_rest_contin
     asyncio.run(main())
 
 
-
-
-def test_a_dead_letter_faust_did_not_deliver_is_never_acked_past() -> None:
-    """faust's own flush waits for a send but ignores its failure: the checkpoint looks at the delivery
-    futures of the batch's faust sends (dead letters, hand-offs) and fails instead of acking."""
-
-    async def main() -> None:
-        pools, producer, codec, store, stream = _scheduler()
-        refused = asyncio.get_running_loop().create_future()
-        refused.set_exception(RuntimeError("MessageSizeTooLarge"))  # Kafka refused it past the retries
-        codec.sends.append(refused)
-        tombstone = Event(TELEMETRY, "fleet.telemetry.v1", tel("car-1", T0), 0)
-        tombstone.message.value = None  # dead-lettered as TOMBSTONE
-        with pytest.raises(CheckpointFailed, match="not delivered"):  # the checkpoint is due at once here
-            await pools.handle([tombstone, Event(TELEMETRY, "fleet.telemetry.v1", tel("car-2", T0), 1)])
-        assert [kind for _, kind, _ in codec.dead] == ["TOMBSTONE"]
-        assert stream.acked == []
-
-    asyncio.run(main())
