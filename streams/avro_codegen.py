@@ -44,22 +44,39 @@ def zigzag(n: int) -> bytes:
     return out + _END[n]
 
 
-class _Gen:
-    def __init__(self) -> None:
+class CodeBuilder:
+    """The lines of one generated function and the names they use; shared by the generated codecs
+    (this encoder, ``json_plan``'s JSON-line plans, ``avro_json``'s readers)."""
+
+    def __init__(self, env: dict[str, Any]) -> None:
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {
+        self.env: dict[str, Any] = dict(env)
+        self.n = 0
+
+    def const(self, value: Any, prefix: str = "c") -> str:
+        """A fresh global name bound to ``value`` in the generated code."""
+        self.n += 1
+        name = f"_{prefix}{self.n}"
+        self.env[name] = value
+        return name
+
+    def add(self, ind: str, line: str) -> None:
+        self.lines.append(ind + line)
+
+    def build(self, name: str) -> Any:
+        """Compile the lines and return the function they define as ``name``."""
+        exec("\n".join(self.lines), self.env)  # noqa: S102 - code generated from our own schema files
+        return self.env[name]
+
+
+class _Gen(CodeBuilder):
+    def __init__(self) -> None:
+        super().__init__({
             "_z": zigzag,
             "_d": struct.Struct("<d").pack,
             "_f": struct.Struct("<f").pack,
             "_EPOCH": _EPOCH,
-        }
-        self.n = 0
-
-    def name(self, prefix: str, value: Any) -> str:
-        self.n += 1
-        key = f"_{prefix}{self.n}"
-        self.env[key] = value
-        return key
+        })  # fmt: skip
 
     def value(self, t: Any, var: str, ind: str, named: dict[str, Any]) -> None:
         """Emit code appending the encoding of ``var`` (of Avro type ``t``) to ``o``."""
@@ -84,12 +101,12 @@ class _Gen:
                 if "namespace" in t:
                     named[f"{t['namespace']}.{t['name']}"] = t
                 table = {s: bytes([i * 2]) if i < 64 else zigzag(i) for i, s in enumerate(t["symbols"])}
-                add(f"{ind}o += {self.name('e', table)}[{var}]")
+                add(f"{ind}o += {self.const(table, 'e')}[{var}]")
                 return
             logical = t.get("logicalType")
             if isinstance(kind, str) and kind in ("long", "int") and logical in _UNITS:
                 # Epoch ints pass straight through; datetimes are converted exactly (no float rounding).
-                unit = self.name("u", _UNITS[logical])
+                unit = self.const(_UNITS[logical], "u")
                 add(f"{ind}o += _z({var} if type({var}) is int else ({var} - _EPOCH) // {unit})")
                 return
             self.value(kind, var, ind, named)
@@ -115,7 +132,7 @@ def compile_encoder(topic: str) -> Encoder:
     prefix = b"\xc3\x01" + schemas.version_for(topic).fingerprint_bytes  # single-object framing
     gen = _Gen()
     gen.lines.append("def encode(r):")
-    gen.lines.append(f"    o = bytearray({gen.name('p', prefix)})")
+    gen.lines.append(f"    o = bytearray({gen.const(prefix, 'p')})")
     named: dict[str, Any] = {}
     for i, f in enumerate(raw["fields"]):
         var = f"v{i}"
@@ -128,5 +145,4 @@ def compile_encoder(topic: str) -> Encoder:
             gen.lines.append(f"    {var} = r.get({f['name']!r}, {default!r})")
         gen.value(f["type"], var, "    ", named)
     gen.lines.append("    return bytes(o)")
-    exec("\n".join(gen.lines), gen.env)  # noqa: S102 - code generated from our own schema files
-    return gen.env["encode"]  # type: ignore[no-any-return]
+    return gen.build("encode")  # type: ignore[no-any-return]

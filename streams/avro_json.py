@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 import schemas
+from streams.avro_codegen import CodeBuilder
 from streams.records import _b64, _output_converter
 
 __all__ = ["JsonLine", "compile_json_line"]
@@ -50,26 +51,17 @@ def _varint(b: bytes, p: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), p
 
 
-class _Gen:
+class _Gen(CodeBuilder):
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.env: dict[str, Any] = {
-            "_v": _varint,
-            "_ud": struct.Struct("<d").unpack_from,
-            "_uf": struct.Struct("<f").unpack_from,
-            "_b64": _b64,
-            "_dumps": orjson.dumps,
-        }
-        self.n = 0
-
-    def const(self, value: Any) -> str:
-        self.n += 1
-        name = f"_c{self.n}"
-        self.env[name] = value
-        return name
-
-    def add(self, ind: str, line: str) -> None:
-        self.lines.append(ind + line)
+        super().__init__(
+            {
+                "_v": _varint,
+                "_ud": struct.Struct("<d").unpack_from,
+                "_uf": struct.Struct("<f").unpack_from,
+                "_b64": _b64,
+                "_dumps": orjson.dumps,
+            }
+        )
 
     def long(self, var: str, ind: str) -> None:
         """Read a varint of any length into ``var`` inline (timestamps are six bytes): as ``_varint``."""
@@ -186,5 +178,4 @@ def compile_json_line(topic: str) -> JsonLine:
     add(f"        return _dumps({{{', '.join(items)}}})")
     add("    except Exception:")
     add("        return None")
-    exec("\n".join(gen.lines), gen.env)  # noqa: S102 - code generated from our own schema files
-    return gen.env["line"]  # type: ignore[no-any-return]
+    return gen.build("line")  # type: ignore[no-any-return]

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 import schemas
-from streams.avro_codegen import zigzag
+from streams.avro_codegen import CodeBuilder, zigzag
 from streams.records import _NON_EMPTY, _TS_MAX, _TS_MIN, MAX_CHARS, RANGES
 from streams.topics import key_field
 
@@ -48,37 +48,28 @@ class _Unsupported(TypeError):
     """A field shape the plan does not generate code for: the topic has no plan."""
 
 
-class _Gen:
+class _Gen(CodeBuilder):
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.env: dict[str, Any] = {
-            "_loads": orjson.loads,
-            "_z": zigzag,
-            "_L1": _LEN1,
-            "_d": struct.Struct("<d").pack,
-            "_f": struct.Struct("<f").pack,
-            "_bd": struct.Struct("<Bd").pack,  # a union's branch byte and a double in one call
-            "_bf": struct.Struct("<Bf").pack,
-            "_isfinite": math.isfinite,
-            "_iso": datetime.fromisoformat,
-            "_b64": base64.b64decode,
-            "_UTC": UTC,
-            "_EPOCH": _EPOCH,
-            "_TS_MIN": _TS_MIN,
-            "_TS_MAX": _TS_MAX,
-            "_M": object(),  # a missing field
-        }
-        self.n = 0
+        super().__init__(
+            {
+                "_loads": orjson.loads,
+                "_z": zigzag,
+                "_L1": _LEN1,
+                "_d": struct.Struct("<d").pack,
+                "_f": struct.Struct("<f").pack,
+                "_bd": struct.Struct("<Bd").pack,  # a union's branch byte and a double in one call
+                "_bf": struct.Struct("<Bf").pack,
+                "_isfinite": math.isfinite,
+                "_iso": datetime.fromisoformat,
+                "_b64": base64.b64decode,
+                "_UTC": UTC,
+                "_EPOCH": _EPOCH,
+                "_TS_MIN": _TS_MIN,
+                "_TS_MAX": _TS_MAX,
+                "_M": object(),  # a missing field
+            }
+        )
         self.ts_divisor: int | None = None  # set by the last timestamp emitted: its unit per millisecond
-
-    def const(self, value: Any) -> str:
-        self.n += 1
-        name = f"_c{self.n}"
-        self.env[name] = value
-        return name
-
-    def add(self, ind: str, line: str) -> None:
-        self.lines.append(ind + line)
 
     def value(self, t: Any, field: str, var: str, ind: str, named: dict[str, Any], branch: int = -1) -> None:
         """Code that checks the non-null ``var`` (of Avro type ``t``) as the validator would and appends
@@ -193,8 +184,7 @@ def _default_bytes(gen: _Gen, t: Any, field: str, default: Any, named: dict[str,
     sub.lines.append("    o = bytearray()")
     sub.value(t, field, "v", "    ", dict(named))
     sub.lines.append("    return bytes(o)")
-    exec("\n".join(sub.lines), sub.env)  # noqa: S102 - code generated from our own schema files
-    out = sub.env["enc"](default)
+    out = sub.build("enc")(default)
     if out is None:
         raise _Unsupported(f"default of field {field!r}")
     return out  # type: ignore[no-any-return]
