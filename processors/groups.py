@@ -16,6 +16,8 @@ from streams.topics import (
     LIFECYCLE_TOPIC,
     POWER_EVENTS_TOPIC,
     REQUESTS_TOPIC,
+    SITE_CAPACITY_TOPIC,
+    SITE_POWER_STATE_TOPIC,
     STATUS_TOPIC,
     TELEMETRY_TOPIC,
 )
@@ -32,7 +34,12 @@ class ConsumerGroup:
     topics: tuple[str, ...]  # what it reads
 
 
-TELEMETRY_ROUTER = ConsumerGroup("scheduler-router", f"{APP_PREFIX}-scheduler-router", (TELEMETRY_TOPIC,))
+# The telemetry router also forwards the sites' capacity and power state to the scheduler's pools.
+TELEMETRY_ROUTER = ConsumerGroup(
+    "scheduler-router",
+    f"{APP_PREFIX}-scheduler-router",
+    (TELEMETRY_TOPIC, SITE_CAPACITY_TOPIC, SITE_POWER_STATE_TOPIC),
+)
 SCHEDULER = ConsumerGroup(
     "scheduler", f"{APP_PREFIX}-scheduler", (REQUESTS_TOPIC, STATUS_TOPIC, LIFECYCLE_TOPIC)
 )

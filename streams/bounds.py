@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.topics import ACTIONS_TOPIC, REQUESTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
+from streams.topics import ACTIONS_TOPIC, REQUESTS_TOPIC, SITE_CAPACITY_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
 
 ID_MAX = 256  # ids, names, regions
 TEXT_MAX = 1000  # free text: an error message, a device's detail
@@ -21,6 +21,7 @@ STRING_LIMITS: dict[str, dict[str, int]] = {
     TELEMETRY_TOPIC: {"vin": ID_MAX, "region": ID_MAX, "software_version": ID_MAX},
     REQUESTS_TOPIC: {"task_id": ID_MAX, "tenant": ID_MAX, "kind": ID_MAX, "region": ID_MAX},
     STATUS_TOPIC: {"task_id": ID_MAX, "assignment_id": ID_MAX, "vin": ID_MAX, "error": TEXT_MAX},
+    SITE_CAPACITY_TOPIC: {"site_id": ID_MAX, "region": ID_MAX},
     ACTIONS_TOPIC: {"session_id": ID_MAX, "task_id": ID_MAX, "vin": ID_MAX, "keys": 64, "error": TEXT_MAX},
 }
 # power.events.v1 is screened by the power processor itself: site_id and device_id at most 256

@@ -64,14 +64,24 @@ REQUESTS_TOPIC = "tasks.requests.v1"
 STATUS_TOPIC = "tasks.status.v1"
 ACTIONS_TOPIC = "emulator.actions.v1"
 POWER_EVENTS_TOPIC = "power.events.v1"
+SITE_CAPACITY_TOPIC = "sites.capacity.v1"
 NODES_TOPIC = "fleet.nodes.v1"
 ASSIGNMENTS_TOPIC = "tasks.assignments.v1"
 LIFECYCLE_TOPIC = "tasks.lifecycle.v1"
 INCIDENTS_TOPIC = "power.incidents.v1"
 ALERTS_TOPIC = "alerts.v1"
 DEADLETTER_TOPIC = "deadletter.v1"
+SITE_POWER_STATE_TOPIC = "sites.power_state.v1"
+SPILLOVER_TOPIC = "sites.spillover.v1"
 
-INPUT_TOPICS = (TELEMETRY_TOPIC, REQUESTS_TOPIC, STATUS_TOPIC, ACTIONS_TOPIC, POWER_EVENTS_TOPIC)
+INPUT_TOPICS = (
+    TELEMETRY_TOPIC,
+    REQUESTS_TOPIC,
+    STATUS_TOPIC,
+    ACTIONS_TOPIC,
+    POWER_EVENTS_TOPIC,
+    SITE_CAPACITY_TOPIC,
+)
 """What producers publish (``carnival produce`` refuses the others unless ``--allow-derived``)."""
 
 TOPICS: dict[str, TopicSpec] = {
@@ -83,11 +93,14 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(STATUS_TOPIC, "task_id", "node reports about tasks", retention_ms=14 * DAY_MS),
         TopicSpec(ACTIONS_TOPIC, "session_id", "emulator action traces", retention_ms=3 * DAY_MS),
         TopicSpec(POWER_EVENTS_TOPIC, "site_id", "site power sequence-of-events", retention_ms=30 * DAY_MS),
+        TopicSpec(SITE_CAPACITY_TOPIC, "site_id", "datacenter sites' emulator capacity", retention_ms=7 * DAY_MS),
         # Derived: what Carnival publishes.
         TopicSpec(NODES_TOPIC, "vin", "current node state per vin", compacted=True),
         TopicSpec(ASSIGNMENTS_TOPIC, "vin", "ASSIGN/REVOKE commands to nodes", retention_ms=14 * DAY_MS),
         TopicSpec(LIFECYCLE_TOPIC, "task_id", "every task state change", retention_ms=30 * DAY_MS),
         TopicSpec(INCIDENTS_TOPIC, "site_id", "failover incidents", retention_ms=90 * DAY_MS),
+        TopicSpec(SITE_POWER_STATE_TOPIC, "site_id", "current power state per site", compacted=True),
+        TopicSpec(SPILLOVER_TOPIC, "site_id", "spillover episodes of sites", retention_ms=90 * DAY_MS),
         TopicSpec(ALERTS_TOPIC, "fingerprint", "alerts for on-call tooling", retention_ms=30 * DAY_MS),
         TopicSpec(
             DEADLETTER_TOPIC, "source_topic", "records that could not be processed", retention_ms=30 * DAY_MS

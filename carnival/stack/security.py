@@ -35,6 +35,8 @@ from streams.topics import (
     INPUT_TOPICS,
     LIFECYCLE_TOPIC,
     NODES_TOPIC,
+    SITE_POWER_STATE_TOPIC,
+    SPILLOVER_TOPIC,
     TOPICS,
 )
 
@@ -61,12 +63,12 @@ GRANTS: dict[str, Grant] = {
     "fleet": Grant(write=INPUT_TOPICS, read=(ASSIGNMENTS_TOPIC,), prefixes=(f"{APP_PREFIX}-simulator",)),
     "scheduler": Grant(
         read=(*SCHEDULER.topics, *TELEMETRY_ROUTER.topics),
-        write=(NODES_TOPIC, ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC),
+        write=(NODES_TOPIC, ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC, SPILLOVER_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC),
         prefixes=(f"{APP_PREFIX}-scheduler",),
     ),
     "power": Grant(
         read=POWER.topics,
-        write=(INCIDENTS_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC),
+        write=(INCIDENTS_TOPIC, SITE_POWER_STATE_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC),
         prefixes=(f"{APP_PREFIX}-power",),
     ),
     "sink": Grant(read=tuple(TOPICS), write=(DEADLETTER_TOPIC,), prefixes=(f"{APP_PREFIX}-sink",)),

@@ -15,6 +15,7 @@ INPUT_TOPICS = {
     "tasks.status.v1",
     "emulator.actions.v1",
     "power.events.v1",
+    "sites.capacity.v1",
 }
 DERIVED_TOPICS = {
     "fleet.nodes.v1",
@@ -23,13 +24,18 @@ DERIVED_TOPICS = {
     "power.incidents.v1",
     "alerts.v1",
     "deadletter.v1",
+    "sites.power_state.v1",
+    "sites.spillover.v1",
 }
 
 # Field names exactly as the SPEC lists them (derived topics: at least these).
 SPEC_FIELDS = {
     "fleet.telemetry.v1": "vin ts hw region charge_state gear soc_pct charge_limit_pct minutes_to_full "
     "scheduled_departure at_home opted_in compute_temp_c software_version",
-    "tasks.requests.v1": "task_id ts tenant kind priority est_duration_s deadline min_hw region min_soc_pct",
+    "tasks.requests.v1": "task_id ts tenant kind priority est_duration_s deadline min_hw region min_soc_pct "
+    "placement",
+    "sites.capacity.v1": "site_id ts region slots_total slots_free power_budget_mw cost_per_slot_hour",
+    "sites.power_state.v1": "site_id ts state since battery_runtime_min incident_id",
     "tasks.status.v1": "task_id assignment_id vin ts status error",
     "emulator.actions.v1": "session_id task_id vin ts seq action x y keys text_len latency_ms ok error",
     "power.events.v1": "site_id device_id device_type ts seq event_type source_from source_to load_mw "
