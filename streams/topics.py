@@ -93,7 +93,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(STATUS_TOPIC, "task_id", "node reports about tasks", retention_ms=14 * DAY_MS),
         TopicSpec(ACTIONS_TOPIC, "session_id", "emulator action traces", retention_ms=3 * DAY_MS),
         TopicSpec(POWER_EVENTS_TOPIC, "site_id", "site power sequence-of-events", retention_ms=30 * DAY_MS),
-        TopicSpec(SITE_CAPACITY_TOPIC, "site_id", "datacenter sites' emulator capacity", retention_ms=7 * DAY_MS),
+        TopicSpec(SITE_CAPACITY_TOPIC, "site_id", "datacenter sites' emulator capacity"),
         # Derived: what Carnival publishes.
         TopicSpec(NODES_TOPIC, "vin", "current node state per vin", compacted=True),
         TopicSpec(ASSIGNMENTS_TOPIC, "vin", "ASSIGN/REVOKE commands to nodes", retention_ms=14 * DAY_MS),

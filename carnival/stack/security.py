@@ -63,7 +63,14 @@ GRANTS: dict[str, Grant] = {
     "fleet": Grant(write=INPUT_TOPICS, read=(ASSIGNMENTS_TOPIC,), prefixes=(f"{APP_PREFIX}-simulator",)),
     "scheduler": Grant(
         read=(*SCHEDULER.topics, *TELEMETRY_ROUTER.topics),
-        write=(NODES_TOPIC, ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC, SPILLOVER_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC),
+        write=(
+            NODES_TOPIC,
+            ASSIGNMENTS_TOPIC,
+            LIFECYCLE_TOPIC,
+            SPILLOVER_TOPIC,
+            ALERTS_TOPIC,
+            DEADLETTER_TOPIC,
+        ),
         prefixes=(f"{APP_PREFIX}-scheduler",),
     ),
     "power": Grant(
