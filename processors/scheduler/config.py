@@ -133,6 +133,17 @@ class SchedulerConfig:
     region_utc_offset_h: tuple[tuple[str, float], ...] = _REGION_OFFSETS  # region -> UTC offset (JSON form)
     default_utc_offset_h: float = 0.0  # UTC offset of a region not listed
 
+    # --- datacenter sites: placement, spillover, shedding (processors/scheduler/placement.py) -------------
+    spillover: bool = True  # False: the "no spillover" baseline (sites take work whatever their power)
+    placement_urgent_priority: int = 8  # ANY tasks of this priority or more go to a site first
+    placement_long_task_s: float = 3600.0  # ANY tasks this long or longer go to a site first
+    placement_fleet_min_stay: float = 0.8  # a car takes an ANY task over a site only if this likely to stay
+    fleet_cost_per_slot_hour: float = 0.10  # what a car's slot-hour costs (owner pay), site cost units
+    site_cost_per_slot_hour: float = 0.40  # a site's slot-hour when its report gives no cost
+    site_capacity_ttl_s: float = 300.0  # a site not reporting capacity for this long takes no new work
+    site_session_kw: float = 0.35  # power one emulator session draws at a site (budget -> sessions)
+    shed_max_priority: int = 5  # at RESERVE / SHEDDING, running ANY sessions up to this priority move
+
     offsets: dict[str, float] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +163,8 @@ class SchedulerConfig:
             raise ValueError("deadline_fit must be >= 0")
         if self.late_status_s < 0:
             raise ValueError("late_status_s must be >= 0")
+        if self.site_session_kw < 0 or self.site_capacity_ttl_s <= 0:
+            raise ValueError("site_session_kw must be >= 0 and site_capacity_ttl_s > 0")
         object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))
 
     def utc_offset_h(self, region: str | None) -> float:

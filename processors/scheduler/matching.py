@@ -69,10 +69,39 @@ from processors.scheduler.eligibility import (
     owner_present,
 )
 from processors.scheduler.exceptions import InvalidRecord
+from processors.scheduler.placement import (
+    CAR,
+    DATACENTER,
+    SITE,
+    SPILLOVER_ISLANDED,
+    battery_minutes,
+    choose,
+    open_to_work,
+    pick_site,
+    shed_plan,
+    shed_reason,
+    would_use_site,
+)
 from processors.scheduler.prediction import remember_pick, stay_probability
 from processors.scheduler.presence import mark_owner_back, presence_reason
-from processors.scheduler.records import HANDOFF, Out, assignment_record, lifecycle_record, node_record
+from processors.scheduler.records import (
+    HANDOFF,
+    Out,
+    assignment_record,
+    lifecycle_record,
+    node_record,
+    spillover_alert,
+    spillover_record,
+)
 from processors.scheduler.reliability import is_trusted, record_failure, record_success
+from processors.scheduler.sites import (
+    ISLANDED,
+    SEVERITY,
+    Episode,
+    SiteState,
+    check_capacity,
+    check_power_state,
+)
 from processors.scheduler.tasks import (
     ACTIVE,
     ASSIGNED,
@@ -95,6 +124,7 @@ from processors.scheduler.tasks import (
 )
 from streams.deadletter import FUTURE_TIMESTAMP, VALIDATION
 from streams.event_time import future_skew_error
+from streams.sites import is_site_vin, site_of
 
 __all__ = ["Scheduler", "pool_for_request", "pool_for_telemetry"]
 
@@ -124,7 +154,7 @@ def pool_for_request(rec: dict[str, Any], cfg: SchedulerConfig) -> str:
 class _Pool:
     """Derived indexes of one pool (rebuilt from node and task state on restore, never persisted)."""
 
-    __slots__ = ("name", "queue", "free", "free_count", "members")
+    __slots__ = ("name", "queue", "free", "free_count", "members", "sites")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -132,6 +162,7 @@ class _Pool:
         self.queue: list[tuple[tuple[float, int, str], str]] = []  # sorted (order_key, task_id)
         self.free: list[set[str]] = [set() for _ in range(N_SHARDS)]  # eligible nodes, sharded by vin hash
         self.free_count = 0
+        self.sites: set[str] = set()  # datacenter sites of this region (ids; ``Scheduler.sites``)
 
     def enqueue(self, key: tuple[float, int, str], task_id: str) -> None:
         bisect.insort(self.queue, (key, task_id))
@@ -151,12 +182,14 @@ class Scheduler:
         self.record_clock = 0  # max event time of records alone (ticks excluded): the worker's tick anchor
         self.nodes: dict[str, NodeState] = {}
         self.tasks: dict[str, Task] = {}
+        self.sites: dict[str, SiteState] = {}  # datacenter sites (stored with the nodes, key site:<id>)
         self.counters: Counter[str] = Counter()  # for metrics; not persisted
         self._pools: dict[str, _Pool] = {}
         self._timers: list[tuple[int, str, str]] = []  # heap of (at, kind, key), validated when popped
         self._touched: set[str] = set()  # pools whose supply or demand changed: match them
         self._dirty_nodes: set[str] = set()
         self._dirty_tasks: set[str] = set()
+        self._episodes_moved: set[str] = set()  # sites whose open episode moved work (an UPDATE is due)
         self._compact_at = _MIN_COMPACT_TIMERS
 
     # ------------------------------------------------------------------ public event handlers
@@ -312,6 +345,10 @@ class Scheduler:
                 ):
                     self._match_touched(now, out)
             return out
+        if is_site_vin(vin):
+            self._site_status(task, status, rec.get("error"), now, out)
+            self._match_touched(now, out)
+            return out
         node = self.nodes[vin]
         if status == "STARTED":
             if task.state == RUNNING:
@@ -372,6 +409,40 @@ class Scheduler:
         self._match_touched(now, out)
         return out
 
+    def on_site_capacity(self, rec: dict[str, Any], arrival_ms: int | None = None) -> list[Out]:
+        """sites.capacity.v1: a site's slots and emulator power budget (``sites.SiteState``)."""
+        site_id, _ = check_capacity(rec)
+        ts = self._event_ms(rec, arrival_ms, "capacity")
+        now = self._advance(ts)
+        site = self._site(site_id)
+        old_region = site.region
+        if not site.apply_capacity(rec, ts):
+            self.counters["capacity_stale"] += 1
+            return []
+        if old_region != site.region:
+            if old_region is not None:
+                self._pool(old_region).sites.discard(site_id)
+                self._drop_if_empty(old_region)
+            self._pool(str(site.region)).sites.add(site_id)
+        out: list[Out] = []
+        self._site_changed(site, now, out)
+        self._match_touched(now, out)
+        return out
+
+    def on_site_power(self, rec: dict[str, Any], arrival_ms: int | None = None) -> list[Out]:
+        """sites.power_state.v1: a site's power state; opens and closes spillover episodes, sheds."""
+        site_id, _ = check_power_state(rec)
+        ts = self._event_ms(rec, arrival_ms, "power_state")
+        now = self._advance(ts)
+        site = self._site(site_id)
+        if not site.apply_power(rec, ts):
+            self.counters["power_state_stale"] += 1
+            return []
+        out: list[Out] = []
+        self._site_changed(site, now, out)
+        self._match_touched(now, out)
+        return out
+
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
@@ -379,7 +450,8 @@ class Scheduler:
         return {
             "version": STATE_VERSION,
             "clock": self.clock,
-            "nodes": [self.nodes[v].to_dict() for v in sorted(self.nodes)],
+            "nodes": [self.nodes[v].to_dict() for v in sorted(self.nodes)]
+            + [self.sites[k].to_dict() for k in sorted(self.sites)],
             "tasks": [self.tasks[t].to_dict() for t in sorted(self.tasks)],
         }
 
@@ -401,6 +473,12 @@ class Scheduler:
         s = cls(config)
         s.clock = int(clock)
         for nd in nodes:
+            if nd.get("kind") == "site":
+                site = SiteState.from_dict(nd)
+                s.sites[site.site_id] = site
+                if site.region is not None:
+                    s._pool(site.region).sites.add(site.site_id)
+                continue
             node = NodeState.from_dict(nd)
             s.nodes[node.vin] = node
             pool = s._pool(node.pool)
@@ -423,11 +501,19 @@ class Scheduler:
         self,
     ) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
         """Nodes and tasks changed since the last call, as ``{key: dict}``; a value None = deleted."""
-        nodes = {v: (self.nodes[v].to_dict() if v in self.nodes else None) for v in sorted(self._dirty_nodes)}
+        nodes = {v: self._node_dict(v) for v in sorted(self._dirty_nodes)}
         tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in sorted(self._dirty_tasks)}
         self._dirty_nodes.clear()
         self._dirty_tasks.clear()
         return nodes, tasks
+
+    def _node_dict(self, vin: str) -> dict[str, Any] | None:
+        site_id = site_of(vin)
+        if site_id is not None:
+            site = self.sites.get(site_id)
+            return None if site is None else site.to_dict()
+        node = self.nodes.get(vin)
+        return None if node is None else node.to_dict()
 
     # ------------------------------------------------------------------ queries
 
@@ -451,6 +537,7 @@ class Scheduler:
             "pools": len(self._pools),
             "queued": sum(len(p.queue) for p in self._pools.values()),
             "timers": len(self._timers),
+            "sites": len(self.sites),
         }
 
     def check_invariants(self) -> None:
@@ -472,6 +559,15 @@ class Scheduler:
             assert in_free == node.eligible, (
                 f"{vin} free-set membership {in_free} != eligible {node.eligible}"
             )
+        for site_id, site in self.sites.items():
+            assert len(set(site.running)) == len(site.running), f"site {site_id} holds a task twice"
+            for tid in site.running:
+                assert tid not in holder, f"task {tid} held by {holder.get(tid)} and site {site_id}"
+                holder[tid] = site.vin
+                task = self.tasks[tid]
+                assert task.state in (ASSIGNED, RUNNING) and task.vin == site.vin, f"{tid} on {site_id}"
+            if site.region is not None:
+                assert site_id in self._pools[site.region].sites, f"site {site_id} not in its pool"
         queued: set[str] = set()
         members = Counter(node.pool for node in self.nodes.values())
         for name, pool in self._pools.items():
@@ -599,7 +695,13 @@ class Scheduler:
     def _drop_if_empty(self, name: str) -> None:
         """Drop pool ``name`` once no node and no queued task is in it (pool names come from input)."""
         pool = self._pools.get(name)
-        if pool is not None and pool.members <= 0 and not pool.queue and pool.free_count == 0:
+        if (
+            pool is not None
+            and pool.members <= 0
+            and not pool.queue
+            and pool.free_count == 0
+            and not pool.sites
+        ):
             del self._pools[name]
             self._touched.discard(name)
 
@@ -719,6 +821,14 @@ class Scheduler:
         """Take ``task`` off its node (the caller re-evaluates the node)."""
         if task.vin is None:
             return
+        site_id = site_of(task.vin)
+        if site_id is not None:
+            site = self.sites[site_id]
+            site.running.remove(task.task_id)
+            self._dirty_nodes.add(site.vin)
+            if site.region is not None:
+                self._touched.add(site.region)  # a slot is free
+            return
         node = self.nodes[task.vin]
         node.running.remove(task.task_id)
         self._dirty_nodes.add(node.vin)
@@ -783,8 +893,8 @@ class Scheduler:
         elif task.state == QUEUED:
             self._pool(task.pool).dequeue(order_key(task, self.cfg), task.task_id)
             self._drop_if_empty(task.pool)
-        node = self.nodes[vin]
-        record_success(node, self.cfg)
+        if not is_site_vin(vin):
+            record_success(self.nodes[vin], self.cfg)
         self.counters["status_late_completed"] += 1
         # The revoked assignment is one of the last few attempts (MAX_REVOKED revokes, failures between):
         # a bounded look back, whatever ``attempt`` says.
@@ -793,7 +903,7 @@ class Scheduler:
         attempt = next((k for k in attempts if assignment_id_for(task.task_id, k) == aid), None)
         self._finish(task, COMPLETED, now, out, vin=vin, aid=aid, reason="REPORTED_LATE", attempt=attempt)
         for v in sorted({vin} if holder is None else {vin, holder}):
-            self._refresh_node(self.nodes[v], now, out)
+            self._refresh_holder(v, now, out)
         return True
 
     def _owner_back(
@@ -833,10 +943,10 @@ class Scheduler:
     def _claim_timeout(self, task: Task, now: int, out: list[Out]) -> None:
         vin, aid = self._revoke(task, "CLAIM_TIMEOUT", now, out)
         self.counters["claim_timeout"] += 1
-        node = self.nodes[vin]
-        record_failure(node, now, self.cfg)
+        if not is_site_vin(vin):
+            record_failure(self.nodes[vin], now, self.cfg)
         self._requeue(task, now, "CLAIM_TIMEOUT", out, vin=vin, aid=aid)
-        self._refresh_node(node, now, out)
+        self._refresh_holder(vin, now, out)
 
     def _expire(self, task: Task, now: int, out: list[Out], reason: str = "DEADLINE_PASSED") -> None:
         vin = aid = None
@@ -847,7 +957,7 @@ class Scheduler:
             vin, aid = self._revoke(task, "DEADLINE", now, out)
         self._finish(task, EXPIRED, now, out, vin=vin, aid=aid, reason=reason)
         if vin is not None:
-            self._refresh_node(self.nodes[vin], now, out)
+            self._refresh_holder(vin, now, out)
 
     def _spill(self, task: Task, now: int, out: list[Out]) -> None:
         names = list(self.cfg.pools) or sorted(p for p in self._pools if p)
@@ -872,6 +982,110 @@ class Scheduler:
         out.append(Out(HANDOFF, nxt, moved.to_dict()))
         self._finish(task, MOVED, now, out)
 
+    # ------------------------------------------------------------------ internals: sites
+
+    def _site(self, site_id: str) -> SiteState:
+        site = self.sites.get(site_id)
+        if site is None:
+            site = self.sites[site_id] = SiteState(site_id)
+        self._dirty_nodes.add(site.vin)
+        return site
+
+    def _refresh_holder(self, vin: str, now: int, out: list[Out]) -> None:
+        """Re-evaluate whoever held a task just taken back (a site needs nothing: ``_release`` touched it)."""
+        if not is_site_vin(vin):
+            self._refresh_node(self.nodes[vin], now, out)
+
+    def _owns_site(self, site: SiteState) -> bool:
+        """Whether this instance keeps ``site``'s episodes: it owns the pool of the site's region."""
+        return site.region is not None and (
+            self.cfg.local_pools is None or site.region in self.cfg.local_pools
+        )
+
+    def _site_changed(self, site: SiteState, now: int, out: list[Out]) -> None:
+        """After a capacity or power record: open, escalate or close the episode, shed, match the pool."""
+        if site.region is not None:
+            self._touched.add(site.region)
+        if not self.cfg.spillover or not self._owns_site(site):
+            return
+        ep = site.episode
+        if site.power_state in ISLANDED:
+            if ep is None:
+                site.episode = Episode(site.power_since, site.power_state, site.incident_id)
+                self.counters["spillover_episode_opened"] += 1
+                out.append(spillover_record(site, "OPEN", now))
+                out.append(spillover_alert(site, False, now))
+            elif SEVERITY[site.power_state] > SEVERITY[ep.worst_state]:
+                ep.worst_state = site.power_state
+                self._episodes_moved.add(site.site_id)
+            self._shed(site, now, out)
+        elif ep is not None:  # on the grid again (stable for the retransfer delay): takes work again
+            self._flush_episodes(now, out)
+            out.append(spillover_record(site, "RESOLVED", now))
+            out.append(spillover_alert(site, True, now))
+            site.episode = None
+            self.counters["spillover_episode_resolved"] += 1
+
+    def _shed(self, site: SiteState, now: int, out: list[Out]) -> None:
+        """Take sessions off a site at RESERVE / SHEDDING until the rest fit its budget (``shed_plan``)."""
+        plan = shed_plan(site, (self.tasks[t] for t in site.running), self.cfg)
+        if not plan:
+            return
+        ep = site.episode
+        assert ep is not None
+        reason = shed_reason(site)
+        for task in plan:
+            before = battery_minutes(site.battery_runtime_min, site.load_mw, site.shed_mw)
+            site.shed_mw += self.cfg.site_session_kw / 1000.0
+            after = battery_minutes(site.battery_runtime_min, site.load_mw, site.shed_mw)
+            if before is not None and after is not None:
+                ep.battery_minutes_saved = (ep.battery_minutes_saved or 0.0) + after - before
+            ep.sessions_shed += 1
+            ep.slot_hours_shifted += task.est_duration_s / 3600.0
+            vin, aid = self._revoke(task, reason, now, out)
+            task.preemptions += 1
+            task.moved_by = reason
+            self.counters["site_session_shed"] += 1
+            out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=reason))
+            self._requeue(task, now, reason, out)
+        self._episodes_moved.add(site.site_id)
+
+    def _flush_episodes(self, now: int, out: list[Out]) -> None:
+        """One UPDATE per episode that moved work since the last one."""
+        for site_id in sorted(self._episodes_moved):
+            site = self.sites[site_id]
+            if site.episode is not None:
+                out.append(spillover_record(site, "UPDATE", now))
+        self._episodes_moved.clear()
+
+    def _site_status(self, task: Task, status: str, error: Any, now: int, out: list[Out]) -> None:
+        """A status of the task's current assignment at a site (no node reliability to keep)."""
+        vin, aid = task.vin, task.assignment_id
+        assert vin is not None
+        if status == "STARTED":
+            if task.state == RUNNING:
+                self.counters["status_duplicate"] += 1
+                return
+            task.state = RUNNING
+            self._dirty_tasks.add(task.task_id)
+            out.append(lifecycle_record(task, "STARTED", now, vin=vin, aid=aid))
+            return
+        self._release(task)
+        if status == "COMPLETED":
+            self._finish(task, COMPLETED, now, out, vin=vin, aid=aid)
+        elif (refused := presence_reason(error)) is not None:  # the site was full: not the task's fault
+            task.exclude(vin)
+            out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=refused))
+            self._requeue(task, now, refused, out)
+        else:
+            task.failures += 1
+            error = error or "FAILED"
+            if task.failures >= self.cfg.max_failures:
+                self._finish(task, FAILED, now, out, vin=vin, aid=aid, reason=f"MAX_FAILURES: {error}")
+            else:
+                out.append(lifecycle_record(task, "FAILED", now, vin=vin, aid=aid, reason=error))
+                self._requeue(task, now, "RETRY", out)
+
     # ------------------------------------------------------------------ internals: matching
 
     def _match_touched(self, now: int, out: list[Out]) -> None:
@@ -882,21 +1096,75 @@ class Scheduler:
                 pool = self._pools.get(name)
                 if pool is not None:
                     self._match_pool(pool, now, out)
+        if self._episodes_moved:
+            self._flush_episodes(now, out)
 
     def _match_pool(self, pool: _Pool, now: int, out: list[Out]) -> None:
         i = scanned = 0
-        while i < len(pool.queue) and pool.free_count > 0 and scanned < self.cfg.max_scan_tasks:
+        sites = [self.sites[s] for s in sorted(pool.sites)]
+        while (
+            i < len(pool.queue)
+            and (pool.free_count > 0 or any(open_to_work(site, now, self.cfg) for site in sites))
+            and scanned < self.cfg.max_scan_tasks
+        ):
             task = self.tasks[pool.queue[i][1]]
             scanned += 1
             if not finishes_in_time(task, now, self.cfg.deadline_fit):  # its start_by timer is due:
                 self._expire(task, now, out, CANNOT_FINISH)  # end it now, never start it
                 continue
-            node = self._pick(pool, task, now)
-            if node is None:
-                i += 1
+            if not sites:
+                node = self._pick(pool, task, now) if task.placement != DATACENTER else None
+                if node is None:
+                    i += 1
+                    continue
+                del pool.queue[i]
+                self._assign(task, node, now, out)
                 continue
-            del pool.queue[i]
-            self._assign(task, node, now, out)
+            if not self._place(pool, sites, task, now, i, out):
+                i += 1
+
+    def _place(
+        self, pool: _Pool, sites: list[SiteState], task: Task, now: int, i: int, out: list[Out]
+    ) -> bool:
+        """Place ``task`` (queue entry ``i``) on a car or a site (``placement.choose``); False: it waits."""
+        car = self._pick(pool, task, now) if task.placement != DATACENTER and pool.free_count > 0 else None
+        stay = None if car is None else stay_probability(car, task.est_duration_s, now, self.cfg)
+        site = pick_site(sites, task, now, self.cfg)
+        where = choose(task, stay, site, self.cfg)
+        if where is None:
+            return False
+        del pool.queue[i]
+        if where == SITE:
+            assert site is not None
+            self._assign_site(task, site, now, out)
+            return True
+        assert where == CAR and car is not None and stay is not None
+        reason = task.moved_by
+        if reason is None and (spilled_from := would_use_site(task, stay, sites, now, self.cfg)) is not None:
+            reason = SPILLOVER_ISLANDED
+            ep = spilled_from.episode
+            if ep is not None:
+                ep.tasks_spilled += 1
+                ep.slot_hours_shifted += task.est_duration_s / 3600.0
+                self._episodes_moved.add(spilled_from.site_id)
+                self._dirty_nodes.add(spilled_from.vin)
+            self.counters["task_spilled_to_fleet"] += 1
+        self._assign(task, car, now, out, reason)
+        return True
+
+    def _assign_site(self, task: Task, site: SiteState, now: int, out: list[Out]) -> None:
+        assert task.state == QUEUED and task.vin is None, f"{task.task_id} is {task.state} on {task.vin}"
+        task.attempt += 1
+        aid = assignment_id_for(task.task_id, task.attempt)
+        task.state, task.vin, task.assignment_id, task.assigned_ts = ASSIGNED, site.vin, aid, now
+        task.moved_by = None
+        site.running.append(task.task_id)
+        self._dirty_nodes.add(site.vin)
+        self._dirty_tasks.add(task.task_id)
+        self.counters["task_assigned_site"] += 1
+        out.append(assignment_record(task, "ASSIGN", site.vin, aid, now, self.cfg))
+        out.append(lifecycle_record(task, "ASSIGNED", now, vin=site.vin, aid=aid))
+        self._push(now + self.cfg.claim_timeout_s * 1000, "claim", task.task_id)
 
     def _pick(self, pool: _Pool, task: Task, now: int) -> NodeState | None:
         """The best eligible node of ``pool`` for ``task``, or None (the task keeps waiting)."""
@@ -973,17 +1241,21 @@ class Scheduler:
         slack_s = (task.deadline - now) / 1000.0 - est
         return stay_probability(node, slack_s, now, self.cfg) >= 0.5
 
-    def _assign(self, task: Task, node: NodeState, now: int, out: list[Out]) -> None:
+    def _assign(
+        self, task: Task, node: NodeState, now: int, out: list[Out], reason: str | None = None
+    ) -> None:
+        """``reason``: why a car got it, when that is news (a spillover, a session shed from a site)."""
         assert len(node.running) < node.capacity, f"{node.vin} is full"
         assert task.state == QUEUED and task.vin is None, f"{task.task_id} is {task.state} on {task.vin}"
         task.attempt += 1
         aid = assignment_id_for(task.task_id, task.attempt)
         task.state, task.vin, task.assignment_id, task.assigned_ts = ASSIGNED, node.vin, aid, now
+        task.moved_by = None
         node.running.append(task.task_id)
         remember_pick(node, task.est_duration_s, now, self.cfg)  # the node is written below (_refresh_node)
         self._dirty_tasks.add(task.task_id)
         self.counters["task_assigned"] += 1
         out.append(assignment_record(task, "ASSIGN", node.vin, aid, now, self.cfg))
-        out.append(lifecycle_record(task, "ASSIGNED", now, vin=node.vin, aid=aid))
+        out.append(lifecycle_record(task, "ASSIGNED", now, vin=node.vin, aid=aid, reason=reason))
         self._push(now + self.cfg.claim_timeout_s * 1000, "claim", task.task_id)
         self._refresh_node(node, now, out)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.eligibility import NodeState
 from processors.scheduler.prediction import idle_until
+from processors.scheduler.sites import SiteState
 from processors.scheduler.tasks import Task
-from streams.topics import ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC, NODES_TOPIC
+from streams.sites import site_of
+from streams.topics import ALERTS_TOPIC, ASSIGNMENTS_TOPIC, LIFECYCLE_TOPIC, NODES_TOPIC, SPILLOVER_TOPIC
 
 __all__ = [
     "ASSIGNMENTS_TOPIC",
@@ -20,6 +23,8 @@ __all__ = [
     "assignment_record",
     "lifecycle_record",
     "node_record",
+    "spillover_alert",
+    "spillover_record",
 ]
 
 # Not a public topic: an any-region task handed to another pool's scheduler instance. The wiring
@@ -78,6 +83,7 @@ def assignment_record(
         "pool": task.pool,
         "attempt": task.attempt,
         "est_duration_s": task.est_duration_s,
+        "site_id": site_of(vin),
     }
     return Out(ASSIGNMENTS_TOPIC, vin, value)
 
@@ -105,5 +111,76 @@ def lifecycle_record(
         "priority": task.priority,
         "attempt": attempt or task.attempt or None,
         "pool": task.pool,
+        "site_id": site_of(vin),
     }
     return Out(LIFECYCLE_TOPIC, task.task_id, value)
+
+
+def _episode_summary(site: SiteState, ended: bool) -> str:
+    ep = site.episode
+    assert ep is not None
+    text = (
+        f"{site.site_id} off the grid ({ep.worst_state} at worst): {ep.tasks_spilled} queued tasks spilled "
+        f"and {ep.sessions_shed} sessions shed to {site.region} cars, {ep.slot_hours_shifted:.1f} slot-hours"
+    )
+    if ep.battery_minutes_saved:
+        text += f", {ep.battery_minutes_saved:.1f} battery minutes saved"
+    return text + ("; back on the grid, taking work again" if ended else "")
+
+
+def spillover_record(site: SiteState, state: str, now: int) -> Out:
+    """The ``sites.spillover.v1`` record of ``site``'s episode so far (OPEN, UPDATE or RESOLVED)."""
+    ep = site.episode
+    assert ep is not None and site.region is not None
+    value = {
+        "episode_id": f"{site.site_id}:{ep.started_at}",
+        "site_id": site.site_id,
+        "region": site.region,
+        "state": state,
+        "started_at": ep.started_at,
+        "ended_at": now if state == "RESOLVED" else None,
+        "updated_at": now,
+        "worst_state": ep.worst_state,
+        "tasks_spilled": ep.tasks_spilled,
+        "sessions_shed": ep.sessions_shed,
+        "slot_hours_shifted": round(ep.slot_hours_shifted, 4),
+        "battery_minutes_saved": None
+        if ep.battery_minutes_saved is None
+        else round(ep.battery_minutes_saved, 2),
+        "incident_id": ep.incident_id,
+        "summary": _episode_summary(site, state == "RESOLVED"),
+    }
+    return Out(SPILLOVER_TOPIC, site.site_id, value)
+
+
+def spillover_alert(site: SiteState, resolved: bool, now: int) -> Out:
+    """One alert per episode: FIRING when the site stops taking work, RESOLVED with the episode's summary."""
+    ep = site.episode
+    assert ep is not None
+    episode_id = f"{site.site_id}:{ep.started_at}"
+    fingerprint = hashlib.sha256(f"spillover|{episode_id}".encode()).hexdigest()[:16]
+    labels = {
+        "alertname": "CarnivalSpillover",
+        "kind": "SPILLOVER",
+        "site_id": site.site_id,
+        "region": site.region or "",
+        "episode_id": episode_id,
+        "power_state": ep.worst_state,
+        "tasks_moved": str(ep.moved),
+        "team": "fleet-scheduling",
+        "runbook": "docs/spillover.md",
+    }
+    value = {
+        "fingerprint": fingerprint,
+        "status": "RESOLVED" if resolved else "FIRING",
+        "severity": "warning",
+        "kind": "SPILLOVER",
+        "site_id": site.site_id,
+        "region": site.region,
+        "summary": _episode_summary(site, resolved),
+        "starts_at": ep.started_at,
+        "ends_at": now if resolved else None,
+        "labels": labels,
+        "incident_id": ep.incident_id,
+    }
+    return Out(ALERTS_TOPIC, fingerprint, value)

@@ -57,6 +57,7 @@ MAX_ATTEMPT = 1000  # assignments of one task; at that many the task ends FAILED
 MAX_EXCLUDED = 8  # nodes a task remembers never to go back to (owner back, refused): a bounded list
 CANNOT_FINISH = "CANNOT_FINISH_BY_DEADLINE"  # EXPIRED reason: now + est_duration_s is past the deadline
 
+_PLACEMENTS = frozenset({"ANY", "FLEET", "DATACENTER"})  # a symbol added later reads as ANY (the default)
 _NAMESPACE = uuid.UUID("6f1c2f8e-6a55-4d0b-9c7e-2b8f3c5a9d10")  # Carnival assignments
 
 
@@ -90,6 +91,8 @@ class Task:
     hops: int = 0  # any-region pool hand-offs
     revoked: tuple[tuple[str, str, int], ...] = ()  # (assignment_id, vin, revoked at), oldest first
     excluded: tuple[str, ...] = ()  # vins never to be offered this task again, oldest first
+    placement: str = "ANY"  # ANY, FLEET or DATACENTER (processors/scheduler/placement.py)
+    moved_by: str | None = None  # why it left a site (SHED_*), named again when it is next assigned
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
@@ -135,6 +138,7 @@ class Task:
             deadline=opt_ms(rec.get("deadline")),
             tenant=rec.get("tenant"),
             kind=rec.get("kind"),
+            placement=str(rec["placement"]) if rec.get("placement") in _PLACEMENTS else "ANY",
         )
 
 
