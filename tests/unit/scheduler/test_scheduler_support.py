@@ -58,6 +58,22 @@ def status(task_id: str, aid: str, vin: str, ts: int, st: str, error: str | None
     return {"task_id": task_id, "assignment_id": aid, "vin": vin, "ts": ts, "status": st, "error": error}
 
 
+def capacity(site_id: str, ts: int, **kw: Any) -> dict[str, Any]:
+    """A sites.capacity.v1 record of a us-west site with 10 free slots of 10; keywords override."""
+    rec: dict[str, Any] = {"site_id": site_id, "ts": ts, "region": "us-west", "slots_total": 10,
+                           "slots_free": 10, "power_budget_mw": None, "cost_per_slot_hour": 0.4}  # fmt: skip
+    rec.update(kw)
+    return rec
+
+
+def power_state(site_id: str, ts: int, state: str, **kw: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {"site_id": site_id, "ts": ts, "state": state, "since": ts,
+                           "battery_runtime_min": None, "incident_id": None, "load_mw": None,
+                           "battery_soc_pct": None, "grid_since": None}  # fmt: skip
+    rec.update(kw)
+    return rec
+
+
 def cfg(**kw: Any) -> SchedulerConfig:
     return replace(DEFAULT_CONFIG, **kw)
 
@@ -89,6 +105,12 @@ class Harness:
 
     def tick(self, now: int) -> list[Out]:
         return self._run(self.s.on_tick(now))
+
+    def cap(self, site_id: str, ts: int, **kw: Any) -> list[Out]:
+        return self._run(self.s.on_site_capacity(capacity(site_id, ts, **kw)))
+
+    def power(self, site_id: str, ts: int, state: str, **kw: Any) -> list[Out]:
+        return self._run(self.s.on_site_power(power_state(site_id, ts, state, **kw)))
 
     def holder(self, task_id: str) -> str | None:
         return self.s.tasks[task_id].vin
