@@ -132,10 +132,14 @@ class Producer:
         value: bytes,
         key: bytes | str | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
     ) -> None:
+        """``partition``: this one, not the key's (the partitioner's choice when None)."""
         while True:
             try:
-                if headers is None:
+                if partition is not None:
+                    self._producer.produce(topic, value, key, partition=partition, headers=headers)
+                elif headers is None:
                     self._producer.produce(topic, value, key)
                 else:
                     self._producer.produce(topic, value, key, headers=headers)

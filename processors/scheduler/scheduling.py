@@ -58,6 +58,8 @@ from processors.scheduler.wiring_runtime import (
     QUEUED,
     REBUILDS,
     REQUEST,
+    SITE_CAPACITY,
+    SITE_POWER,
     STATUS,
     TELEMETRY,
     TELEMETRY_BATCH,
@@ -76,13 +78,26 @@ from streams.bounds import oversized_error
 from streams.deadletter import DECODE, OVERSIZED, TOMBSTONE
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde
-from streams.topics import REQUESTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
+from streams.topics import (
+    REQUESTS_TOPIC,
+    SITE_CAPACITY_TOPIC,
+    SITE_POWER_STATE_TOPIC,
+    STATUS_TOPIC,
+    TELEMETRY_TOPIC,
+)
 
 log = structlog.get_logger(__name__)
 
 SLOW_BATCH_S = 0.05
-_SOURCE_TOPIC = {TELEMETRY: TELEMETRY_TOPIC, REQUEST: REQUESTS_TOPIC, STATUS: STATUS_TOPIC}
-_KIND_LABEL = {TELEMETRY: "telemetry", REQUEST: "request", STATUS: "status", TICK: "tick", HANDOFF: "handoff"}
+_SOURCE_TOPIC = {
+    TELEMETRY: TELEMETRY_TOPIC,
+    REQUEST: REQUESTS_TOPIC,
+    STATUS: STATUS_TOPIC,
+    SITE_CAPACITY: SITE_CAPACITY_TOPIC,
+    SITE_POWER: SITE_POWER_STATE_TOPIC,
+}
+_KIND_LABEL = {TELEMETRY: "telemetry", REQUEST: "request", STATUS: "status", TICK: "tick", HANDOFF: "handoff",
+               SITE_CAPACITY: "capacity", SITE_POWER: "power_state"}  # fmt: skip
 
 Write = tuple[int, bytes, bytes | None]
 
@@ -269,6 +284,10 @@ class PoolScheduler:
             return sched.on_status(decode(STATUS_TOPIC, env.payload), arrival_ms=arrival_ms)
         if kind == HANDOFF:
             return sched.on_handoff(orjson.loads(env.payload))
+        if kind == SITE_CAPACITY:
+            return sched.on_site_capacity(decode(SITE_CAPACITY_TOPIC, env.payload), arrival_ms=arrival_ms)
+        if kind == SITE_POWER:
+            return sched.on_site_power(decode(SITE_POWER_STATE_TOPIC, env.payload), arrival_ms=arrival_ms)
         raise InvalidRecord(DECODE, f"unknown pool record kind {kind!r}")
 
     def run_partition(

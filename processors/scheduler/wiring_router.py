@@ -1,5 +1,10 @@
 """The telemetry route of the scheduler worker on plain confluent-kafka, in a thread of the worker.
 
+It also carries the datacenter sites' records to the pools: ``sites.capacity.v1`` to the pool of the
+site's region (envelope ``C``), ``sites.power_state.v1`` to every partition of the pool topic (``P``: it
+names no region, and a site's power decides where its region's work goes). Both are decoded here
+(they are few), so an undecodable one is dead-lettered before it reaches a pool.
+
 ``fleet.telemetry.v1`` (key vin) -> ``carnival-scheduler-bypool`` (key = region), envelope ``B``: the
 records of one pool in a consumed batch are packed, in order, up to ``pack_max`` per pool-topic record
 (``T`` for a single one). In faust this hop cost two Python-level Kafka operations per event (aiokafka
@@ -43,6 +48,8 @@ from processors.scheduler.wiring_runtime import (
     BYPOOL_TOPIC,
     DEAD_LETTERED,
     ROUTED,
+    SITE_CAPACITY,
+    SITE_POWER,
     TELEMETRY,
     pack,
     pack_batch,
@@ -51,7 +58,7 @@ from streams.deadletter import FUTURE_TIMESTAMP, TOMBSTONE, deadletter_record
 from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S, future_skew_error
 from streams.exceptions import SerializationError
 from streams.kafka import Producer, make_consumer, producer_config
-from streams.topics import DEADLETTER_TOPIC, TELEMETRY_TOPIC
+from streams.topics import DEADLETTER_TOPIC, SITE_CAPACITY_TOPIC, SITE_POWER_STATE_TOPIC, TELEMETRY_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +80,8 @@ class TelemetryRouter(threading.Thread):
         pack_max: int = 200,
         linger_ms: float = 1.0,
         processor: str = "scheduler",
+        decode: Callable[[str, bytes], dict[str, Any]] | None = None,
+        partitions: int = 1,
     ) -> None:
         super().__init__(name="scheduler-telemetry-router", daemon=True)
         self.settings = settings
@@ -84,6 +93,8 @@ class TelemetryRouter(threading.Thread):
         self.pack_max = max(1, pack_max)
         self.linger_ms = linger_ms
         self.processor = processor
+        self.decode = decode  # site records (capacity, power state); None: the router reads telemetry only
+        self.partitions = partitions  # of the pool topic: a power state goes to each
         self.stopping = threading.Event()
         self.failed: BaseException | None = None
 
@@ -112,7 +123,12 @@ class TelemetryRouter(threading.Thread):
             },
         )
         producer = Producer(self.settings, **{"linger.ms": self.linger_ms, "compression.type": "none"})
-        consumer.subscribe([TELEMETRY_TOPIC])
+        topics = (
+            [TELEMETRY_TOPIC, SITE_CAPACITY_TOPIC, SITE_POWER_STATE_TOPIC]
+            if self.decode
+            else [TELEMETRY_TOPIC]
+        )
+        consumer.subscribe(topics)
         routed = ROUTED.labels(topic=TELEMETRY_TOPIC)
         log.info("scheduler_router_started", group=ROUTER_GROUP)
         try:
@@ -162,8 +178,13 @@ class TelemetryRouter(threading.Thread):
                 self._dead_letter(producer, msg, TOMBSTONE, f"a tombstone (null value) on {msg.topic()}, "
                                   "which is not compacted")  # fmt: skip
                 continue
+            topic = msg.topic()
             try:
-                pool, ts = self.route_of(value)
+                if topic == TELEMETRY_TOPIC:
+                    pool, ts = self.route_of(value)
+                else:
+                    site = self._site_record(topic, value)
+                    pool, ts = str(site.get("region") or ""), int(site["ts"])
             except SerializationError as exc:
                 self._dead_letter(producer, msg, exc.kind, str(exc))
                 continue
@@ -174,6 +195,15 @@ class TelemetryRouter(threading.Thread):
             if error is not None:
                 self._dead_letter(producer, msg, FUTURE_TIMESTAMP, f"{msg.topic()}: {error}")
                 continue
+            if topic == SITE_CAPACITY_TOPIC:
+                producer.produce(BYPOOL_TOPIC, pack(SITE_CAPACITY, value, part, off), pool.encode())
+                n += 1
+                continue
+            if topic == SITE_POWER_STATE_TOPIC:
+                for p in range(self.partitions):
+                    producer.produce(BYPOOL_TOPIC, pack(SITE_POWER, value, part, off), msg.key(), partition=p)
+                n += 1
+                continue
             items = packs.setdefault(pool, [])
             items.append((value, part, off))
             if len(items) >= self.pack_max:
@@ -182,6 +212,10 @@ class TelemetryRouter(threading.Thread):
         for pool, items in packs.items():
             self._produce_pack(producer, pool, items)
         return positions, n
+
+    def _site_record(self, topic: str, value: bytes) -> dict[str, Any]:
+        assert self.decode is not None
+        return self.decode(topic, value)
 
     @staticmethod
     def _produce_pack(producer: Producer, pool: str, items: list[tuple[bytes, int, int]]) -> None:

@@ -48,6 +48,8 @@ ENV_PREFIX = "CARNIVAL_SCHEDULER_"
 # Kinds of records on the pool topic (first byte of the value).
 TELEMETRY, REQUEST, STATUS, TICK, HANDOFF = b"T", b"R", b"S", b"K", b"H"
 TELEMETRY_BATCH = b"B"  # many telemetry records of one pool in one pool-topic record (``pack_batch``)
+SITE_CAPACITY = b"C"  # sites.capacity.v1, to the pool of the site's region
+SITE_POWER = b"P"  # sites.power_state.v1, to every partition (it names no region; sites are few)
 _SOURCE = struct.Struct(">iq")  # source partition, source offset (for dead letters)
 _ITEM = struct.Struct(">iqI")  # source partition, source offset, body length
 _TICK = struct.Struct(">q")

@@ -158,7 +158,7 @@ telemetry_router = TelemetryRouter(
     settings, _route_of, serde.encode, max_future_skew_s=config.max_future_skew_s,
     session_timeout_s=knobs.session_timeout_s,
     batch_max=knobs.route_batch_max, pack_max=knobs.route_pack_max, linger_ms=knobs.route_linger_ms,
-    processor=PROCESSOR,
+    processor=PROCESSOR, decode=serde.decode, partitions=PARTITIONS,
 )  # fmt: skip
 
 
