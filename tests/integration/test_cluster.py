@@ -82,9 +82,9 @@ def test_a_broker_down_keeps_acks_all_writes_and_status_shows_it(cluster_env: di
     admin = make_admin(settings)
     from confluent_kafka.admin import NewTopic
 
-    admin.create_topics(
-        [NewTopic(topic, 3, 3, config={"min.insync.replicas": "2"})]
-    )[topic].result(timeout=30)
+    admin.create_topics([NewTopic(topic, 3, 3, config={"min.insync.replicas": "2"})])[topic].result(
+        timeout=30
+    )
 
     assert kafka_broker.kill_broker(settings, 2)
     producer = Producer(producer_config(settings))  # acks=all, idempotent: the project's defaults

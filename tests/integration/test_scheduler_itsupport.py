@@ -25,6 +25,7 @@ NODES, ASSIGNMENTS, LIFECYCLE, DEADLETTER = (
     "tasks.lifecycle.v1",
     "deadletter.v1",
 )
+SPILLOVER, ALERTS = "sites.spillover.v1", "alerts.v1"
 END_STATES = {"COMPLETED", "EXPIRED", "REJECTED"}
 
 
@@ -84,7 +85,13 @@ def status(
 class Feed:
     """Produces records with Carnival's producer and Avro serde."""
 
-    KEYS = {"fleet.telemetry.v1": "vin", "tasks.requests.v1": "task_id", "tasks.status.v1": "task_id"}
+    KEYS = {
+        "fleet.telemetry.v1": "vin",
+        "tasks.requests.v1": "task_id",
+        "tasks.status.v1": "task_id",
+        "sites.capacity.v1": "site_id",
+        "sites.power_state.v1": "site_id",
+    }
 
     def __init__(self, settings: Settings) -> None:
         self.serde = serde_from_settings(settings)
@@ -125,7 +132,9 @@ class Outputs:
         self.settings = settings
         self.serde = AvroSerde(serde_from_settings(settings).registry, raw_timestamps=True)
         self.consumer = make_consumer(settings)
-        self.consumer.subscribe([NODES, ASSIGNMENTS, LIFECYCLE, DEADLETTER])
+        self.consumer.subscribe([NODES, ASSIGNMENTS, LIFECYCLE, DEADLETTER, SPILLOVER, ALERTS])
+        self.episodes: list[dict[str, Any]] = []  # sites.spillover.v1
+        self.alerts: list[dict[str, Any]] = []
         self.nodes: dict[str, list[dict[str, Any]]] = defaultdict(list)  # by vin
         self.assignments: list[dict[str, Any]] = []
         self.by_vin: dict[str, list[dict[str, Any]]] = defaultdict(list)  # assignments per vin
@@ -146,6 +155,10 @@ class Outputs:
                 self.by_vin[rec["vin"]].append(rec)
             elif topic == LIFECYCLE:
                 self.lifecycle[rec["task_id"]].append(rec)
+            elif topic == SPILLOVER:
+                self.episodes.append(rec)
+            elif topic == ALERTS:
+                self.alerts.append(rec)
             else:
                 self.deadletters.append(rec)
             for listener in self.listeners:
@@ -262,12 +275,15 @@ class NodeSim:
 
 
 # ---------------------------------------------------------------------------------------- checking
-def check_history(out: Outputs, task_ids: Iterable[str], capacity: int = 1) -> dict[str, int]:
+def check_history(
+    out: Outputs, task_ids: Iterable[str], capacity: int = 1, site_capacity: int = 1
+) -> dict[str, int]:
     """The guarantees, from the output topics alone:
 
     * an assignment id always names the same task and vin (a replay decides the same);
     * a task is never ASSIGNED while an earlier assignment of it is still current;
-    * a node never holds more than ``capacity`` assignments at once (intervals in event time);
+    * a node never holds more than ``capacity`` assignments at once (intervals in event time), a
+      datacenter site (``site:<id>``) never more than ``site_capacity``;
     Returns counts for the report.
     """
     aid_owner: dict[str, tuple[str, str]] = {}
@@ -301,7 +317,8 @@ def check_history(out: Outputs, task_ids: Iterable[str], capacity: int = 1) -> d
         held = 0
         for _, delta, aid in points:
             held += delta
-            assert held <= capacity, f"{vin} over capacity at {aid}: {sorted(spans)}"
+            limit = site_capacity if vin.startswith("site:") else capacity
+            assert held <= limit, f"{vin} over capacity at {aid}: {sorted(spans)}"
     return dict(counts)
 
 

@@ -119,14 +119,18 @@ def test_a_request_or_telemetry_with_an_over_long_string_is_dead_lettered_as_ove
     outputs.wait(lambda: (outputs.node(vin) or {}).get("eligible"), what=f"{vin} eligible")
     feed.requests(req(f"{t}-huge", t, tenant="x" * 900_000))
     feed.telemetry(tel(vin, t, software_version="v" * 5_000))
+
     def mine() -> list[tuple[object, ...]]:
         return [(d["key"], d["error_kind"], d["error"]) for d in outputs.deadletters
                 if t.encode() in (d.get("key") or b"")]  # type: ignore[operator]  # fmt: skip
+
     outputs.wait(lambda: _dead(outputs, f"{t}-huge"), what=lambda: f"the request's dead letter: {mine()}")
+
     # a telemetry record reaches the scheduler in its pool's pack: its dead letter is keyed by the pool
     def telemetry() -> list[dict[str, object]]:
         return [d for d in outputs.deadletters if d["source_topic"] == "fleet.telemetry.v1"
                 and d.get("key") == t.encode() and "software_version" in str(d["error"])]  # fmt: skip
+
     outputs.wait(telemetry, what=lambda: f"the telemetry's dead letter: {mine()}")
     [request] = _dead(outputs, f"{t}-huge")
     assert request["error_kind"] == "OVERSIZED" and "tenant is 900000 characters" in str(request["error"])
