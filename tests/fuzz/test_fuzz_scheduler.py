@@ -1,13 +1,15 @@
 """Fuzz: the pure scheduler (matching, eligibility, routing) fed random valid-but-extreme records.
 
-Telemetry, requests, statuses and ticks in random interleavings, with duplicates and reorderings (a few
+Telemetry, requests, statuses, datacenter sites' capacity and power state, and ticks in random
+interleavings, with duplicates and reorderings (a few
 vins and task ids, times that go back), values at and past every edge (NaN, +-inf, huge, negative, far
 past and far future times, the skew boundary). Each step must either work or raise the project's own
 ``InvalidRecord`` with a kind and a message, and after each step:
 
 * the structural invariants hold (``Scheduler.check_invariants``: no task held by two cars, queues and
   idle sets consistent);
-* every assignment made is to a car that qualifies at that moment, with a usable SoC and temperature;
+* every assignment made is to a car that qualifies at that moment, with a usable SoC and temperature, or
+  to a site that reported room for it, whose power lets it take that task;
 * the clock never passes the latest arrival plus ``max_future_skew_s``;
 * every ineligible node and every REJECTED / EXPIRED / FAILED task carries a reason, and no output
   carries NaN or infinity;
@@ -97,6 +99,7 @@ _request = st.fixed_dictionaries({
     "min_hw": st.sampled_from(["HW3", "HW4", "HW5", "OTHER", None]),
     "region": st.sampled_from(["r0", "r1", None]),
     "min_soc_pct": extreme_double,
+    "placement": st.sampled_from(["ANY", "ANY", "FLEET", "DATACENTER", None, "ORBIT"]),
 })  # fmt: skip
 _status = st.fixed_dictionaries({
     "task_id": st.sampled_from(TASKS),
@@ -107,6 +110,28 @@ _status = st.fixed_dictionaries({
     "status": st.sampled_from(["STARTED", "COMPLETED", "FAILED"]),
     "error": st.sampled_from([None, "boom", "x" * 5000]),
 })  # fmt: skip
+SITES = ["dc0", "dc1", "dc0", ""]
+POWER = ["GRID", "ISLANDED_BATTERY", "ISLANDED_GENERATOR", "RESERVE", "SHEDDING"]
+_capacity = st.fixed_dictionaries({
+    "site_id": st.sampled_from(SITES),
+    "ts": time_offset,
+    "region": st.sampled_from(["r0", "r1", "r0", "", None, "r" * 300]),
+    "slots_total": st.one_of(st.integers(0, 4), st.integers(0, 4), st.sampled_from([-1, 2**31 - 1])),
+    "slots_free": st.one_of(st.integers(0, 4), st.just(-1)),
+    "power_budget_mw": st.one_of(st.none(), st.sampled_from([0.0, 0.0007, 0.0014]), extreme_double),
+    "cost_per_slot_hour": st.one_of(st.none(), st.just(0.4), extreme_double),
+})  # fmt: skip
+_power = st.fixed_dictionaries({
+    "site_id": st.sampled_from(SITES),
+    "ts": time_offset,
+    "state": st.sampled_from([*POWER, *POWER, "ON_FIRE"]),
+    "since": st.one_of(st.none(), time_offset),
+    "battery_runtime_min": st.one_of(st.none(), extreme_double),
+    "load_mw": st.one_of(st.none(), extreme_double),
+    "battery_soc_pct": st.one_of(st.none(), extreme_double),
+    "incident_id": st.sampled_from([None, "inc-1"]),
+    "grid_since": st.none(),
+})  # fmt: skip
 _events = st.lists(
     st.tuples(
         st.sampled_from([0, 0, S, 10 * S, MIN, 10 * MIN, H, -MIN]),  # arrival step (it may go back)
@@ -115,6 +140,9 @@ _events = st.lists(
             st.tuples(st.just("telemetry"), _telemetry),
             st.tuples(st.just("request"), _request),
             st.tuples(st.just("status"), _status),
+            st.tuples(st.just("capacity"), _capacity),
+            st.tuples(st.just("capacity"), _capacity),
+            st.tuples(st.just("power"), _power),
             st.tuples(st.just("tick"), st.integers(-H, SKEW_MS)),
         ),
         st.integers(0, 9),  # 0: deliver it twice
@@ -128,7 +156,7 @@ def _resolve(kind: str, template: Any, arrival: int, s: Scheduler) -> dict[str, 
     """The record a template stands for, at ``arrival`` (statuses pick an assignment the task has had)."""
     rec = dict(template)
     rec["ts"] = ts = arrival + template["ts"]
-    for name in ("scheduled_departure", "deadline"):
+    for name in ("scheduled_departure", "deadline", "since"):
         if rec.get(name) is not None:
             rec[name] = ts + template[name]
     if kind == "status":
@@ -171,6 +199,12 @@ def _check_outputs(s: Scheduler, outs: list[Out]) -> None:
         task = s.tasks[out.value["task_id"]]
         if task.assignment_id != out.value["assignment_id"]:
             continue  # taken back later in the same step
+        if out.value["vin"].startswith("site:"):
+            site = s.sites[out.value["vin"].removeprefix("site:")]
+            assert site.region == task.pool and task.placement != "FLEET" and task.task_id in site.running
+            assert len(site.running) <= site.slots_total
+            assert site.on_grid() or not s.cfg.spillover or task.placement == "DATACENTER", (site, task)
+            continue
         node = s.nodes[out.value["vin"]]
         assert is_ready(evaluate(node, s.clock, s.cfg)[1]), (node, s.clock)
         assert node.soc_pct is not None and reading(node.soc_pct, "soc_pct") is not None
@@ -189,6 +223,12 @@ def _step(s: Scheduler, kind: str, rec: dict[str, Any] | int, arrival: int) -> l
         if kind == "status":
             assert isinstance(rec, dict)
             return s.on_status(rec, arrival_ms=arrival)
+        if kind == "capacity":
+            assert isinstance(rec, dict)
+            return s.on_site_capacity(rec, arrival_ms=arrival)
+        if kind == "power":
+            assert isinstance(rec, dict)
+            return s.on_site_power(rec, arrival_ms=arrival)
         assert isinstance(rec, int)
         return s.on_tick(rec)
     except (InvalidRecord, CarnivalStreamsError) as exc:  # the project's own: a rejection with a reason
@@ -253,3 +293,89 @@ def test_status_routing_is_bounded_whatever_the_attempt(attempt: int, aid_attemp
     aid = assignment_id_for("T", aid_attempt)
     expected = done or 0 < aid_attempt <= attempt and attempt - aid_attempt < ATTEMPT_LOOKBACK
     assert TaskRouter.routable("T", route, aid) == expected
+
+
+_site_events = st.lists(
+    st.tuples(
+        st.sampled_from([0, S, 10 * S, MIN, 3 * MIN]),
+        st.one_of(
+            st.tuples(st.just("capacity"), st.fixed_dictionaries({
+                "slots_total": st.integers(0, 4), "free": st.integers(0, 4),
+                "power_budget_mw": st.sampled_from([None, 0.0, 0.00035, 0.0007, 0.0014]),
+            })),
+            st.tuples(st.just("power"), st.sampled_from(POWER)),
+            st.tuples(st.just("request"), st.fixed_dictionaries({
+                "task_id": st.sampled_from(TASKS), "priority": st.integers(0, 9),
+                "est_duration_s": st.sampled_from([300, 1800, 2 * 3600]),
+                "placement": st.sampled_from(["ANY", "ANY", "FLEET", "DATACENTER"]),
+            })),
+            st.tuples(st.just("telemetry"), st.sampled_from(VINS)),
+            st.tuples(st.just("status"), st.tuples(
+                st.sampled_from(TASKS),
+                st.sampled_from(["STARTED", "COMPLETED", "FAILED", "node_unavailable", "owner_returned"]),
+            )),
+            st.tuples(st.just("tick"), st.just(0)),
+        ),
+    ),
+    min_size=1,
+    max_size=60,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("spillover", [True, False])
+@_fuzz(300)
+@given(events=_site_events)
+def test_sites_under_random_power_and_capacity_keep_every_invariant(
+    spillover: bool, events: list[tuple[int, tuple[str, Any]]]
+) -> None:
+    """A site of pool r0 beside its cars, its power and capacity changing at random while work comes and
+    goes: the invariants hold, and after each power state at RESERVE or SHEDDING the site runs no more
+    sessions than its budget allows, except those that may not move (pinned or important ones)."""
+    cfg = replace(DEFAULT_CONFIG, spillover=spillover, claim_timeout_s=120, lease_s=600)
+    s = Scheduler(cfg)
+    now = T0
+    for step, (kind, arg) in events:
+        now += step
+        rec: dict[str, Any] | int
+        if kind == "capacity":
+            total = arg["slots_total"]
+            rec = {"site_id": "dc0", "ts": now, "region": "r0", "slots_total": total,
+                   "slots_free": min(arg["free"], total), "power_budget_mw": arg["power_budget_mw"],
+                   "cost_per_slot_hour": None}  # fmt: skip
+        elif kind == "power":
+            rec = {"site_id": "dc0", "ts": now, "state": arg, "since": now, "battery_runtime_min": 10.0,
+                   "incident_id": None, "load_mw": 1.0, "battery_soc_pct": None,
+                   "grid_since": None}  # fmt: skip
+        elif kind == "request":
+            rec = {**arg, "ts": now, "tenant": "acme", "kind": "browse", "deadline": None, "min_hw": "HW4",
+                   "region": "r0", "min_soc_pct": None}  # fmt: skip
+        elif kind == "telemetry":
+            rec = {"vin": arg, "ts": now, "hw": "HW4", "region": "r0", "charge_state": "CHARGING",
+                   "gear": "P", "soc_pct": 80.0, "charge_limit_pct": 90.0, "minutes_to_full": None,
+                   "scheduled_departure": None, "at_home": True, "opted_in": True, "compute_temp_c": 40.0,
+                   "software_version": None}  # fmt: skip
+        elif kind == "status":
+            task = s.tasks.get(arg[0])
+            if task is None or task.vin is None or task.assignment_id is None:
+                continue
+            st_, error = (
+                (arg[1], None) if arg[1] in ("STARTED", "COMPLETED", "FAILED") else ("FAILED", arg[1])
+            )
+            rec = {"task_id": task.task_id, "assignment_id": task.assignment_id, "vin": task.vin, "ts": now,
+                   "status": st_, "error": error}  # fmt: skip
+        else:
+            rec = now
+        outs = _step(s, kind, rec, now)
+        s.check_invariants()
+        _check_outputs(s, outs)
+        site = s.sites.get("dc0")
+        if kind == "power" and site is not None and site.power_state in ("RESERVE", "SHEDDING") and spillover:
+            budget = site.session_budget(cfg)
+            movable = [
+                t for t in site.running
+                if s.tasks[t].placement == "ANY" and s.tasks[t].priority <= cfg.shed_max_priority
+            ]  # fmt: skip
+            assert not movable or (budget is not None and len(site.running) <= budget), (site, movable)
+        if not spillover:
+            assert not [o for o in outs if o.topic == "sites.spillover.v1"]
+    Scheduler.from_dict(orjson.loads(orjson.dumps(s.to_dict())), cfg).check_invariants()
