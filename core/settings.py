@@ -122,6 +122,9 @@ class _CarnivalEnv(EnvSettingsSource):
 
 STACK_SHAPE_FILE = "stack.json"
 SECRETS_FILE = "secrets/kafka-users.json"  # a secured local stack's SCRAM passwords, per principal
+# The embedded ClickHouse of a secured local stack: its user, whose password is kept in SECRETS_FILE too.
+CLICKHOUSE_STACK_USER = "carnival"
+CLICKHOUSE_SECRET_KEY = "clickhouse"
 TLS_CA_FILE = "tls/ca.pem"  # its certificate authority, for clients
 
 
@@ -298,6 +301,8 @@ class Settings(BaseSettings):
             self.stack_secure = remembered_secure(self.data_dir)
         if self.stack_secure and "kafka_security_protocol" not in self.model_fields_set:
             self._use_local_credentials()
+        if self.stack_secure and self.hosts_embedded_clickhouse:
+            self._use_local_clickhouse_user()
         if self.stack_brokers > 1:
             if len(self.kafka_bootstrap.split(",")) < self.stack_brokers:
                 self.kafka_bootstrap = ",".join(f"{host}:{port}" for _, host, port, _ in self.local_brokers())
@@ -315,6 +320,17 @@ class Settings(BaseSettings):
         if self.kafka_sasl_password is None:
             found = local_password(self.data_dir.resolve(), self.kafka_sasl_username)
             self.kafka_sasl_password = SecretStr(found) if found is not None else None
+
+    def _use_local_clickhouse_user(self) -> None:
+        """Clients of a secured local stack's embedded ClickHouse: its user and password from the data dir,
+        unless the operator chose credentials (settings or the URL)."""
+        url = urlparse(self.clickhouse_url)
+        if self.clickhouse_user or self.clickhouse_password is not None or url.username:
+            return
+        found = local_password(self.data_dir.resolve(), CLICKHOUSE_SECRET_KEY)
+        if found is not None:
+            self.clickhouse_user = CLICKHOUSE_STACK_USER
+            self.clickhouse_password = SecretStr(found)
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="after")
     @classmethod

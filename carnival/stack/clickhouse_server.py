@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -34,7 +35,7 @@ from pathlib import Path
 import structlog
 
 from carnival.stack.errors import StackError
-from core.settings import Settings
+from core.settings import CLICKHOUSE_SECRET_KEY, CLICKHOUSE_STACK_USER, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +92,37 @@ def paths(data_dir: Path) -> ServerPaths:
     return ServerPaths(Path(data_dir).resolve() / "clickhouse")
 
 
+USERS_FILE = "users.xml"  # written by ``start_clickhouse`` for a secured stack; absent otherwise
+
+
+def users_xml(password_sha256_hex: str) -> str:
+    """The users of a secured stack's engine: ``carnival`` (CLICKHOUSE_STACK_USER) with the data dir's
+    password, owner of everything; ``default`` keeps no password (the host's own serving query runs as it,
+    in process, and chDB cannot pass it one) but sees the ``system`` database only, so a client without
+    credentials reads and writes no analyst table."""
+    return f"""<clickhouse>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>::/0</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+            <allow_databases><database>system</database></allow_databases>
+        </default>
+        <{CLICKHOUSE_STACK_USER}>
+            <password_sha256_hex>{password_sha256_hex}</password_sha256_hex>
+            <networks><ip>::/0</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+            <access_management>1</access_management>
+        </{CLICKHOUSE_STACK_USER}>
+    </users>
+    <profiles><default/></profiles>
+    <quotas><default/></quotas>
+</clickhouse>
+"""
+
+
 def config_xml(sp: ServerPaths, http_port: int, tcp_port: int) -> str:
     # Every path lives under the data dir: clickhouse-local would otherwise use /var/lib/clickhouse.
     # Caches are capped because the defaults (5 GiB mark cache) assume a dedicated server.
@@ -106,9 +138,31 @@ def config_xml(sp: ServerPaths, http_port: int, tcp_port: int) -> str:
     <format_schema_path>{sp.root}/format_schemas/</format_schema_path>
     <mark_cache_size>268435456</mark_cache_size>
     <uncompressed_cache_size>134217728</uncompressed_cache_size>
-    <keep_alive_timeout>2</keep_alive_timeout>
+    <keep_alive_timeout>2</keep_alive_timeout>{_user_directories(sp)}
 </clickhouse>
 """
+
+
+def _user_directories(sp: ServerPaths) -> str:
+    users = sp.root / USERS_FILE
+    if not users.exists():
+        return ""
+    return f"\n    <user_directories><users_xml><path>{users}</path></users_xml></user_directories>"
+
+
+def write_users(settings: Settings) -> None:
+    """A secured stack's users file (password as a SHA-256 hash, never in clear); none when not secured."""
+    users = paths(settings.data_dir).root / USERS_FILE
+    if not settings.stack_secure:
+        users.unlink(missing_ok=True)
+        return
+    from carnival.stack import security
+
+    password = security.users(settings)[CLICKHOUSE_SECRET_KEY]
+    users.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(users_xml(hashlib.sha256(password.encode()).hexdigest()))
 
 
 # ------------------------------------------------------------------------------- the host process
@@ -169,6 +223,7 @@ def start_clickhouse(settings: Settings) -> StartResult:
             )
 
     sp.root.mkdir(parents=True, exist_ok=True)
+    write_users(settings)
     sp.log_file.parent.mkdir(parents=True, exist_ok=True)
     log_offset = sp.log_file.stat().st_size if sp.log_file.exists() else 0
     cmd = [

@@ -8,7 +8,14 @@ from pydantic import SecretStr
 
 from carnival.stack import clickhouse_server, kafka_broker
 from carnival.stack.errors import StackError
-from core.settings import STACK_SHAPE_FILE, Settings, remembered_brokers, remembered_secure
+from core.settings import (
+    CLICKHOUSE_SECRET_KEY,
+    CLICKHOUSE_STACK_USER,
+    STACK_SHAPE_FILE,
+    Settings,
+    remembered_brokers,
+    remembered_secure,
+)
 
 
 def stack_up(settings: Settings) -> list[str]:
@@ -103,6 +110,13 @@ def _prepare_security(settings: Settings) -> None:
     security.ensure_tls(settings)
     if settings.kafka_sasl_password is None and settings.kafka_sasl_username in passwords:
         settings.kafka_sasl_password = SecretStr(passwords[settings.kafka_sasl_username])
+    if (
+        settings.hosts_embedded_clickhouse
+        and not settings.clickhouse_user
+        and settings.clickhouse_password is None
+    ):
+        settings.clickhouse_user = CLICKHOUSE_STACK_USER  # the migrations below run as the engine's user
+        settings.clickhouse_password = SecretStr(passwords[CLICKHOUSE_SECRET_KEY])
 
 
 def stack_down(settings: Settings) -> list[str]:

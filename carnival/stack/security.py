@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from carnival.stack.errors import StackError, require_tool
-from core.settings import SECRETS_FILE, TLS_CA_FILE, Settings
+from core.settings import CLICKHOUSE_SECRET_KEY, SECRETS_FILE, TLS_CA_FILE, Settings
 from processors.groups import ALERT_ROUTER, APP_PREFIX, POWER, SCHEDULER, TELEMETRY_ROUTER
 from streams.topics import (
     ALERTS_TOPIC,
@@ -79,8 +79,12 @@ GRANTS: dict[str, Grant] = {
         prefixes=(f"{APP_PREFIX}-power",),
     ),
     "sink": Grant(read=tuple(TOPICS), write=(DEADLETTER_TOPIC,), prefixes=(f"{APP_PREFIX}-sink",)),
-    "router": Grant(read=ALERT_ROUTER.topics, write=(DEADLETTER_TOPIC,), groups=(ALERT_ROUTER.group,),
-                    prefixes=(f"{APP_PREFIX}-alert",)),  # fmt: skip
+    "router": Grant(
+        read=ALERT_ROUTER.topics,
+        write=(DEADLETTER_TOPIC,),
+        groups=(ALERT_ROUTER.group,),
+        prefixes=(f"{APP_PREFIX}-alert",),
+    ),  # fmt: skip
 }
 PRINCIPALS = ("admin", *GRANTS)
 USERNAME_ENV = "CARNIVAL_KAFKA_SASL_USERNAME"
@@ -99,15 +103,17 @@ def tls_dir(settings: Settings) -> Path:
 
 
 def users(settings: Settings) -> dict[str, str]:
-    """Every principal's password, made once per data dir (mode 0600)."""
+    """Every principal's password, made once per data dir (mode 0600), and the embedded ClickHouse user's
+    (key ``CLICKHOUSE_SECRET_KEY``; not a Kafka principal)."""
     path = settings.data_dir.resolve() / SECRETS_FILE
+    wanted = (*PRINCIPALS, CLICKHOUSE_SECRET_KEY)
     if path.exists():
         known: dict[str, str] = json.loads(path.read_text())
-        if set(PRINCIPALS) <= set(known):
+        if set(wanted) <= set(known):
             return known
     else:
         known = {}
-    for principal in PRINCIPALS:
+    for principal in wanted:
         known.setdefault(principal, secrets.token_urlsafe(24))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -198,8 +204,9 @@ def broker_properties(settings: Settings, host: str, port: int, ctrl: int) -> di
 def scram_format_args(settings: Settings) -> list[str]:
     """``kafka-storage format`` arguments that put every principal's SCRAM credential in the metadata."""
     args: list[str] = []
-    for user, password in users(settings).items():
-        args += ["--add-scram", f"{MECHANISM}=[name={user},password={password}]"]
+    passwords = users(settings)
+    for user in PRINCIPALS:
+        args += ["--add-scram", f"{MECHANISM}=[name={user},password={passwords[user]}]"]
     return args
 
 
@@ -248,8 +255,9 @@ def apply_users(settings: Settings, timeout_s: float = 30.0) -> None:
     from streams.kafka import make_admin
 
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
-    upserts: list[Any] = [UserScramCredentialUpsertion(user, info, password.encode())
-               for user, password in users(settings).items()]  # fmt: skip
+    passwords = users(settings)
+    upserts: list[Any] = [UserScramCredentialUpsertion(user, info, passwords[user].encode())
+               for user in PRINCIPALS]  # fmt: skip
     admin = make_admin(settings)  # held until every future is done: a collected client cancels them
     for user, fut in admin.alter_user_scram_credentials(upserts, request_timeout=timeout_s).items():
         try:

@@ -1,6 +1,7 @@
 """The whole pipeline on a secured stack (`carnival stack up --secure`): SASL_SSL with SCRAM users made
-at start, a CA for clients, ACLs per processor. The main job runs on it with every processor connected
-as its own principal; a client without credentials and a principal writing outside its ACLs are refused.
+at start, a CA for clients, ACLs per processor, and a password on the embedded ClickHouse. The main job runs
+on it with every processor connected as its own principal; a client without credentials and a principal
+writing outside its ACLs are refused, by Kafka and by ClickHouse.
 
 Its own stack (broker and embedded ClickHouse) on its own ports and data dir, beside the session's."""
 
@@ -114,3 +115,42 @@ def test_the_producer_principal_writes_inputs_but_not_derived_topics(secure_env:
     forged = _cli(producer, *args, stdin=_line(ALERTS_TOPIC))
     assert forged.returncode != 0
     assert "TOPIC_AUTHORIZATION_FAILED" in forged.stdout + forged.stderr
+
+
+def _http(env: dict[str, str], sql: str, user: str | None = None, password: str = "") -> tuple[int, str]:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(env["CARNIVAL_CLICKHOUSE_URL"] + "/", data=sql.encode(), method="POST")
+    if user is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_clickhouse_has_a_password_and_clients_use_it(secure_env: dict[str, str]) -> None:
+    settings = Settings.from_env(secure_env)
+    assert settings.clickhouse_user == "carnival" and settings.clickhouse_password is not None
+    password = settings.clickhouse_password.get_secret_value()
+    assert password not in repr(settings) and password not in json.dumps(settings.public_dict(), default=str)
+    users_file = Path(secure_env["CARNIVAL_DATA_DIR"]) / "clickhouse" / "users.xml"
+    assert password not in users_file.read_text() and users_file.stat().st_mode & 0o077 == 0
+    ok = _cli(secure_env, "query", "SELECT count() FROM carnival.telemetry")
+    assert ok.returncode == 0, ok.stdout + ok.stderr[-2000:]
+    assert password not in ok.stdout + ok.stderr  # never logged
+
+    # Without credentials (the default user) or with a wrong password: no analyst table, read or write.
+    status, body = _http(secure_env, "SELECT count() FROM carnival.telemetry")
+    assert status != 200 and "ACCESS_DENIED" in body
+    status, body = _http(secure_env, "INSERT INTO carnival.alerts (fingerprint) VALUES ('forged')")
+    assert status != 200 and "ACCESS_DENIED" in body
+    status, body = _http(secure_env, "SELECT 1", user="carnival", password="guess")
+    assert status != 200 and "AUTHENTICATION_FAILED" in body
+    status, body = _http(
+        secure_env, "SELECT count() FROM carnival.telemetry", user="carnival", password=password
+    )
+    assert status == 200, body
