@@ -143,6 +143,7 @@ class SchedulerConfig:
     site_capacity_ttl_s: float = 300.0  # a site not reporting capacity for this long takes no new work
     site_session_kw: float = 0.35  # power one emulator session draws at a site (budget -> sessions)
     shed_max_priority: int = 5  # at RESERVE / SHEDDING, running ANY sessions up to this priority move
+    max_sites: int = 10_000  # sites kept; a record naming one more is refused (site ids come from input)
 
     offsets: dict[str, float] = field(init=False, repr=False, compare=False, hash=False)
 

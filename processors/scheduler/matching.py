@@ -42,7 +42,7 @@ Hostile input (each record is judged on its own, and no record can disable the m
   node. Never the wall clock: the main job replays a simulated past.
 * **Bounded work**: nothing loops over a count taken from a record (attempts, hops).
 * **Bounded memory** (``sizes()`` for the gauges): ``nodes`` forgets a node silent for ``node_ttl_s``
-  that holds no work; ``tasks`` keeps finished tasks ``tombstone_ttl_s`` and at most ``max_queued_tasks``
+  that holds no work; at most ``max_sites`` datacenter sites are kept; ``tasks`` keeps finished tasks ``tombstone_ttl_s`` and at most ``max_queued_tasks``
   waiting per pool; a pool with no node and no queue is dropped; the timer heap is compacted to its live
   entries when it outgrows the state.
 """
@@ -987,6 +987,11 @@ class Scheduler:
     def _site(self, site_id: str) -> SiteState:
         site = self.sites.get(site_id)
         if site is None:
+            if len(self.sites) >= self.cfg.max_sites:
+                self.counters["site_refused_max_sites"] += 1
+                raise InvalidRecord(
+                    VALIDATION, f"already {len(self.sites)} sites (max_sites); {site_id!r} refused"
+                )
             site = self.sites[site_id] = SiteState(site_id)
         self._dirty_nodes.add(site.vin)
         return site

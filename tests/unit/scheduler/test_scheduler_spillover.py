@@ -335,3 +335,13 @@ def test_a_claim_timeout_at_a_site_requeues_without_a_node_to_charge() -> None:
     outs = h.tick(T0 + 2 * MIN)
     assert ("REVOKE", "long", SITE1) in commands(outs)
     assert ("REQUEUED", "CLAIM_TIMEOUT") in lifecycle(outs, "long")
+
+
+def test_site_ids_from_input_are_bounded() -> None:
+    h = Harness(cfg(max_sites=2))
+    h.cap("dc1", T0)
+    h.power("dc2", T0, "GRID")
+    with pytest.raises(InvalidRecord, match="max_sites"):
+        h.cap("dc3", T0 + S)
+    h.cap("dc1", T0 + S)  # a known site still reports
+    assert sorted(h.s.sites) == ["dc1", "dc2"] and h.s.sizes()["sites"] == 2
