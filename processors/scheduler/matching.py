@@ -42,9 +42,9 @@ Hostile input (each record is judged on its own, and no record can disable the m
   node. Never the wall clock: the main job replays a simulated past.
 * **Bounded work**: nothing loops over a count taken from a record (attempts, hops).
 * **Bounded memory** (``sizes()`` for the gauges): ``nodes`` forgets a node silent for ``node_ttl_s``
-  that holds no work; at most ``max_sites`` datacenter sites are kept; ``tasks`` keeps finished tasks ``tombstone_ttl_s`` and at most ``max_queued_tasks``
-  waiting per pool; a pool with no node and no queue is dropped; the timer heap is compacted to its live
-  entries when it outgrows the state.
+  that holds no work; at most ``max_sites`` datacenter sites are kept; ``tasks`` keeps finished tasks
+  ``tombstone_ttl_s`` and at most ``max_queued_tasks`` waiting per pool; a pool with no node and no queue
+  is dropped; the timer heap is compacted to its live entries when it outgrows the state.
 """
 
 from __future__ import annotations
