@@ -1049,7 +1049,7 @@ class Scheduler:
             ep.slot_hours_shifted += task.est_duration_s / 3600.0
             vin, aid = self._revoke(task, reason, now, out)
             task.preemptions += 1
-            task.moved_by = reason
+            task.moved_by, task.moved_from = reason, site.site_id
             self.counters["site_session_shed"] += 1
             out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=reason))
             self._requeue(task, now, reason, out)
@@ -1144,9 +1144,9 @@ class Scheduler:
             self._assign_site(task, site, now, out)
             return True
         assert where == CAR and car is not None and stay is not None
-        reason = task.moved_by
+        reason, moved_from = task.moved_by, task.moved_from
         if reason is None and (spilled_from := would_use_site(task, stay, sites, now, self.cfg)) is not None:
-            reason = SPILLOVER_ISLANDED
+            reason, moved_from = SPILLOVER_ISLANDED, spilled_from.site_id
             ep = spilled_from.episode
             if ep is not None:
                 ep.tasks_spilled += 1
@@ -1154,7 +1154,7 @@ class Scheduler:
                 self._episodes_moved.add(spilled_from.site_id)
                 self._dirty_nodes.add(spilled_from.vin)
             self.counters["task_spilled_to_fleet"] += 1
-        self._assign(task, car, now, out, reason)
+        self._assign(task, car, now, out, reason, moved_from)
         return True
 
     def _assign_site(self, task: Task, site: SiteState, now: int, out: list[Out]) -> None:
@@ -1162,7 +1162,7 @@ class Scheduler:
         task.attempt += 1
         aid = assignment_id_for(task.task_id, task.attempt)
         task.state, task.vin, task.assignment_id, task.assigned_ts = ASSIGNED, site.vin, aid, now
-        task.moved_by = None
+        task.moved_by = task.moved_from = None
         site.running.append(task.task_id)
         self._dirty_nodes.add(site.vin)
         self._dirty_tasks.add(task.task_id)
@@ -1247,20 +1247,28 @@ class Scheduler:
         return stay_probability(node, slack_s, now, self.cfg) >= 0.5
 
     def _assign(
-        self, task: Task, node: NodeState, now: int, out: list[Out], reason: str | None = None
+        self,
+        task: Task,
+        node: NodeState,
+        now: int,
+        out: list[Out],
+        reason: str | None = None,
+        moved_from: str | None = None,
     ) -> None:
-        """``reason``: why a car got it, when that is news (a spillover, a session shed from a site)."""
+        """``reason``: why a car got it when that is news (a spillover; a session shed off ``moved_from``)."""
         assert len(node.running) < node.capacity, f"{node.vin} is full"
         assert task.state == QUEUED and task.vin is None, f"{task.task_id} is {task.state} on {task.vin}"
         task.attempt += 1
         aid = assignment_id_for(task.task_id, task.attempt)
         task.state, task.vin, task.assignment_id, task.assigned_ts = ASSIGNED, node.vin, aid, now
-        task.moved_by = None
+        task.moved_by = task.moved_from = None
         node.running.append(task.task_id)
         remember_pick(node, task.est_duration_s, now, self.cfg)  # the node is written below (_refresh_node)
         self._dirty_tasks.add(task.task_id)
         self.counters["task_assigned"] += 1
         out.append(assignment_record(task, "ASSIGN", node.vin, aid, now, self.cfg))
-        out.append(lifecycle_record(task, "ASSIGNED", now, vin=node.vin, aid=aid, reason=reason))
+        out.append(
+            lifecycle_record(task, "ASSIGNED", now, vin=node.vin, aid=aid, reason=reason, site_id=moved_from)
+        )
         self._push(now + self.cfg.claim_timeout_s * 1000, "claim", task.task_id)
         self._refresh_node(node, now, out)

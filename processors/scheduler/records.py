@@ -97,8 +97,10 @@ def lifecycle_record(
     aid: str | None = None,
     reason: str | None = None,
     attempt: int | None = None,
+    site_id: str | None = None,
 ) -> Out:
-    """``attempt``: the attempt ``aid`` belongs to, when it is not the task's latest (a late report)."""
+    """``attempt``: the attempt ``aid`` belongs to, when it is not the task's latest (a late report).
+    ``site_id``: the site involved when ``vin`` is not that site (the one a task moved off to a car)."""
     value = {
         "task_id": task.task_id,
         "ts": now,
@@ -111,7 +113,7 @@ def lifecycle_record(
         "priority": task.priority,
         "attempt": attempt or task.attempt or None,
         "pool": task.pool,
-        "site_id": site_of(vin),
+        "site_id": site_id or site_of(vin),
     }
     return Out(LIFECYCLE_TOPIC, task.task_id, value)
 

@@ -93,6 +93,7 @@ class Task:
     excluded: tuple[str, ...] = ()  # vins never to be offered this task again, oldest first
     placement: str = "ANY"  # ANY, FLEET or DATACENTER (processors/scheduler/placement.py)
     moved_by: str | None = None  # why it left a site (SHED_*), named again when it is next assigned
+    moved_from: str | None = None  # the site it left (with moved_by)
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]

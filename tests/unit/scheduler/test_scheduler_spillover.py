@@ -200,6 +200,8 @@ def test_islanding_opens_an_episode_and_new_flexible_work_spills_to_cars_in_the_
     outs = h.req("long", T0 + MIN + S, est_duration_s=LONG)  # would go to the site on the grid
     assert commands(outs) == [("ASSIGN", "long", "V1")] or commands(outs) == [("ASSIGN", "long", "V2")]
     assert ("ASSIGNED", "SPILLOVER_ISLANDED") in lifecycle(outs, "long")
+    spilled = [o.value for o in outs if o.topic == "tasks.lifecycle.v1" and o.value["state"] == "ASSIGNED"]
+    assert spilled[0]["site_id"] == "dc1" and spilled[0]["vin"] in ("V1", "V2")  # the site it moved off
     (update,) = episodes(outs)
     assert update["state"] == "UPDATE" and update["tasks_spilled"] == 1
     assert update["slot_hours_shifted"] == pytest.approx(2.0)
@@ -232,6 +234,8 @@ def test_at_the_reserve_low_priority_sessions_move_to_cars_until_the_site_is_wit
     for tid in revoked:
         assert lifecycle(outs, tid)[:2] == [("PREEMPTED", "SHED_RESERVE"), ("REQUEUED", "SHED_RESERVE")]
         assert lifecycle(outs, tid)[2] == ("ASSIGNED", "SHED_RESERVE")  # on a car in the same round
+        moved = [o.value for o in outs if o.topic == "tasks.lifecycle.v1" and o.key == tid]
+        assert moved[2]["site_id"] == "dc1" and moved[2]["vin"].startswith("V")
         assert h.holder(tid) in {"V1", "V2", "V3", "V4"}
     assert sorted(h.s.sites["dc1"].running) == ["dc", "p7"]
     (update,) = episodes(outs)
