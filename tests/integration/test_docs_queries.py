@@ -18,6 +18,8 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from carnival.report.queries import QUERIES as REPORT_QUERIES
+from carnival.report.spillover import spillover_section
 from core.settings import Settings
 from sinks import sample_data
 from sinks.clickhouse import get_client
@@ -331,3 +333,33 @@ def test_latest_site_views_take_the_latest_record_whole(loaded: Loaded) -> None:
 
 def _utc(value: Any) -> Any:
     return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
+
+
+def test_the_demo_reports_spillover_section_from_landed_rows(loaded: Loaded) -> None:
+    """The report's two spillover queries, on rows the sink landed, and the section they make."""
+    params = {"since": datetime(2020, 1, 1, tzinfo=UTC), "start": sample_data.T0,
+              "end": sample_data.T0 + timedelta(hours=9)}  # fmt: skip
+    fetched = {}
+    for name in ("spillover", "task_moves"):
+        result = loaded.client.query(REPORT_QUERIES[name], parameters=params)
+        fetched[name] = [
+            dict(zip(result.column_names, r, strict=True))
+            for r in result.result_rows
+            if str(r[result.column_names.index("site_id")]).startswith(loaded.prefix)
+        ]
+    final = _latest(loaded.data["spillover_episodes"], "episode_id", "updated_at")
+    got = {r["episode_id"]: r for r in fetched["spillover"]}
+    assert got.keys() == final.keys()
+    for episode_id, e in final.items():
+        ended = None if e["ended_at"] is None else int(e["ended_at"].timestamp() * 1000)
+        assert got[episode_id]["ended_ms"] == ended
+        assert got[episode_id]["tasks_spilled"] == e["tasks_spilled"]
+        assert got[episode_id]["sessions_shed"] == e["sessions_shed"]
+        assert got[episode_id]["battery_minutes_saved"] == e["battery_minutes_saved"]
+    spilled = sum(e["tasks_spilled"] for e in final.values())
+    shed = sum(e["sessions_shed"] for e in final.values())
+    lines = spillover_section(fetched["spillover"], fetched["task_moves"]).lines
+    assert lines[0].startswith(
+        f"{len(final)} episodes at 3 sites (1 still open): {spilled + shed} tasks moved ({spilled} spilled"
+    )
+    assert "(the episodes count" not in lines[-1]  # the lifecycle agrees
