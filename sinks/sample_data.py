@@ -4,7 +4,9 @@
 ``_topic``/``_partition``/``_offset`` (sequential per table, partition 0). ``load(client, data)`` inserts it.
 Shape: 3 regions, 48 cars over 8 hours (telemetry every 2 minutes, one or two charging sessions each),
 160 tasks with their lifecycle, node status reports and an emulator session per run (with errors and
-loops), power incidents at 3 sites, and the alerts they raised.
+loops), power incidents at 3 sites, and the alerts they raised; the sites' capacity reports and power
+states, and spillover episodes (one still open) with the tasks moved off the sites (spilled to cars
+while queued, or shed while running at the site).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ SHED = ("SHED_RESERVE", "SHED_LOAD")
 # Spillover episodes: (site index, incident number at that site, minutes the site takes no work; None:
 # still open when the data ends). Each starts with that site's failover incident (_power's timing).
 EPISODES = ((0, 0, 60.0), (1, 1, 60.0), (2, 2, 60.0), (2, 4, None))
-TASK_MINUTES = 600 / 60  # every sample task's estimated duration
+TASK_SECONDS = 600  # every sample task's estimated duration
 BATTERY_MINUTES_PER_SHED = 1.5
 
 
@@ -48,7 +50,7 @@ class Move:
     site_id: str
     reason: str
     minute: float
-    slot_hours: float = TASK_MINUTES / 60
+    slot_hours: float = TASK_SECONDS / 3600  # what the fleet took over: all of it, or what was left
 
 
 def _move(t: int, requested: float, start: float, prefix: str) -> Move | None:
@@ -142,7 +144,7 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                 "task_id": task_id,
                 "ts": _ms(requested),
                 **base,
-                "est_duration_s": 600,
+                "est_duration_s": TASK_SECONDS,
                 "deadline": None,
                 "min_hw": "HW4",
                 "region": None,
@@ -161,7 +163,7 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
         plan: list[tuple[str, float, float, str]] = []  # (node, begin, end, result) of each run
         if move is not None and move.reason != SPILLED:  # ran at the site until it was shed
             plan.append((site_vin(move.site_id), max(requested + 0.1, start - 4), move.minute, move.reason))
-            move.slot_hours = round((600 - (plan[0][2] - plan[0][1]) * 60) / 3600, 4)
+            move.slot_hours = round((TASK_SECONDS - (plan[0][2] - plan[0][1]) * 60) / 3600, 4)
         if preempted:  # first run cut short when the car left; requeued and run again
             plan.append((vin, start, start + rng.uniform(1, 5), "PREEMPTED"))
             start = plan[-1][2] + rng.uniform(0.5, 2)
@@ -173,7 +175,7 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
         for i, (asg, run_vin, begin, end, result) in enumerate(runs):
             # The site was off the grid: the queued task went to a car instead (its first run).
             spilled = move is not None and move.reason == SPILLED and i == 0
-            site_id = move.site_id if spilled and move is not None else site_of(run_vin)
+            site_id = move.site_id if move is not None and spilled else site_of(run_vin)
             events += [
                 ("ASSIGNED", begin - 0.05, run_vin, asg, SPILLED if spilled else None, site_id),
                 ("STARTED", begin, run_vin, asg, None, site_of(run_vin)),
@@ -394,15 +396,16 @@ def _sites(rng: random.Random, data: Rows, prefix: str, moves: list[Move]) -> No
             else (shed.minute - 0.5, "RESERVE" if shed.reason == "SHED_RESERVE" else "SHEDDING")
         )
         off_grid[site_id].append(Islanding(begin, end, at_limit, incident))
-    for s, site in enumerate(prefix + site for site in SITES):
-        _power_states(data, site, off_grid[site])
+    for s, name in enumerate(SITES):
+        site_id = prefix + name
+        _power_states(data, site_id, off_grid[site_id])
         total = 120 + 40 * s
         for minute in range(0, 480, 10):
             at = minute + s * 0.5
-            islanded = any(i.begin <= at < (i.end or 480.0) for i in off_grid[site])
+            islanded = any(i.begin <= at < (i.end or 480.0) for i in off_grid[site_id])
             data["site_capacity"].append(
                 {
-                    "site_id": site,
+                    "site_id": site_id,
                     "ts": _ms(at),
                     "region": prefix + REGIONS[s],
                     "slots_total": total,
@@ -473,7 +476,10 @@ class Islanding:
 def _power_states(data: Rows, site_id: str, periods: list[Islanding]) -> None:
     """GRID; each time off the grid: on battery, at its limit once sessions are shed, the grid back
     (retransfer clock running) 3 minutes before the site counts as on the grid again."""
-    states = [(0.0, "GRID", None, None, None)]  # (minute, state, battery runtime, grid back, incident)
+    # (minute, state, battery runtime, grid back since, incident)
+    states: list[tuple[float, str, float | None, float | None, str | None]] = [
+        (0.0, "GRID", None, None, None)
+    ]
     for p in periods:
         states.append((p.begin, "ISLANDED_BATTERY", 40.0, None, p.incident_id))
         if p.at_limit is not None:
