@@ -48,6 +48,7 @@ class Move:
 
     episode: int  # index in EPISODES
     site_id: str
+    region: str  # the site's: the task's pool
     reason: str
     minute: float
     slot_hours: float = TASK_SECONDS / 3600  # what the fleet took over: all of it, or what was left
@@ -62,10 +63,10 @@ def _move(t: int, requested: float, start: float, prefix: str) -> Move | None:
         begin = _incident_minute(site, k)
         if length is None or not begin + 1 <= start <= begin + length - 5:
             continue
-        site_id = prefix + SITES[site]
+        site_id, region = prefix + SITES[site], prefix + REGIONS[site]
         if site == 2 or (t // 5) % 2 == 0 or start - requested < 0.9:
-            return Move(n, site_id, SPILLED, start - 0.05)
-        return Move(n, site_id, SHED[site % 2], start - 0.5)
+            return Move(n, site_id, region, SPILLED, start - 0.05)
+        return Move(n, site_id, region, SHED[site % 2], start - 0.5)
     return None
 
 
@@ -151,10 +152,10 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                 "min_soc_pct": None,
             }
         )
-        # (state, minute, vin, assignment_id, reason, site_id)
-        events: list[tuple[str, float, str | None, str | None, str | None, str | None]] = [
-            ("REQUESTED", requested, None, None, None, None),
-            ("QUEUED", requested + 0.01, None, None, None, None),
+        # (state, minute, vin, assignment_id, reason); site_id is the site a vin names, as the scheduler's
+        events: list[tuple[str, float, str | None, str | None, str | None]] = [
+            ("REQUESTED", requested, None, None, None),
+            ("QUEUED", requested + 0.01, None, None, None),
         ]
         start = max(requested + rng.uniform(0.1, 3 + (9 - priority) * 2), s0 + 0.5)
         preempted = t % 7 == 3
@@ -170,15 +171,18 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
         plan.append((vin, start, start + rng.uniform(2, 15), outcome))
         attempt = len(plan)
         runs = [(f"{prefix}asg-{t:04d}-{i}", *run) for i, run in enumerate(plan, 1)]
+        pool = region
         if move is not None:
             moves.append(move)
+            pool = move.region
         for i, (asg, run_vin, begin, end, result) in enumerate(runs):
-            # The site was off the grid: the queued task went to a car instead (its first run).
-            spilled = move is not None and move.reason == SPILLED and i == 0
-            site_id = move.site_id if move is not None and spilled else site_of(run_vin)
+            # The car run a move led to carries its reason: the first one of a task spilled while queued,
+            # the one after the site run of a shed task.
+            moved_here = move is not None and i == (0 if move.reason == SPILLED else 1)
+            moved_by = move.reason if move is not None and moved_here else None
             events += [
-                ("ASSIGNED", begin - 0.05, run_vin, asg, SPILLED if spilled else None, site_id),
-                ("STARTED", begin, run_vin, asg, None, site_of(run_vin)),
+                ("ASSIGNED", begin - 0.05, run_vin, asg, moved_by),
+                ("STARTED", begin, run_vin, asg, None),
             ]
             data["assignments"].append(
                 {
@@ -187,10 +191,11 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                     "task_id": task_id,
                     "vin": run_vin,
                     "ts": _ms(begin - 0.05),
-                    "reason": SPILLED if spilled else None,
+                    "reason": moved_by,
                     **base,
                     "deadline": None,
                     "lease_expires_at": None,
+                    "pool": pool,
                     "site_id": site_of(run_vin),
                 }
             )
@@ -207,8 +212,8 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
             if result == "PREEMPTED" or result in SHED:
                 reason = result if result in SHED else None
                 events += [
-                    ("PREEMPTED", end, run_vin, asg, reason, site_of(run_vin)),
-                    ("REQUEUED", end + 0.01, None, None, reason, site_of(run_vin)),
+                    ("PREEMPTED", end, run_vin, asg, reason),
+                    ("REQUEUED", end + 0.01, None, None, reason),
                 ]
                 data["task_status"].append(
                     {
@@ -221,7 +226,7 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                     }
                 )
             else:
-                events.append((result, end, run_vin, asg, None, site_of(run_vin)))
+                events.append((result, end, run_vin, asg, None))
                 data["task_status"].append(
                     {
                         "task_id": task_id,
@@ -233,7 +238,7 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                     }
                 )
             _session(rng, data, f"ses-{asg}", task_id, run_vin, begin, end, result)
-        for state, minute, ev_vin, ev_asg, reason, site_id in events:
+        for state, minute, ev_vin, ev_asg, reason in events:
             data["task_events"].append(
                 {
                     "task_id": task_id,
@@ -244,7 +249,8 @@ def generate(seed: int = 7, prefix: str = "") -> Rows:
                     "reason": reason,
                     **base,
                     "attempt": attempt,
-                    "site_id": site_id,
+                    "pool": pool,
+                    "site_id": site_of(ev_vin),
                 }
             )
 
