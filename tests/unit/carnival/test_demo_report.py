@@ -243,6 +243,13 @@ def test_assignments_to_ineligible_cars_fail() -> None:
     )
 
 
+def test_assignments_to_datacenter_sites_are_not_judged_as_cars() -> None:
+    assigns = [{"assignment_id": "a1", "vin": "site:dc-1", "ts_ms": T0},
+               {"assignment_id": "a2", "vin": "GHOST", "ts_ms": T0}]  # fmt: skip
+    assert [row["assignment_id"] for row, _ in ineligible_assignments(_truth(), assigns, 120.0)] == ["a2"]
+    assert "(1 to datacenter sites, not checked here)" in check_eligibility(_truth(), assigns, 120.0).lines[0]
+
+
 # ------------------------------------------------------------------------------------------ ledger
 def _ledger_row(aid: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
     row = {"vin": "CAR1", "assignment_id": aid, "started_ms": start, "ended_ms": end, "energy_kwh": 0.01}
