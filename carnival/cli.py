@@ -255,7 +255,16 @@ def worker(names: tuple[str, ...], list_only: bool, replicas: int) -> None:
     help="Output format.",
 )
 def query(sql: str, fmt: str) -> None:
-    """Run SQL on the analytics store (works while workers write)."""
+    """Run SQL on the analytics store (works while workers write).
+
+    \b
+    Tables, one per topic: telemetry, nodes, task_requests, task_status,
+    task_events, assignments, actions, power_events, incidents, alerts, deadletter, site_capacity,
+    site_power_states, spillover_episodes; also owner_ledger, alert_deliveries.
+    Views: task_latest, task_timings, idle_capacity_5m, node_reliability, incidents_latest,
+    session_stats, site_capacity_latest, site_power_latest, spillover_episodes_latest, ...
+    All of them: SHOW TABLES; what they hold: docs/analytics.md.
+    """
     from sinks.clickhouse import ClickHouseUnavailable, get_client, require_reachable
     from sinks.query import QueryError, run_query
 

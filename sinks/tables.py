@@ -1,6 +1,6 @@
 """Which table of the analyst contract each topic lands in (columns = the topic's Avro fields +
 ``_topic``/``_partition``/``_offset``), next to the migrations that create them (``sinks/migrations``;
-``tests/unit/test_migrations.py`` checks that every table here is created there)."""
+``tests/unit/sinks/test_migrations.py`` checks that every table here is created there)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from streams.topics import (
     NODES_TOPIC,
     POWER_EVENTS_TOPIC,
     REQUESTS_TOPIC,
+    SITE_CAPACITY_TOPIC,
+    SITE_POWER_STATE_TOPIC,
+    SPILLOVER_TOPIC,
     STATUS_TOPIC,
     TELEMETRY_TOPIC,
 )
@@ -30,4 +33,7 @@ TABLE_FOR_TOPIC: dict[str, str] = {
     DEADLETTER_TOPIC: "deadletter",
     REQUESTS_TOPIC: "task_requests",
     STATUS_TOPIC: "task_status",
+    SITE_CAPACITY_TOPIC: "site_capacity",
+    SITE_POWER_STATE_TOPIC: "site_power_states",
+    SPILLOVER_TOPIC: "spillover_episodes",
 }

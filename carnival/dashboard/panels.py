@@ -137,6 +137,25 @@ SELECT started_at AS time, site_id, kind, round(transfer_ms, 3) AS transfer_ms,
 FROM incidents_latest
 WHERE transfer_ms IS NOT NULL AND $__timeFilter(started_at)
 ORDER BY time""",
+    # An episode's records carry totals so far: each record's increase over the one before is what moved.
+    "spillover": """
+WITH moves AS
+(
+    SELECT updated_at,
+           tasks_spilled + sessions_shed - lagInFrame(tasks_spilled + sessions_shed) OVER w AS tasks,
+           slot_hours_shifted - lagInFrame(slot_hours_shifted) OVER w AS slot_hours,
+           ifNull(battery_minutes_saved, 0) - lagInFrame(ifNull(battery_minutes_saved, 0)) OVER w
+               AS battery_min
+    FROM spillover_episodes
+    WINDOW w AS (PARTITION BY episode_id ORDER BY updated_at, _offset
+                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+)
+SELECT $__timeInterval(updated_at) AS time, toInt64(sum(tasks)) AS tasks_moved,
+       round(sum(slot_hours), 3) AS slot_hours_shifted, round(sum(battery_min), 2) AS battery_minutes_saved
+FROM moves
+WHERE $__timeFilter(updated_at)
+GROUP BY time
+ORDER BY time""",
     "alerts": """
 SELECT $__timeInterval(starts_at) AS time, concat(kind, ' · ', severity) AS alert,
        uniqExact(fingerprint, starts_at) AS fired
@@ -249,6 +268,13 @@ PANELS: dict[str, Panel] = {
             Chart("scatter", "time", ("transfer_ms",), series="site_id", y_title="transfer (ms)", log_y=True),
         ),
         Panel(
+            "spillover", "Spillover: work moved from sites to the fleet",
+            "While a site is off the grid: tasks moved to cars (queued ones spilled, running ones shed), "
+            "the slot-hours the fleet took over, and the battery minutes the shedding saved.",
+            Chart("bar", "time", ("tasks_moved",), y_title="tasks moved",
+                  y2=("slot_hours_shifted", "battery_minutes_saved"), y2_title="slot-hours · battery min"),
+        ),
+        Panel(
             "alerts", "Alerts fired by kind and severity",
             "Distinct alerts that started firing per bucket (a re-sent FIRING record counts once).",
             Chart("bar", "time", ("fired",), series="alert", y_title="alerts"),
@@ -296,7 +322,7 @@ LAG_DESCRIPTION = (
 # Every chart of the page, in order: panel names (a chart may draw several panels).
 LAYOUT: tuple[tuple[str, ...], ...] = (
     ("idle_capacity",), ("task_queue",), ("task_wait",),
-    ("power_sources", "transfer_times"), ("preemptions",),
+    ("power_sources", "transfer_times"), ("spillover",), ("preemptions",),
     ("alerts",), ("alert_deliveries",), ("trace_steps",),
     ("trace_activity",), (LAG_PANEL,),
     ("ingest_rate",), ("deadletters",),

@@ -1,8 +1,8 @@
 """The demo's self-checking report: this run's rows in ClickHouse against the simulator's ground truth.
 
 ``queries`` holds every SQL statement; ``truth`` loads truth.jsonl; one pure module per section
-(``power``, ``tasks``, ``ledger``, ``alerts``) turns rows into lines and PASS/FAIL checks; ``build`` glues
-them; ``render`` prints them.
+(``power``, ``tasks``, ``ledger``, ``spillover``, ``alerts``) turns rows into lines and PASS/FAIL checks;
+``build`` glues them; ``render`` prints them.
 """
 
 from carnival.report.build import build_sections

@@ -10,6 +10,7 @@ from carnival.report.ledger import check_ledger
 from carnival.report.model import Section
 from carnival.report.power import check_power, incident_from_row
 from carnival.report.runs import LIFECYCLE_ENDS, STATUS_ENDS, build_runs
+from carnival.report.spillover import spillover_section
 from carnival.report.tasks import check_eligibility, check_tasks, round_trips
 from carnival.report.truth import GroundTruth
 
@@ -27,7 +28,7 @@ def build_sections(
     tasks this run requested, ledger rows to its cars."""
     tasks = {r["task_id"] for r in rows["requests"]}
     mine = {name: [r for r in rows[name] if r["task_id"] in tasks]
-            for name in ("task_states", "lifecycle_runs", "assigns", "status")}  # fmt: skip
+            for name in ("task_states", "lifecycle_runs", "assigns", "status", "task_moves")}  # fmt: skip
     ledger = [r for r in rows["ledger"] if r["vin"] in truth.cars]
     states = {r["task_id"]: r for r in mine["task_states"]}
     waits: list[tuple[int, float | None]] = []
@@ -70,5 +71,6 @@ def build_sections(
         round_trips(mine["assigns"], status_runs, claim_timeout_s),
         check_eligibility(truth, mine["assigns"], lease_s),
         check_ledger(truth, ledger, status_runs, lifecycle_runs),
+        spillover_section(rows["spillover"], mine["task_moves"]),
         check_alerts(rows["alerts"], rows["deliveries"]),
     ]

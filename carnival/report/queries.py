@@ -56,6 +56,16 @@ QUERIES: dict[str, str] = {
     "alerts": f"""
         SELECT fingerprint, status, any(kind) AS kind, any(severity) AS severity
         FROM alerts WHERE _ingested_at >= {SINCE} AND starts_at {IN_RUN} GROUP BY fingerprint, status""",
+    # The latest record of each episode of the run (as view spillover_episodes_latest, kept to the run).
+    "spillover": f"""
+        SELECT episode_id, site_id, state, worst_state, toUnixTimestamp64Milli(started_at) AS started_ms,
+               toUnixTimestamp64Milli(ended_at) AS ended_ms, tasks_spilled, sessions_shed,
+               slot_hours_shifted, battery_minutes_saved
+        FROM spillover_episodes WHERE _ingested_at >= {SINCE} AND started_at {IN_RUN}
+        ORDER BY episode_id, updated_at DESC, _offset DESC LIMIT 1 BY episode_id""",
+    "task_moves": f"""
+        SELECT DISTINCT task_id, site_id, reason FROM task_events
+        WHERE _ingested_at >= {SINCE} AND reason IN ('SPILLOVER_ISLANDED', 'SHED_RESERVE', 'SHED_LOAD')""",
     "deliveries": f"""
         SELECT fingerprint, status, count() AS n
         FROM alert_deliveries WHERE received_at >= {SINCE} GROUP BY fingerprint, status""",

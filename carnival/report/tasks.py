@@ -16,6 +16,7 @@ from typing import Any
 from carnival.report.model import Section, pct, quantile
 from carnival.report.runs import Run
 from carnival.report.truth import GroundTruth
+from streams.sites import is_site_vin
 
 QUEUED_STATES = ("REQUESTED", "QUEUED", "REQUEUED")
 RUNNING_STATES = ("ASSIGNED", "STARTED")
@@ -147,12 +148,15 @@ def eligible_node_hours(truth: GroundTruth) -> float:
 def ineligible_assignments(
     truth: GroundTruth, assigns: list[dict[str, Any]], tolerance_s: float
 ) -> list[tuple[dict[str, Any], str]]:
-    """(ASSIGN row, why) for each assignment to a car that could not take work at its ``ts_ms``."""
+    """(ASSIGN row, why) for each assignment to a car that could not take work at its ``ts_ms``. A
+    datacenter site (node id ``site:<site_id>``) is no car: its capacity is its own report."""
     starts = {vin: [p for p, _ in iv] for vin, iv in truth.plugged.items()}
     out = []
     for row in assigns:
         vin, ts = row["vin"], int(row["ts_ms"])
         car = truth.cars.get(vin)
+        if is_site_vin(vin):
+            continue
         if car is None:
             out.append((row, "not a simulated car"))
         elif not car.get("opted_in"):
@@ -171,9 +175,11 @@ def ineligible_assignments(
 def check_eligibility(truth: GroundTruth, assigns: list[dict[str, Any]], tolerance_s: float) -> Section:
     section = Section("Assignments vs the truth's eligibility")
     bad = ineligible_assignments(truth, assigns, tolerance_s)
+    to_sites = sum(is_site_vin(row["vin"]) for row in assigns)
     section.lines.append(
-        f"{len(assigns):,} ASSIGN commands; a car counts as plugged in up to {tolerance_s:g} s after its "
-        "cable came out (the scheduler's data-timeout lease: it acts on the last report it has)"
+        f"{len(assigns):,} ASSIGN commands ({to_sites:,} to datacenter sites, not checked here); a car "
+        f"counts as plugged in up to {tolerance_s:g} s after its cable came out (the scheduler's "
+        "data-timeout lease: it acts on the last report it has)"
     )
     for row, why in bad[:10]:
         section.lines.append(f"  {row['assignment_id']} -> {row['vin']} at ts {row['ts_ms']}: {why}")

@@ -29,7 +29,7 @@ def generate(seed: int = 5) -> sample_data.Rows:
     rng = random.Random(seed)
     data = sample_data.generate(seed=seed)
     for event in data["task_events"]:
-        if event["state"] in ("PREEMPTED", "REQUEUED"):
+        if event["state"] in ("PREEMPTED", "REQUEUED") and event["reason"] is None:  # shed ones keep theirs
             event["reason"] = rng.choice(CAUSES)
     data["power_events"] = _failovers(data["incidents"])
     now = datetime.now(UTC)

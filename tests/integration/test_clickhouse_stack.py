@@ -38,6 +38,9 @@ CONTRACT_TABLES = {
     "alerts",
     "owner_ledger",
     "deadletter",
+    "site_capacity",
+    "site_power_states",
+    "spillover_episodes",
     "schema_migrations",
 }
 TELEMETRY_COLS = [

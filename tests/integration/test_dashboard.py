@@ -139,6 +139,19 @@ def test_panels_count_what_was_loaded(loaded: Loaded) -> None:
         assert sum(r["deliveries"] for r in rows(loaded.panel("alert_deliveries"))) == len(data["alerts"])
     traced = {a["task_id"] for a in data["actions"]}
     assert sum(r["tasks"] for r in rows(loaded.panel("trace_steps"))) == len(traced)
+    final: dict[str, dict[str, Any]] = {}  # each episode's latest record: its totals
+    for e in sorted(data["spillover_episodes"], key=lambda e: (e["updated_at"], e["_offset"])):
+        final[e["episode_id"]] = e
+    spillover = rows(loaded.panel("spillover"))
+    assert sum(r["tasks_moved"] for r in spillover) == sum(
+        e["tasks_spilled"] + e["sessions_shed"] for e in final.values()
+    )
+    slot_hours = sum(e["slot_hours_shifted"] for e in final.values())
+    assert sum(r["slot_hours_shifted"] for r in spillover) == pytest.approx(slot_hours, abs=0.01)
+    battery = sum(e["battery_minutes_saved"] or 0 for e in final.values())
+    assert (
+        sum(r["battery_minutes_saved"] for r in spillover) == pytest.approx(battery, abs=0.01) and battery > 0
+    )
 
 
 CHANGES = {("TRANSFER", d) for d in ("STS", "ATS")} | {("SOURCE_LOST", "GRID_METER")}

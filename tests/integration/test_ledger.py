@@ -115,7 +115,10 @@ def test_ledger_recomputed_from_raw_events_matches_python(settings: Settings) ->
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             n_tel = int(client.command(f"SELECT count() FROM telemetry WHERE startsWith(vin, '{prefix}')"))
-            n_st = int(client.command(f"SELECT count() FROM task_status WHERE startsWith(vin, '{prefix}')"))
+            # by task: a run at a datacenter site reports as node 'site:<site_id>'
+            n_st = int(
+                client.command(f"SELECT count() FROM task_status WHERE startsWith(task_id, '{prefix}')")
+            )
             if n_tel >= len(data["telemetry"]) and n_st >= len(data["task_status"]):
                 break
             time.sleep(0.3)

@@ -10,6 +10,7 @@ from carnival.report.ledger import check_ledger
 from carnival.report.model import quantile
 from carnival.report.power import Incident, check_power, skipped_seqs
 from carnival.report.runs import LIFECYCLE_ENDS, STATUS_ENDS, build_runs
+from carnival.report.spillover import spillover_section
 from carnival.report.tasks import check_eligibility, check_tasks, ineligible_assignments, round_trips
 from carnival.report.truth import GroundTruth, from_rows
 
@@ -242,6 +243,13 @@ def test_assignments_to_ineligible_cars_fail() -> None:
     )
 
 
+def test_assignments_to_datacenter_sites_are_not_judged_as_cars() -> None:
+    assigns = [{"assignment_id": "a1", "vin": "site:dc-1", "ts_ms": T0},
+               {"assignment_id": "a2", "vin": "GHOST", "ts_ms": T0}]  # fmt: skip
+    assert [row["assignment_id"] for row, _ in ineligible_assignments(_truth(), assigns, 120.0)] == ["a2"]
+    assert "(1 to datacenter sites, not checked here)" in check_eligibility(_truth(), assigns, 120.0).lines[0]
+
+
 # ------------------------------------------------------------------------------------------ ledger
 def _ledger_row(aid: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
     row = {"vin": "CAR1", "assignment_id": aid, "started_ms": start, "ended_ms": end, "energy_kwh": 0.01}
@@ -303,6 +311,57 @@ def test_alerts_not_delivered_fail() -> None:
         "every FIRING alert reached the receiver": False,
         "every RESOLVED alert reached the receiver": False,
     }
+
+
+# --------------------------------------------------------------------------------------- spillover
+def _episode(site: str, start: int, end: int | None, spilled: int, shed: int, **kw: Any) -> dict[str, Any]:
+    row = {"site_id": site, "started_ms": start, "ended_ms": end, "worst_state": "RESERVE",
+           "tasks_spilled": spilled, "sessions_shed": shed, "slot_hours_shifted": 0.5,
+           "battery_minutes_saved": None}  # fmt: skip
+    return {**row, **kw}
+
+
+def _moves(*rows: tuple[str, str]) -> list[dict[str, Any]]:
+    return [{"task_id": t, "site_id": "dc-1", "reason": r} for t, r in rows]
+
+
+def test_spillover_without_episodes_says_so() -> None:
+    section = spillover_section([], [])
+    assert section.lines == ["No spillover episodes in this run: no site stopped taking work."]
+    assert section.checks == []
+
+
+def test_spillover_totals_and_one_line_per_episode() -> None:
+    episodes = [
+        _episode("dc-2", T0 + 2 * H, None, 1, 0, slot_hours_shifted=0.25, worst_state="ISLANDED_BATTERY"),
+        _episode("dc-1", T0, T0 + H, 2, 2, slot_hours_shifted=1.0, battery_minutes_saved=3.0),
+    ]
+    moves = _moves(("t1", "SPILLOVER_ISLANDED"), ("t2", "SPILLOVER_ISLANDED"), ("t3", "SPILLOVER_ISLANDED"),
+                   ("t4", "SHED_RESERVE"), ("t4", "SHED_RESERVE"), ("t5", "SHED_LOAD"))  # fmt: skip
+    lines = spillover_section(episodes, moves).lines
+    assert lines[0] == (
+        "2 episodes at 2 sites (1 still open): 5 tasks moved (3 spilled, 2 shed), 1.25 slot-hours shifted "
+        "to the fleet, 3.0 battery minutes saved"
+    )
+    assert " ".join(lines[1].split()) == (
+        "dc-1 2025-01-06 14:00:00 -> 2025-01-06 15:00:00 (60.0 min) worst RESERVE: 4 tasks moved "
+        "(2 spilled, 2 shed), 1.00 slot-hours, 3.0 battery min saved"
+    )
+    assert "-> still open" in lines[2] and "n/a battery min saved" in lines[2]
+    # A task shed with two records counts once; the lifecycle agrees with the episodes: nothing added.
+    assert (
+        lines[3]
+        == "lifecycle: tasks moved off sites by reason: SPILLOVER_ISLANDED 3, SHED_RESERVE 1, SHED_LOAD 1"
+    )
+
+
+def test_spillover_lifecycle_that_disagrees_with_the_episodes_is_shown() -> None:
+    section = spillover_section([_episode("dc-1", T0, T0 + H, 2, 0)], _moves(("t1", "SPILLOVER_ISLANDED")))
+    assert "battery minutes saved not known" in section.lines[0]
+    assert section.lines[-1] == (
+        "lifecycle: tasks moved off sites by reason: SPILLOVER_ISLANDED 1 "
+        "(the episodes count 2 spilled, 0 shed)"
+    )
 
 
 def test_quantile_is_nearest_rank() -> None:

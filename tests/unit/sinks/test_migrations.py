@@ -170,3 +170,66 @@ def test_every_avro_field_has_a_column(topic: str) -> None:
     fields = {f["name"] for f in schema["fields"]}
     assert fields - columns == set()
     assert {"_topic", "_partition", "_offset"} <= columns
+
+
+SITE_TABLES = {"site_capacity", "site_power_states", "spillover_episodes"}
+SITE_VIEWS = {"site_capacity_latest", "site_power_latest", "spillover_episodes_latest"}
+
+
+def _site_migration() -> Migration:
+    return next(m for m in load_migrations() if m.name == "site_tables")
+
+
+def test_site_tables_are_append_only_sink_tables_with_latest_views() -> None:
+    stmts = render_migration(_site_migration(), SINGLE)
+    tables = _created_tables(stmts)
+    assert set(tables) == SITE_TABLES
+    for name, ddl in tables.items():
+        # Append-only: merges never drop a row, so the sink's max(_offset) resume position holds.
+        assert "ENGINE = MergeTree\n" in ddl, name
+        assert "_topic              LowCardinality(String)" in ddl
+        assert "_partition          UInt32" in ddl and "_offset             UInt64" in ddl
+        assert "non_replicated_deduplication_window = 1000" in ddl
+        projection = f"ALTER TABLE carnival.{name}\n    ADD PROJECTION IF NOT EXISTS sink_positions"
+        assert any(s.startswith(projection) for s in stmts), name
+    # All records of an episode share a partition: a piece of a batch never splits one episode's rows.
+    assert "PARTITION BY toYYYYMM(started_at)" in tables["spillover_episodes"]
+    views = {m.group(1): s for s in stmts if (m := re.match(r"CREATE VIEW IF NOT EXISTS carnival\.(\w+)", s))}
+    assert set(views) == SITE_VIEWS
+    assert "LIMIT 1 BY episode_id" in views["spillover_episodes_latest"]
+    assert "tasks_spilled + sessions_shed AS tasks_moved" in views["spillover_episodes_latest"]
+
+
+def test_site_tables_on_a_cluster_are_replicated_local_tables_behind_distributed_ones() -> None:
+    stmts = render_migration(_site_migration(), CLUSTER)
+    tables = _created_tables(stmts)
+    assert set(tables) == SITE_TABLES | {f"{t}_local" for t in SITE_TABLES}
+    for name in SITE_TABLES:
+        assert "ENGINE = ReplicatedMergeTree(" in tables[f"{name}_local"]
+        assert stmts.index(tables[name]) == stmts.index(tables[f"{name}_local"]) + 1
+        assert f"Distributed(prod, carnival, {name}_local, cityHash64(site_id))" in tables[name]
+        assert any(
+            s.startswith(f"ALTER TABLE carnival.{name}_local ON CLUSTER prod\n    ADD PROJECTION")
+            for s in stmts
+        )
+    views = [s for s in stmts if s.startswith("CREATE VIEW")]
+    assert len(views) == len(SITE_VIEWS) and all("ON CLUSTER prod" in v for v in views)
+    assert not any("_local" in v for v in views)  # views read the contract-name (Distributed) tables
+
+
+_AVRO_TIME = {"timestamp-millis": "DateTime64(3, 'UTC')", "timestamp-micros": "DateTime64(6, 'UTC')"}
+
+
+@pytest.mark.parametrize("topic", sorted(TABLE_FOR_TOPIC))
+def test_every_avro_timestamp_is_a_utc_datetime64_of_its_precision(topic: str) -> None:
+    schema = json.loads((Path(__file__).resolve().parents[3] / "schemas" / f"{topic}.avsc").read_text())
+    statements = [s for m in load_migrations() for s in render_migration(m, SINGLE)]
+    table = TABLE_FOR_TOPIC[topic]
+    ddl = next(s for s in statements if s.startswith(f"CREATE TABLE IF NOT EXISTS carnival.{table}\n"))
+    ddl += "\n".join(s for s in statements if s.startswith(f"ALTER TABLE carnival.{table}\n"))
+    for field in schema["fields"]:
+        types = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        logical = next((t.get("logicalType") for t in types if isinstance(t, dict)), None)
+        if logical in _AVRO_TIME:
+            column = _AVRO_TIME[logical] if "null" not in types else f"Nullable({_AVRO_TIME[logical]})"
+            assert re.search(rf"\b{field['name']}\s+{re.escape(column)}", ddl), (table, field["name"])
