@@ -42,6 +42,18 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def parse_slots(text: str) -> tuple[int, int]:
+    """``"300"`` -> ``(300, 300)``, ``"200-400"`` -> ``(200, 400)``; raises ValueError on bad input."""
+    low, _, high = text.strip().partition("-")
+    try:
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"expected N or N-M slots, got {text!r}") from None
+    if lo < 0 or hi < lo:
+        raise ValueError(f"expected 0 <= N <= M, got {text!r}")
+    return lo, hi
+
+
 @dataclass
 class CarNoise:
     """How imperfect telemetry is (per emitted record unless said otherwise)."""
@@ -165,6 +177,8 @@ class SiteCompute:
     def enabled(self) -> bool:
         return self.slots[1] > 0
 
+
+PLACEMENTS = ("ANY", "FLEET", "DATACENTER")  # tasks.requests.v1 placement
 
 SITE_COMPUTE_PROFILES: dict[str, SiteCompute] = {
     "off": SiteCompute(),
