@@ -17,6 +17,7 @@ from simulator import SimConfig, World
 from simulator.cli import simulate
 from simulator.config import HOUR_MS, SITE_COMPUTE_PROFILES, SiteCompute, parse_slots
 from simulator.islands import LONG_BATTERY, IslandLog, long_island_script
+from simulator.loop import ClosedLoop
 from simulator.sinks import MemorySink
 from simulator.site_compute import (
     BATTERY_NORMAL_PCT,
@@ -35,6 +36,7 @@ from streams.serde import AvroSerde
 from streams.sites import site_vin
 
 CAPACITY = "sites.capacity.v1"
+ASSIGNMENTS = "tasks.assignments.v1"
 SMALL = SITE_COMPUTE_PROFILES["small"]
 
 
@@ -384,3 +386,45 @@ def test_cli_site_compute_writes_capacity_reports(tmp_path: Any) -> None:
     assert {r["placement"] for r in requests} == {"ANY", "DATACENTER"}
     bad = CliRunner().invoke(simulate, ["--dry-run", "--no-truth", "--placement-mix", "EDGE=1"])
     assert bad.exit_code != 0 and "unknown placement" in bad.output
+
+
+def test_closed_loop_feeds_a_decision_maker_and_delivers_its_assignments() -> None:
+    """A toy placer on the loop: DATACENTER tasks go to the site its capacity reports say has room."""
+    free: dict[str, int] = {}
+    seen: Counter[str] = Counter()
+    done: list[dict[str, Any]] = []
+    ticks: list[int] = []
+
+    def react(topic: str, rec: dict[str, Any], now: int) -> list[tuple[str, dict[str, Any]]]:
+        seen[topic] += 1
+        if topic == CAPACITY:
+            free[rec["site_id"]] = rec["slots_free"]
+        elif topic == "tasks.status.v1" and rec["status"] == "COMPLETED":
+            done.append(rec)
+        elif topic == "tasks.requests.v1" and rec["placement"] == "DATACENTER":
+            site = next((s for s, n in free.items() if n > 0), None)
+            if site is not None:
+                free[site] -= 1
+                aid = f"as-{rec['task_id']}"
+                cmd = {
+                    "assignment_id": aid,
+                    "command": "ASSIGN",
+                    "task_id": rec["task_id"],
+                    "vin": site_vin(site),
+                }
+                return [(ASSIGNMENTS, cmd)]
+        return []
+
+    config = SimConfig(
+        cars=0,
+        sites=2,
+        duration_ms=3 * HOUR_MS,
+        tasks_per_hour=200,
+        site_compute=SMALL,
+        action_interval_s=60.0,
+    )
+    loop = ClosedLoop(config, react, tick=lambda now: ticks.append(now) or [], tick_ms=60_000)
+    world = loop.run()
+    assert loop.delivered > 10 and done and {r["vin"] for r in done} <= set(world.site_controllers)
+    assert len(ticks) == 3 * 60 and ticks[0] == config.start_ms
+    assert seen[CAPACITY] > 0 and seen["tasks.requests.v1"] == world.counters["tasks"]
