@@ -75,7 +75,10 @@ class ClosedLoop:
                 self.observe(topic, record, w.now)
             if topic == ASSIGNMENTS_TOPIC:
                 self.delivered += 1
-                w.q.schedule(w.now, w.emulators.handle, record)
+                w.q.schedule(w.now, self._deliver, record)
+
+    def _deliver(self, command: dict[str, Any]) -> None:
+        self.world.emulators.handle(command)
 
     def _tick(self) -> None:
         w = self.world
