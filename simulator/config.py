@@ -162,8 +162,8 @@ class SiteCompute:
     # load after ``reserve_gen_delay_min``; at ``trip_soc_pct`` it cuts the emulator hall (sessions lost).
     long_failover_share: float = 0.5
     long_island_min: tuple[float, float] = (45.0, 75.0)
-    reserve_gen_delay_min: tuple[float, float] = (5.0, 15.0)
-    trip_soc_pct: float = 2.0
+    reserve_gen_delay_min: tuple[float, float] = (3.0, 8.0)
+    trip_soc_pct: float = 5.0
     # Task placement preference (tasks.requests.v1 ``placement``) and a share of long tasks (est x factor)
     # so that work at a site outlasts a failover.
     placement_mix: dict[str, float] = field(
@@ -182,7 +182,8 @@ PLACEMENTS = ("ANY", "FLEET", "DATACENTER")  # tasks.requests.v1 placement
 
 SITE_COMPUTE_PROFILES: dict[str, SiteCompute] = {
     "off": SiteCompute(),
-    "realistic": SiteCompute(slots=(200, 400)),
+    # 200-400 sessions a site: their action traces (~300 actions/s a site) are left out at this scale
+    "realistic": SiteCompute(slots=(200, 400), actions=False),
     "small": SiteCompute(slots=(8, 16)),
 }
 

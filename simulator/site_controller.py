@@ -147,21 +147,30 @@ class SiteController:
         if run.stopped:
             return
         run.started = True
-        self.w.counters["site_sessions_started"] += 1
+        w = self.w
+        w.counters["site_sessions_started"] += 1
         self._status(run.task_id, run.assignment_id, "STARTED", None)
-        self._act(run)
+        if self.capacity.config.actions:
+            self._act(run)
+        else:  # no trace: the session just lasts its time
+            w.q.schedule(w.q.now + int(run.session.duration_ms), self._complete, run)
 
     def _act(self, run: SiteRun) -> None:
         if run.stopped:
             return
         w, s = self.w, run.session
         rec, gap = s.next_action()
-        if self.capacity.config.actions:
-            rec["ts"] = w.q.now
-            w.emit(ACTIONS_TOPIC, s.session_id, rec)
+        rec["ts"] = w.q.now
+        w.emit(ACTIONS_TOPIC, s.session_id, rec)
         if gap is not None:
             w.q.schedule(w.q.now + int(gap) + 1, self._act, run)
             return
+        self._complete(run)
+
+    def _complete(self, run: SiteRun) -> None:
+        if run.stopped:
+            return
+        w, s = self.w, run.session
         self._finish(run, s.outcome, s.error)
         at = w.q.now + s.rng.randint(100, 500)
         w.q.schedule(at, self._status, run.task_id, run.assignment_id, s.outcome, s.error)

@@ -428,3 +428,16 @@ def test_closed_loop_feeds_a_decision_maker_and_delivers_its_assignments() -> No
     assert loop.delivered > 10 and done and {r["vin"] for r in done} <= set(world.site_controllers)
     assert len(ticks) == 3 * 60 and ticks[0] == config.start_ms
     assert seen[CAPACITY] > 0 and seen["tasks.requests.v1"] == world.counters["tasks"]
+
+
+def test_without_traces_a_site_session_lasts_its_time_and_completes() -> None:
+    world, sink, _ = site_world(replace(SMALL, slots=(2, 2), long_failover_share=0.0, actions=False))
+    assert SITE_COMPUTE_PROFILES["realistic"].actions is False  # 200-400 sessions a site: no traces
+    start = world.now
+    command(world, "ASSIGN", "as-q", "t-q", 600.0)
+    world.run()
+    status = [r for t, _, r in sink.records if t == "tasks.status.v1"]
+    assert [r["status"] for r in status][0] == "STARTED" and status[-1]["status"] in ("COMPLETED", "FAILED")
+    assert not [r for t, _, r in sink.records if t == "emulator.actions.v1"]
+    assert 60_000 <= status[-1]["ts"] - start <= 3 * 600_000  # its true run time (failures end early)
+    assert world.sites[0].compute.controller.running == 0  # type: ignore[union-attr]
