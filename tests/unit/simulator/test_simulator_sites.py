@@ -441,3 +441,16 @@ def test_without_traces_a_site_session_lasts_its_time_and_completes() -> None:
     assert not [r for t, _, r in sink.records if t == "emulator.actions.v1"]
     assert 60_000 <= status[-1]["ts"] - start <= 3 * 600_000  # its true run time (failures end early)
     assert world.sites[0].compute.controller.running == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("sessions", [0, 10])
+def test_the_power_detector_finds_the_incidents_a_long_island_expects(sessions: int) -> None:
+    """The truth of a long island (its expected incidents, written once known) is what the project's own
+    failover detector finds in its events: the demo's report checks one against the other."""
+    from processors.power.detector import Detector
+
+    world, sink, found = long_island(sessions=sessions)
+    detector = Detector(world.sites[0].site_id)
+    events = sorted((r for t, _, r in sink.records if t == "power.events.v1"), key=lambda r: r["ts"])
+    opened = {o.kind for r in events for o in detector.on_event(r) if getattr(o, "state", None) == "OPEN"}
+    assert set(found["failover"]["expected_incidents"]) == opened
