@@ -15,7 +15,7 @@ site's power state and reacts as a site controller would:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from simulator.islands import LONG_BATTERY, Island, IslandLog, long_island_script
 from simulator.power_devices import ATS, BESS, CTL, MS, Failover, S, Step, retransfer
@@ -25,7 +25,20 @@ from simulator.site_controller import SiteController
 
 if TYPE_CHECKING:
     from simulator.context import WorldContext as World
-    from simulator.power import Site
+
+
+class Site(Protocol):
+    """What the compute side sees of its ``simulator.power.Site`` (which owns it)."""
+
+    site_id: str
+    region: str
+    gens: int
+    state: dict[str, Any]
+
+    def load_mw(self, t_ms: int) -> float: ...
+    def total_load_mw(self, t_ms: int) -> float: ...
+    def emit(self, ts_us: int, device_id: str, event_type: str, fields: dict[str, Any]) -> None: ...
+    def happen(self, step: Step) -> None: ...
 
 
 class ComputeSite:
