@@ -96,14 +96,14 @@ class ComputeSite:
         ended = self.islands.observe(now, state, st["battery"], on_battery, self.scenario)
         if cut:
             self._report_cut(running - self.controller.running)
-        if ended is not None and self.long is not None:
+        if ended is not None and ended.scenario == LONG_BATTERY and self.long is not None:
             self._write_long_truth(ended, self.long)
             self.long = None
 
     def close(self) -> None:
         """At the run's end: the island still under way goes to the truth (open)."""
         isl = self.islands.close_open(self.w.q.now)
-        if isl is not None and self.long is not None:
+        if isl is not None and isl.scenario == LONG_BATTERY and self.long is not None:
             self._write_long_truth(isl, self.long)
 
     # -- the long battery island ------------------------------------------------------------------
