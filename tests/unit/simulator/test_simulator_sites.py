@@ -454,3 +454,16 @@ def test_the_power_detector_finds_the_incidents_a_long_island_expects(sessions: 
     events = sorted((r for t, _, r in sink.records if t == "power.events.v1"), key=lambda r: r["ts"])
     opened = {o.kind for r in events for o in detector.on_event(r) if getattr(o, "state", None) == "OPEN"}
     assert set(found["failover"]["expected_incidents"]) == opened
+
+
+def test_an_island_still_under_way_at_the_end_is_in_the_truth_open() -> None:
+    world, _, truth = site_world(replace(SMALL, long_failover_share=1.0))
+    world.run_until(world.now + 1_000)
+    compute = world.sites[0].compute
+    assert compute is not None and compute.long is not None
+    world.run_until(compute.long.start_us // 1000 + 20 * 60_000)
+    world.write_open_sessions()
+    (island,) = [r for r in truth.items if r["type"] == "island"]
+    (failover,) = [r for r in truth.items if r["type"] == "failover"]
+    assert island["end"] is None and island["start"] == failover["started_at_us"] // 1000
+    assert failover["scenario"] == LONG_BATTERY and failover["expected_incidents"] == ["FAILOVER"]
