@@ -7,6 +7,11 @@ Public entry points:
 - ``run_simulation`` / ``run_rate``: the paced runners behind ``carnival simulate``.
 - ``simulate``: the click command (``simulator.cli``), registered by ``carnival.cli``.
 
+- ``ClosedLoop`` (``simulator.loop``): the world against an in-process decision maker, for benches.
+
+Sites as emulator capacity (``SimConfig.site_compute``, off by default): ``site_compute`` (pure),
+``site_controller``, ``site``, ``islands``.
+
 The pure generators (``habits``, ``charging``, ``tasks``, ``emulator``, ``power``) never do I/O and draw
 from ``random.Random`` instances derived from the seed, so the same seed gives the same events.
 """

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 import structlog
 
-from simulator.config import DAY_MS, SimConfig, habits_profile
+from simulator.config import DAY_MS, PLACEMENTS, SimConfig, SiteCompute, habits_profile, site_compute_profile
 from simulator.options import INPUT_TOPICS, parse_duration_ms, parse_start_ms
 from simulator.runner import RunSummary
 from simulator.sinks import JsonlSink, Sink
@@ -43,9 +44,27 @@ def build_config(opts: dict[str, Any]) -> SimConfig:
             setattr(config, attr, opts[opt])
     if opts.get("habits"):
         config.habits = habits_profile(opts["habits"])
+    config.site_compute = site_compute_from(opts)
     self_assign = opts.get("self_assign")
     config.self_assign = rate_mode if self_assign is None else self_assign
     return config
+
+
+def site_compute_from(opts: dict[str, Any]) -> SiteCompute:
+    """``--site-compute`` [off]; ``--site-slots`` (alone it means ``realistic``), ``--placement-mix``."""
+    name = opts.get("site_compute") or ("realistic" if opts.get("site_slots") else "off")
+    compute = site_compute_profile(name)
+    if opts.get("site_slots"):
+        compute = replace(compute, slots=opts["site_slots"])
+    if opts.get("placement_mix"):
+        unknown = set(opts["placement_mix"]) - set(PLACEMENTS)
+        if unknown:
+            raise click.BadParameter(
+                f"unknown placement(s) {', '.join(sorted(unknown))}; choose from {', '.join(PLACEMENTS)}",
+                param_hint="--placement-mix",
+            )
+        compute = replace(compute, placement_mix=opts["placement_mix"])
+    return compute
 
 
 def parse_topics(text: str | None) -> tuple[str, ...] | None:
@@ -105,6 +124,7 @@ def run_command(opts: dict[str, Any]) -> int:
         seed=config.seed,
         cars=config.cars,
         sites=config.sites,
+        site_slots=config.site_compute.slots if config.site_compute.enabled else None,
         speed=speed,
         rate=rate,
         start_ms=config.start_ms,
@@ -231,8 +251,9 @@ def print_summary(summary: RunSummary, config: SimConfig, truth_path: Path | Non
     c = summary.counters
     table.add_row("tasks requested", f"{c.get('tasks', 0):,}")
     for key in sorted(c):
-        if key.startswith(("sessions_", "assignments_", "fault_")) or key in (
+        if key.startswith(("sessions_", "assignments_", "fault_", "site_")) or key in (
             "failovers",
+            "long_islands",
             "faults_injected",
             "task_bursts",
         ):

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from simulator.config import DEFAULT_START, parse_mix
+from simulator.config import DEFAULT_START, parse_mix, parse_slots
 
 
 def _mix(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float] | None:
@@ -16,6 +16,15 @@ def _mix(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[
         return None
     try:
         return parse_mix(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _slots(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_slots(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -45,7 +54,7 @@ def _mix(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[
 )
 @click.option("--as-fast-as-possible", "afap", is_flag=True, help="Same as --speed 0.")
 @click.option("--rate", type=click.FloatRange(min=1), help="Rate mode: push N events/s (load test).")
-@click.option("--topics", help="Comma-separated subset of topics to send (default: all five input topics).")
+@click.option("--topics", help="Comma-separated subset of topics to send (default: every input topic).")
 @click.option("--hw-mix", callback=_mix, help="Hardware mix, e.g. HW3=35,HW4=55,HW5=10.")
 @click.option(
     "--region-mix", callback=_mix, help="Region mix, e.g. us-west=35,us-east=30,us-central=20,ca-east=15."
@@ -72,6 +81,19 @@ def _mix(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[
     type=click.Choice(["off", "realistic"]),
     help="Owner habits profile [off]: realistic = sleeping cars, owner back before the drive-off, "
     "departures late/early/skipped, fast charges end at full, gig drivers, Wi-Fi per location.",
+)
+@click.option(
+    "--site-compute",
+    type=click.Choice(["off", "realistic", "small"]),
+    help="Datacenter sites as emulator capacity [off]: slots per site (realistic 200-400, small 8-16), "
+    "sessions in the site's load, capacity reports on sites.capacity.v1, a site controller for "
+    "site:<site_id> assignments, long battery islands, task placement.",
+)
+@click.option("--site-slots", callback=_slots, help="Slots per site, N or N-M (turns --site-compute on).")
+@click.option(
+    "--placement-mix",
+    callback=_mix,
+    help="Task placement with site compute, e.g. ANY=80,FLEET=10,DATACENTER=10.",
 )
 @click.option(
     "--self-assign/--no-self-assign",

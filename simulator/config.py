@@ -42,6 +42,18 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def parse_slots(text: str) -> tuple[int, int]:
+    """``"300"`` -> ``(300, 300)``, ``"200-400"`` -> ``(200, 400)``; raises ValueError on bad input."""
+    low, _, high = text.strip().partition("-")
+    try:
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"expected N or N-M slots, got {text!r}") from None
+    if lo < 0 or hi < lo:
+        raise ValueError(f"expected 0 <= N <= M, got {text!r}")
+    return lo, hi
+
+
 @dataclass
 class CarNoise:
     """How imperfect telemetry is (per emitted record unless said otherwise)."""
@@ -119,6 +131,73 @@ def habits_profile(name: str) -> Habits:
         ) from None
 
 
+@dataclass(frozen=True)
+class SiteCompute:
+    """Datacenter sites as emulator capacity (issue 16). Off by default (no slots), so runs without it are
+    byte-identical to before; ``SITE_COMPUTE_PROFILES["realistic"]`` (``--site-compute realistic``) turns
+    it on at realistic scale and ``small`` scales it down for tests and short runs.
+
+    Each site gets emulator slots and runs the tasks the scheduler places on ``site:<site_id>``; its load
+    is its other (critical) load plus ``kw_per_slot`` per running session, its battery drains with that
+    load while it carries the site, and it reports ``sites.capacity.v1``. Its draws come from streams of
+    their own (``rng_for(seed, "site-compute", index)``, ``"placement"``), never shifting the others."""
+
+    slots: tuple[int, int] = (0, 0)  # slots_total of each site, uniform in this range; 0 = off
+    kw_per_slot: float = 8.0  # one emulator session: the desktop VM and its share of the model's GPUs
+    # At full occupancy emulators are this share of the site's load; the rest (cooling, storage, the
+    # network, other tenants) is critical load that is never shed.
+    emulator_load_share: float = 0.5
+    # The battery is sized so that at full load it falls from its normal charge to the reserve in this many
+    # minutes (drawn per site); while it carries the site it drains in proportion to the load.
+    battery_full_load_min: tuple[float, float] = (40.0, 60.0)
+    # Power the emulator sessions may draw, as a share of what every slot draws: on the grid, islanded,
+    # and islanded with the battery at its reserve (so the scheduler has a budget to shed to).
+    islanded_budget_share: float = 0.6
+    reserve_budget_share: float = 0.2
+    cost_per_slot_hour: float = 0.12  # on the grid, in the fleet's cost unit
+    islanded_cost_factor: float = 3.0  # batteries and generators make a slot-hour dearer
+    report_interval_s: float = 30.0  # capacity reports on this cadence, and at once on a power change
+    # Long battery islands: a share of the daily failovers runs on batteries alone (the generators are out
+    # of service) for this many minutes; at the reserve the controller calls generators, which take the
+    # load after ``reserve_gen_delay_min``; at ``trip_soc_pct`` it cuts the emulator hall (sessions lost).
+    long_failover_share: float = 0.5
+    long_island_min: tuple[float, float] = (45.0, 75.0)
+    reserve_gen_delay_min: tuple[float, float] = (3.0, 8.0)
+    trip_soc_pct: float = 5.0
+    # Task placement preference (tasks.requests.v1 ``placement``) and a share of long tasks (est x factor)
+    # so that work at a site outlasts a failover.
+    placement_mix: dict[str, float] = field(
+        default_factory=lambda: {"ANY": 80.0, "FLEET": 10.0, "DATACENTER": 10.0}
+    )
+    long_task_share: float = 0.15
+    long_task_factor: float = 6.0
+    actions: bool = True  # site sessions stream emulator.actions.v1 like cars do
+
+    @property
+    def enabled(self) -> bool:
+        return self.slots[1] > 0
+
+
+PLACEMENTS = ("ANY", "FLEET", "DATACENTER")  # tasks.requests.v1 placement
+
+SITE_COMPUTE_PROFILES: dict[str, SiteCompute] = {
+    "off": SiteCompute(),
+    # 200-400 sessions a site: their action traces (~300 actions/s a site) are left out at this scale
+    "realistic": SiteCompute(slots=(200, 400), actions=False),
+    "small": SiteCompute(slots=(8, 16)),
+}
+
+
+def site_compute_profile(name: str) -> SiteCompute:
+    """The named site compute profile (``off``, ``realistic``, ``small``); ValueError for another name."""
+    try:
+        return SITE_COMPUTE_PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown site compute profile {name!r}; choose from {', '.join(SITE_COMPUTE_PROFILES)}"
+        ) from None
+
+
 @dataclass
 class SimConfig:
     seed: int = 42
@@ -162,6 +241,7 @@ class SimConfig:
     power_noise: PowerNoise = field(default_factory=PowerNoise)
     retransfer_delay_s: tuple[float, float] = (300.0, 900.0)
     measurement_interval_s: float = 10.0
+    site_compute: SiteCompute = field(default_factory=SiteCompute)  # issue-16 emulator slots, off by default
 
     # Statistical expectations checked by the tests (share of all cars idle = parked, plugged, home/work).
     expected_idle_night: tuple[float, float] = (0.35, 0.8)  # local 01:00-05:00

@@ -45,10 +45,15 @@ class EmulatorHost:
 
     # -- commands -------------------------------------------------------------------------------
     def handle(self, command: dict[str, Any]) -> bool:
-        """Apply one tasks.assignments.v1 record; False when the vin is not one of ours."""
+        """Apply one tasks.assignments.v1 record; False when the vin is not one of ours. A command for
+        ``site:<site_id>`` goes to that site's controller (``simulator.site_controller``)."""
         car = self.w.by_vin.get(command["vin"])
         if car is None:
-            return False
+            site = self.w.site_controllers.get(command["vin"])
+            if site is None:
+                return False
+            site.handle(command)
+            return True
         aid = command["assignment_id"]
         if command["command"] == "REVOKE":
             self.revoke(aid, command["task_id"])

@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from simulator.config import DAY_MS, HOUR_MS, REGION_UTC_OFFSET_H
 from simulator.fleet import pick
+from simulator.power_devices import (
+    ATS,
+    BESS,
+    BRK_UTIL,
+    CTL,
+    GM,
+    MS,
+    STS,
+    Failover,
+    S,
+    Step,
+    device_type,
+    retransfer,
+)
 from simulator.rng import rng_for
+from simulator.site import ComputeSite
+from simulator.site_compute import BATTERY_NORMAL_PCT, BATTERY_RESERVE_PCT
 from streams.topics import POWER_EVENTS_TOPIC
 
 if TYPE_CHECKING:
@@ -29,51 +44,6 @@ FAULT_KINDS = (
     "BATTERY_RESERVE",
     "PQ_EXCURSION",
 )
-S = 1_000_000  # microseconds per second
-MS = 1_000
-GM, ATS, STS, BRK_UTIL, BRK_GEN, BESS, CTL = (
-    "gm-1",
-    "ats-1",
-    "sts-1",
-    "brk-utility",
-    "brk-gen",
-    "bess-1",
-    "ctl-1",
-)
-_TYPES = {
-    GM: "GRID_METER",
-    ATS: "ATS",
-    STS: "STS",
-    BRK_UTIL: "BREAKER",
-    BRK_GEN: "BREAKER",
-    BESS: "BATTERY",
-    CTL: "CONTROLLER",
-}
-BATTERY_RESERVE_PCT = 10.0
-
-
-def device_type(device_id: str) -> str:
-    return "GENERATOR" if device_id.startswith("gen-") else _TYPES[device_id]
-
-
-@dataclass(order=True)
-class Step:
-    ts_us: int
-    order: int
-    device_id: str = field(compare=False)
-    event_type: str = field(compare=False)
-    fields: dict[str, Any] = field(compare=False, default_factory=dict)
-    state: dict[str, Any] | None = field(compare=False, default=None)
-
-
-@dataclass
-class Failover:
-    site_id: str
-    start_us: int
-    end_us: int
-    fault: str | None
-    steps: list[Step]
-    detail: dict[str, Any]
 
 
 def failover_script(
@@ -234,7 +204,7 @@ def failover_script(
     if fault == "FLAPPING":
         # Retransfer too soon, the grid drops again minutes later, then comes back for good.
         back = t1 + rng.uniform(60, 120) * S
-        _retransfer(add, back, stop_gens=None)
+        retransfer(add, back, stop_gens=None)
         lost = back + rng.uniform(120, 360) * S
         add(
             lost, GM, "SOURCE_LOST", {"grid": False}, source_from="GRID", voltage_pu=0.0, detail="utility sag"
@@ -254,25 +224,9 @@ def failover_script(
         add(restored, GM, "SOURCE_RESTORED", {"grid": True}, source_to="GRID", voltage_pu=1.0)
         back = restored + retransfer_delay_s * S
         detail["source_changes_30min"] = 4
-    _retransfer(add, back, stop_gens=gen_ids if fault != "BATTERY_RESERVE" else gen_ids[:online])
+    retransfer(add, back, stop_gens=gen_ids if fault != "BATTERY_RESERVE" else gen_ids[:online])
     steps.sort()
     return Failover(site_id, t0_us, int(t0_us + back), fault, steps, detail)
-
-
-def _retransfer(add: Any, at: float, stop_gens: list[str] | None) -> None:
-    add(at, BRK_UTIL, "BREAKER_CLOSE", detail="utility breaker closed in sync window")
-    add(
-        at + 60 * MS,
-        ATS,
-        "TRANSFER",
-        {"source": "GRID"},
-        source_from="GENERATOR",
-        source_to="GRID",
-        detail="closed-transition retransfer, paralleled 60 ms",
-    )
-    add(at + 70 * MS, CTL, "ISLAND_EXIT", source_from="GENERATOR", source_to="GRID")
-    for i, g in enumerate(stop_gens or []):
-        add(at + 300 * S + i * S, g, "GEN_STOP", {"gens": 0}, detail="cool-down complete")
 
 
 class Site:
@@ -288,19 +242,35 @@ class Site:
         self.gens = self.rng.randint(2, 4)
         self.base_load = self.rng.uniform(20.0, 80.0)
         self.seq: dict[str, int] = {}
-        self.state: dict[str, Any] = {"grid": True, "source": "GRID", "gens": 0, "battery": 92.0}
+        self.state: dict[str, Any] = {
+            "grid": True,
+            "source": "GRID",
+            "gens": 0,
+            "battery": BATTERY_NORMAL_PCT,
+        }
         self.failovers = 0
         self.faults = 0
+        self.compute: ComputeSite | None = None  # emulator slots (issue 16), with SimConfig.site_compute
+        if config.site_compute.enabled:
+            self.compute = ComputeSite(world, self, index)
+            self.base_load = self.compute.capacity.critical_load_mw
 
     def start(self) -> None:
         now = self.w.q.now
         local_midnight = (now + self.offset_ms) // DAY_MS * DAY_MS - self.offset_ms
         self.w.q.schedule(local_midnight, self.plan_day, local_midnight)
         self.w.q.schedule(now + self.rng.randint(0, 10_000), self.measure, 0)
+        if self.compute is not None:
+            self.compute.start()
 
     def load_mw(self, t_ms: int) -> float:
+        """The site's load without emulator sessions (its daily curve)."""
         local_h = ((t_ms + self.offset_ms) % DAY_MS) / HOUR_MS
         return self.base_load * (0.8 + 0.2 * math.sin((local_h - 10.0) / 24.0 * 2 * math.pi))
+
+    def total_load_mw(self, t_ms: int) -> float:
+        """What the site draws at ``t_ms``: its load curve plus the emulator sessions running now."""
+        return self.load_mw(t_ms) + (self.compute.emulator_mw() if self.compute is not None else 0.0)
 
     def plan_day(self, local_midnight: int) -> None:
         q, rng, config = self.w.q, self.rng, self.w.config
@@ -309,6 +279,10 @@ class Site:
         with_fault = rng.random() < config.fault_share
         if t0_ms - 5_000 < q.now or t0_ms >= config.end_ms:
             return  # a failover must fit inside the run
+        if self.compute is not None and self.compute.plan_long_island(t0_ms):
+            self.failovers += 1
+            self.w.counters["failovers"] += 1
+            return
         fault = None
         if with_fault:  # kinds rotate across the whole world, so every kind shows up in a short run
             fault = FAULT_KINDS[self.w.counters["faults_injected"] % len(FAULT_KINDS)]
@@ -341,13 +315,20 @@ class Site:
                 **script.detail,
             }
         )
+        if self.compute is not None:
+            self.compute.scenario = fault or "failover"
         for step in script.steps:
             q.schedule(step.ts_us // 1000, self.happen, step)
 
     def happen(self, step: Step) -> None:
         if step.state:
             self.state.update(step.state)
-        self.emit(step.ts_us, step.device_id, step.event_type, step.fields)
+        fields = step.fields
+        if self.compute is not None:
+            if "load_mw" in fields:  # scripted at the plan's load: add the sessions running now
+                fields = {**fields, "load_mw": round(fields["load_mw"] + self.compute.emulator_mw(), 2)}
+            self.compute.changed()
+        self.emit(step.ts_us, step.device_id, step.event_type, fields)
 
     def emit(self, ts_us: int, device_id: str, event_type: str, fields: dict[str, Any]) -> None:
         n = self.seq.get(device_id, 0) + 1
@@ -396,9 +377,13 @@ class Site:
     def measure(self, k: int) -> None:
         q, rng, st = self.w.q, self.noise_rng, self.state
         now = q.now
+        interval = int(self.w.config.measurement_interval_s * 1000)
+        compute = self.compute
+        if compute is not None:
+            compute.tick(interval)
         if self.w.emitting:
             ts = now * 1000 + rng.randrange(1000)
-            load = round(self.load_mw(now) * rng.uniform(0.98, 1.02), 2)
+            load = round(self.total_load_mw(now) * rng.uniform(0.98, 1.02), 2)
             if st["grid"]:
                 self.emit(
                     ts,
@@ -424,9 +409,16 @@ class Site:
                         "gens_online": st["gens"],
                     },
                 )
-            if k % 6 == 0:
-                if st["source"] == "GRID" and st["battery"] < 92.0:
-                    st["battery"] = min(92.0, st["battery"] + 0.5)
+            on_battery = compute is not None and st["source"] == "BATTERY"
+            if on_battery:  # a battery carrying the site reports its charge and load at every reading
+                self.emit(
+                    ts + 400,
+                    BESS,
+                    "MEASUREMENT",
+                    {"battery_soc_pct": round(st["battery"], 1), "load_mw": load},
+                )
+            elif k % 6 == 0:
+                if st["source"] == "GRID" and st["battery"] < BATTERY_NORMAL_PCT:
+                    st["battery"] = min(BATTERY_NORMAL_PCT, st["battery"] + 0.5)
                 self.emit(ts + 400, BESS, "MEASUREMENT", {"battery_soc_pct": round(st["battery"], 1)})
-        interval = int(self.w.config.measurement_interval_s * 1000)
         q.schedule(now + interval, self.measure, k + 1)

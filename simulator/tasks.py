@@ -123,6 +123,10 @@ class TaskSource:
         self.tenants = make_tenants(config)
         self._weights = [t.weight for t in self.tenants]
         self.count = 0
+        # Placement and long tasks (sites as compute) draw from their own stream: with sites off nothing
+        # is drawn from it and the task stream is what it always was.
+        self.sites = config.site_compute if config.site_compute.enabled else None
+        self.placement_rng = rng_for(config.seed, "placement")
 
     def next_arrival(self, now_ms: int) -> int:
         t = now_ms
@@ -191,4 +195,18 @@ class TaskSource:
             "region": region,
             "min_soc_pct": round(rng.uniform(20, 60), 0) if rng.random() < 0.5 else None,
         }
-        return record, est * rng.lognormvariate(0.0, 0.35)
+        duration = est * rng.lognormvariate(0.0, 0.35)
+        if self.sites is not None:
+            record["placement"], factor = self._placement()
+            record["est_duration_s"] = int(min(12 * 3600, est * factor))
+            duration *= factor
+        return record, duration
+
+    def _placement(self) -> tuple[str, float]:
+        """A request's placement preference and its duration factor (``long_task_factor`` for a share)."""
+        sites, rng = self.sites, self.placement_rng
+        assert sites is not None
+        names = list(sites.placement_mix)
+        placement = rng.choices(names, weights=[sites.placement_mix[n] for n in names])[0]
+        long = rng.random() < sites.long_task_share
+        return placement, sites.long_task_factor if long else 1.0

@@ -37,6 +37,10 @@ class World:
         self.cars = [Car(spec, self) for spec in make_fleet(config)]
         self.by_vin = {c.spec.vin: c for c in self.cars}
         self.sites = [Site(i, self) for i in range(config.sites)]
+        # node id (site:<site_id>) -> the controller that runs tasks placed on that site
+        self.site_controllers = {
+            s.compute.controller.node_id: s.compute.controller for s in self.sites if s.compute
+        }
         self.tasks = TaskSource(config)
         self.task_durations: dict[str, float] = {}
         self.emulators = EmulatorHost(self)
@@ -64,6 +68,21 @@ class World:
                 "tasks_per_hour": c.tasks_per_hour,
             }
         )
+        for site in self.sites:
+            if site.compute is not None:
+                cap = site.compute.capacity
+                self.truth.write(
+                    {
+                        "type": "site",
+                        "site_id": site.site_id,
+                        "region": site.region,
+                        "slots_total": cap.slots_total,
+                        "kw_per_slot": cap.kw_per_slot,
+                        "critical_load_mw": round(cap.critical_load_mw, 3),
+                        "battery_mwh": round(cap.battery_mwh, 3),
+                        "generators": site.gens,
+                    }
+                )
         for car in self.cars:
             s = car.spec
             self.truth.write(
@@ -120,13 +139,28 @@ class World:
             {"type": "task", **record, "true_duration_s": round(duration, 1), "burst": tenant is not None}
         )
         if self.config.self_assign:
-            self.emulators.self_assign(record, duration)
+            placement = record.get("placement")  # set only with sites as compute
+            on_car = placement != "DATACENTER" and self.emulators.self_assign(record, duration)
+            if not on_car and placement in ("ANY", "DATACENTER"):
+                self._self_assign_to_site(record, duration)
+
+    def _self_assign_to_site(self, task: dict[str, Any], duration_s: float) -> bool:
+        """Without a matcher: run the task at the first site of its region with a free slot."""
+        region = task["region"]
+        for ctl in self.site_controllers.values():
+            if ctl.slots.free and ctl.state != "TRIPPED" and region in (None, ctl.capacity.region):
+                return ctl.assign(f"self-{task['task_id']}", str(task["task_id"]), duration_s)
+        return False
 
     def write_open_sessions(self) -> None:
         """Truth for the charge sessions still plugged in when the run ends (``charge_session`` rows are
-        written at unplug): without them, a car plugged in at the end would look ineligible all along."""
+        written at unplug): without them, a car plugged in at the end would look ineligible all along.
+        Likewise the islands of sites still off the grid."""
         if not self.recording:
             return
+        for site in self.sites:
+            if site.compute is not None:
+                site.compute.close()
         for car in self.cars:
             if car.plugged:
                 self.truth.write(

@@ -1,9 +1,11 @@
-"""The simulator through the real broker: reproducible runs, and the emulator runtime on ASSIGN/REVOKE."""
+"""The simulator through the real broker: reproducible runs, the emulator runtime on ASSIGN/REVOKE, and a
+datacenter site's controller (capacity reports, an assignment to ``site:<site_id>``)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,13 +13,14 @@ from confluent_kafka import TopicPartition
 
 from core.settings import Settings
 from simulator import SimConfig, World
-from simulator.config import HOUR_MS
+from simulator.config import HOUR_MS, SITE_COMPUTE_PROFILES
 from simulator.feed import AssignmentFeed
 from simulator.runner import run_simulation
 from simulator.sinks import KafkaSink
 from streams.kafka import Producer, make_consumer
 from streams.records import to_json_record
 from streams.serde import serde_from_settings
+from streams.sites import site_vin
 
 pytestmark = pytest.mark.integration
 
@@ -211,6 +214,86 @@ def test_emulator_runtime_reacts_to_assign_and_revoke(settings: Settings) -> Non
     assert actions_a and [r["seq"] for r in actions_a] == list(range(1, len(actions_a) + 1))
     assert actions_a[-1]["action"] in ("DONE", "FAIL") and all(r["vin"] == car_a for r in actions_a)
     assert actions_b and actions_b[-1]["action"] == "FAIL" and actions_b[-1]["error"] == "revoked"
+
+
+def test_a_site_reports_capacity_and_completes_an_assignment_through_the_broker(settings: Settings) -> None:
+    """Sites as compute (issue 16): capacity reports on sites.capacity.v1, and an ASSIGN sent to
+    ``site:<site_id>`` on tasks.assignments.v1 is run by the site's controller (STARTED, then COMPLETED
+    or FAILED, with that node id as vin), while a second one beyond the site's slots is refused."""
+    compute = replace(SITE_COMPUTE_PROFILES["small"], slots=(1, 1), long_failover_share=0.0)
+    config = SimConfig(
+        seed=78,
+        cars=0,
+        sites=1,
+        tasks_per_hour=0,
+        start_ms=1736154000000,
+        duration_ms=2 * HOUR_MS,
+        site_compute=compute,
+    )
+    producer = Producer(settings)
+    serde = serde_from_settings(settings)
+    world = World(config, KafkaSink(producer, serde))
+    world.run_until(config.start_ms)
+    site = world.sites[0]
+    node = site_vin(site.site_id)
+    suffix = f"{time.time_ns()}"
+    task_a, task_b = f"site-task-a-{suffix}", f"site-task-b-{suffix}"
+    world.task_durations[task_a] = 120.0  # 2 s of wall time at speed 60
+    world.task_durations[task_b] = 120.0
+
+    watched = end_offsets(settings, ("tasks.status.v1", "emulator.actions.v1", "sites.capacity.v1"))
+    feed = AssignmentFeed(settings)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_simulation, args=(world, 60.0, feed), kwargs={"stop": stop}, daemon=True
+    )
+    thread.start()
+
+    def assign(aid: str, task: str) -> None:
+        rec = {
+            "assignment_id": aid,
+            "command": "ASSIGN",
+            "task_id": task,
+            "vin": node,
+            "ts": int(time.time() * 1000),
+            "reason": None,
+            "site_id": site.site_id,
+        }
+        producer.produce("tasks.assignments.v1", serde.encode("tasks.assignments.v1", rec), node)
+        producer.flush(10)
+
+    def site_statuses() -> list[dict[str, Any]]:
+        return [
+            r
+            for t, r in read_from(settings, watched, idle_s=1.0, max_s=10)
+            if t == "tasks.status.v1" and r["task_id"] in (task_a, task_b)
+        ]
+
+    try:
+        assign(f"as-site-a-{suffix}", task_a)
+        time.sleep(0.5)
+        assign(f"as-site-b-{suffix}", task_b)  # the only slot is taken
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(r["task_id"] == task_a and r["status"] != "STARTED" for r in site_statuses()):
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(30)
+        feed.close()
+    records = read_from(settings, watched, idle_s=2.0)
+    status_a = [r for t, r in records if t == "tasks.status.v1" and r["task_id"] == task_a]
+    status_b = [r for t, r in records if t == "tasks.status.v1" and r["task_id"] == task_b]
+    assert [r["status"] for r in status_a][0] == "STARTED" and len(status_a) == 2
+    assert status_a[-1]["status"] in ("COMPLETED", "FAILED") and {r["vin"] for r in status_a} == {node}
+    assert [(r["status"], r["error"]) for r in status_b] == [("FAILED", "node_unavailable: site_full")]
+    actions = [r for t, r in records if t == "emulator.actions.v1" and r["task_id"] == task_a]
+    assert actions and {r["vin"] for r in actions} == {node}
+    reports = [r for t, r in records if t == "sites.capacity.v1" and r["site_id"] == site.site_id]
+    assert len(reports) >= 2 and {r["slots_total"] for r in reports} == {1}
+    assert {r["slots_free"] for r in reports} == {0, 1}  # the slot was taken, then freed
+    assert all(r["region"] == site.region and r["power_budget_mw"] > 0 for r in reports)
 
 
 def test_carnival_simulate_command(run_cli: Any, tmp_path: Any) -> None:
