@@ -83,6 +83,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "slots_free": 120,
         "power_budget_mw": 3.5,
         "cost_per_slot_hour": 0.42,
+        "session_kw": 0.35,
     },
     "fleet.nodes.v1": {
         "vin": "5YJ3E1EA7KF000001",

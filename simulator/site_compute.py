@@ -109,6 +109,7 @@ class SiteCapacity:
             "slots_free": 0 if state == TRIPPED else max(0, min(free, self.slots_total)),
             "power_budget_mw": round(self.power_budget_mw(state), 4),
             "cost_per_slot_hour": round(self.cost_per_slot_hour(state), 4),
+            "session_kw": self.kw_per_slot,
         }
 
 

@@ -72,6 +72,7 @@ from processors.scheduler.exceptions import InvalidRecord
 from processors.scheduler.placement import (
     CAR,
     DATACENTER,
+    SHED_LOAD,
     SITE,
     SPILLOVER_ISLANDED,
     battery_minutes,
@@ -80,6 +81,7 @@ from processors.scheduler.placement import (
     pick_site,
     shed_plan,
     shed_reason,
+    site_dropped,
     would_use_site,
 )
 from processors.scheduler.prediction import remember_pick, stay_probability
@@ -1041,7 +1043,7 @@ class Scheduler:
         reason = shed_reason(site)
         for task in plan:
             before = battery_minutes(site.battery_runtime_min, site.load_mw, site.shed_mw)
-            site.shed_mw += self.cfg.site_session_kw / 1000.0
+            site.shed_mw += site.session_mw(self.cfg)
             after = battery_minutes(site.battery_runtime_min, site.load_mw, site.shed_mw)
             if before is not None and after is not None:
                 ep.battery_minutes_saved = (ep.battery_minutes_saved or 0.0) + after - before
@@ -1082,6 +1084,17 @@ class Scheduler:
             task.exclude(vin)
             out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=refused))
             self._requeue(task, now, refused, out)
+        elif site_dropped(error):  # the site shed the session itself (its hall cut): it moves like a shed one
+            site = self.sites[str(site_of(vin))]
+            task.preemptions += 1
+            task.moved_by, task.moved_from = SHED_LOAD, site.site_id
+            if site.episode is not None:
+                site.episode.sessions_shed += 1
+                site.episode.slot_hours_shifted += task.est_duration_s / 3600.0
+                self._episodes_moved.add(site.site_id)
+            self.counters["site_session_dropped"] += 1
+            out.append(lifecycle_record(task, "PREEMPTED", now, vin=vin, aid=aid, reason=SHED_LOAD))
+            self._requeue(task, now, SHED_LOAD, out)
         else:
             task.failures += 1
             error = error or "FAILED"

@@ -55,6 +55,7 @@ __all__ = [
     "pick_site",
     "shed_plan",
     "shed_reason",
+    "site_dropped",
     "takes_task",
     "would_use_site",
 ]
@@ -129,6 +130,12 @@ def would_use_site(
     if site is None or site.power_state not in ISLANDED:
         return None
     return site if choose(task, car_stay, site, cfg) == SITE else None
+
+
+def site_dropped(error: object) -> bool:
+    """Whether a site's FAILED report says the site itself ended the session (``abandoned: ...``, e.g. it
+    cut its emulator hall at the battery's last reserve): the site's loss, not the task's failure."""
+    return isinstance(error, str) and error.startswith("abandoned:")
 
 
 def shed_reason(site: SiteState) -> str:

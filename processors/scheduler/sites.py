@@ -65,6 +65,7 @@ def check_capacity(rec: dict[str, Any]) -> tuple[str, int]:
         )
     _opt_float(rec, "power_budget_mw")
     _opt_float(rec, "cost_per_slot_hour")
+    _opt_float(rec, "session_kw")
     return site_id, to_ms(rec["ts"])
 
 
@@ -114,6 +115,7 @@ class SiteState:
     capacity_ts: int = -1
     power_budget_mw: float | None = None
     cost_per_slot_hour: float | None = None
+    session_kw: float | None = None  # what one session draws here, as the site reports it
     power_state: str = GRID
     power_since: int = 0
     power_ts: int = -1
@@ -154,6 +156,7 @@ class SiteState:
         self.capacity_ts = ts
         self.power_budget_mw = _opt_float(rec, "power_budget_mw")
         self.cost_per_slot_hour = _opt_float(rec, "cost_per_slot_hour")
+        self.session_kw = _opt_float(rec, "session_kw")
         return True
 
     def apply_power(self, rec: dict[str, Any], ts: int) -> bool:
@@ -184,8 +187,13 @@ class SiteState:
     def on_grid(self) -> bool:
         return self.power_state == GRID
 
+    def session_mw(self, cfg: SchedulerConfig) -> float:
+        """What one session draws here, MW (the site's own figure, else the configured default)."""
+        return (cfg.site_session_kw if self.session_kw is None else self.session_kw) / 1000.0
+
     def session_budget(self, cfg: SchedulerConfig) -> int | None:
         """Sessions the site's emulator power budget carries, or None when it is not limited."""
-        if self.power_budget_mw is None or cfg.site_session_kw <= 0:
+        per_session = self.session_mw(cfg)
+        if self.power_budget_mw is None or per_session <= 0:
             return None
-        return int(self.power_budget_mw * 1000.0 / cfg.site_session_kw + 1e-9)
+        return int(self.power_budget_mw / per_session + 1e-9)

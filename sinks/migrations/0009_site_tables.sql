@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS {table:site_capacity} {on_cluster}
     slots_free          Int32,
     power_budget_mw     Nullable(Float64),
     cost_per_slot_hour  Nullable(Float64),
+    session_kw          Nullable(Float64),
     _topic              LowCardinality(String),
     _partition          UInt32,
     _offset             UInt64,
@@ -97,7 +98,7 @@ ALTER TABLE {table:spillover_episodes} {on_cluster}
 
 -- Each site's latest capacity report.
 CREATE VIEW IF NOT EXISTS {database}.site_capacity_latest {on_cluster} AS
-SELECT site_id, ts, region, slots_total, slots_free, power_budget_mw, cost_per_slot_hour
+SELECT site_id, ts, region, slots_total, slots_free, power_budget_mw, cost_per_slot_hour, session_kw
 FROM {database}.site_capacity
 ORDER BY site_id, ts DESC, _offset DESC
 LIMIT 1 BY site_id;

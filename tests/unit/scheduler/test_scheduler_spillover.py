@@ -349,3 +349,27 @@ def test_site_ids_from_input_are_bounded() -> None:
         h.cap("dc3", T0 + S)
     h.cap("dc1", T0 + S)  # a known site still reports
     assert sorted(h.s.sites) == ["dc1", "dc2"] and h.s.sizes()["sites"] == 2
+
+
+def test_a_session_the_site_cut_itself_moves_like_a_shed_one_and_is_no_failure() -> None:
+    h = Harness()
+    h.cap("dc1", T0)
+    h.tel("V1", T0)
+    started_at_site(h, "a", T0 + S, priority=1)
+    h.power("dc1", T0 + MIN, "ISLANDED_BATTERY")
+    outs = h.status("a", T0 + 2 * MIN, "FAILED", error="abandoned: site_load_shed")
+    assert lifecycle(outs, "a") == [
+        ("PREEMPTED", "SHED_LOAD"),
+        ("REQUEUED", "SHED_LOAD"),
+        ("ASSIGNED", "SHED_LOAD"),
+    ]
+    assert h.s.tasks["a"].failures == 0 and h.holder("a") == "V1"
+    (update,) = episodes(outs)
+    assert update["sessions_shed"] == 1
+
+
+def test_the_budget_counts_sessions_at_the_power_the_site_reports() -> None:
+    s = site("RESERVE", power_budget_mw=0.08)
+    assert s.session_budget(cfg(site_session_kw=0.35)) == 228
+    s.session_kw = 8.0  # the site's own figure wins
+    assert s.session_budget(cfg(site_session_kw=0.35)) == 10

@@ -34,7 +34,9 @@ SPEC_FIELDS = {
     "scheduled_departure at_home opted_in compute_temp_c software_version",
     "tasks.requests.v1": "task_id ts tenant kind priority est_duration_s deadline min_hw region min_soc_pct "
     "placement",
-    "sites.capacity.v1": "site_id ts region slots_total slots_free power_budget_mw cost_per_slot_hour",
+    # session_kw extends the SPEC (optional): the budget in sessions needs what a session draws there.
+    "sites.capacity.v1": "site_id ts region slots_total slots_free power_budget_mw cost_per_slot_hour "
+    "session_kw",
     "sites.power_state.v1": "site_id ts state since battery_runtime_min incident_id",
     "tasks.status.v1": "task_id assignment_id vin ts status error",
     "emulator.actions.v1": "session_id task_id vin ts seq action x y keys text_len latency_ms ok error",

@@ -98,6 +98,7 @@ def test_capacity_record_content_validates_against_the_schema() -> None:
         "slots_free": 5,
         "power_budget_mw": round(12 * SMALL.kw_per_slot / 1000 * SMALL.islanded_budget_share, 4),
         "cost_per_slot_hour": round(SMALL.cost_per_slot_hour * SMALL.islanded_cost_factor, 4),
+        "session_kw": SMALL.kw_per_slot,
     }
     parsed = parse_json_record(CAPACITY, orjson.loads(orjson.dumps(rec)))
     assert serde.decode(CAPACITY, serde.encode(CAPACITY, parsed))["slots_free"] == 5
