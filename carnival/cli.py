@@ -317,6 +317,14 @@ def config(fmt: str) -> None:
     type=click.IntRange(min=-1, max=65535),
     help="Port of the live dashboard the demo serves while it runs (0: any free port; -1: none).",
 )
+@click.option(
+    "--site-compute",
+    type=click.Choice(["off", "small", "realistic"]),
+    default="small",
+    show_default=True,
+    help="Emulator slots at the datacenter sites (small: 8-16 per site, in scale with the demo's fleet); "
+    "sites that leave the grid spill their work to the cars (docs/spillover.md).",
+)
 def demo(
     cars: int,
     sites: int,
@@ -326,6 +334,7 @@ def demo(
     seed: int,
     tasks_per_hour: float | None,
     dashboard_port: int,
+    site_compute: str,
 ) -> None:
     """The main job: the whole pipeline on a simulated fleet, then the analyst report.
 
@@ -339,7 +348,8 @@ def demo(
 
     rate = TASKS_PER_CAR_HOUR * cars if tasks_per_hour is None else tasks_per_hour
     port = None if dashboard_port < 0 else dashboard_port
-    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites, rate, dashboard_port=port))
+    sys.exit(run_demo(_settings(), cars, start, duration, speed, seed, sites, rate, dashboard_port=port,
+                      site_compute=site_compute))  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- alerts

@@ -281,10 +281,17 @@ def checked_report(settings: Settings, since: datetime, speed: float) -> bool:
 
 
 def _simulate_args(
-    cars: int, sites: int, start: str, duration: str, speed: float, seed: int, tasks_per_hour: float | None
+    cars: int,
+    sites: int,
+    start: str,
+    duration: str,
+    speed: float,
+    seed: int,
+    tasks_per_hour: float | None,
+    site_compute: str = "small",
 ) -> list[str]:
     args = ["--cars", str(cars), "--sites", str(sites), "--start", start, "--duration", duration,
-            "--speed", str(speed), "--seed", str(seed)]  # fmt: skip
+            "--speed", str(speed), "--seed", str(seed), "--site-compute", site_compute]  # fmt: skip
     if tasks_per_hour is not None:
         args += ["--tasks-per-hour", str(tasks_per_hour)]
     return args
@@ -300,6 +307,7 @@ def run_demo(
     sites: int,
     tasks_per_hour: float | None = None,
     dashboard_port: int | None = 8050,
+    site_compute: str = "small",
 ) -> int:
     from carnival.receiver import DeliveryReceiver, clickhouse_insert
     from carnival.sim_process import SimulatorProcess
@@ -331,7 +339,7 @@ def run_demo(
         status = Status(settings)
         for _ in range(3):  # let the faust apps join their groups before the first events arrive
             status.tick("starting", start_ms)
-        args = _simulate_args(cars, sites, start, duration, speed, seed, tasks_per_hour)
+        args = _simulate_args(cars, sites, start, duration, speed, seed, tasks_per_hour, site_compute)
         log_path = settings.data_dir.resolve() / "logs" / "simulate.log"
         click.echo(f"simulate: {' '.join(args)}; logs in {log_path}")
         sim_env = {**_env(settings), **principal_env(settings, "fleet")}  # its own ACLs on a secured stack
