@@ -13,6 +13,8 @@ signal), so it sees what the event or timer led to; it fires no incident. What i
   BATTERY_RESERVE): the site's is their mean;
 * the last record published, to publish only changes: a new state, incident or ``grid_since``, or a
   battery runtime that moved (``site_state.runtime_moved``: ``runtime_step_min``/``runtime_step_pct``).
+  A site that never left the grid has no record: which of its events came first depends on delivery
+  (a device first heard late), and records must not.
 
 Records are stamped with the event time that decided them (never before the last record, nor, for a
 late SOE event, before the latest applied event time), so a replay publishes the same records.
@@ -57,8 +59,8 @@ class SitePowerRule(Rule):
         if event_type == "SOURCE_LOST" or event_type == "SOURCE_RESTORED":
             self._grid_clock(site, e)
         last = self.last
-        if site.ep is None and last is not None and last["state"] == GRID:
-            return  # on grid and published as such: nothing to decide
+        if site.ep is None and (last is None or last["state"] == GRID):
+            return  # on grid and published as such (or never off it): nothing to decide
         self._update(site, e["ts"])
 
     def on_signal(self, site: Site, sig: Signal) -> None:
@@ -86,7 +88,7 @@ class SitePowerRule(Rule):
         return {"last": self.last, "grid_since": self.grid_since, "soc": self.soc, "due": self.due}
 
     def restore(self, data: Any) -> None:
-        if data is None:  # a state of a release before the power state: publish the site's at once
+        if data is None:  # a state of a release before the power state: publish it if it is not GRID
             return
         self.last = None if data["last"] is None else dict(data["last"])
         self.grid_since = data["grid_since"]
@@ -124,6 +126,8 @@ class SitePowerRule(Rule):
         runtime = self._runtime(site) if site.source == "BATTERY" and state != GRID else None
         last = self.last
         cfg = self.config
+        if last is None and state == GRID:
+            return  # a site that never left the grid has no record (consumers take it as GRID)
         if (
             last is not None
             and last["state"] == state
