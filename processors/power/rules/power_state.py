@@ -10,7 +10,7 @@ signal), so it sees what the event or timer led to; it fires no incident. What i
   run ``retransfer_stable_s``: a timer (``notify_at``), so a site that is quiet after its retransfer
   still returns to GRID when the detector's clock moves on (ticks);
 * the latest battery state of charge of each device that reports one (grid meters excluded, as for
-  BATTERY_RESERVE): the site's is their mean;
+  BATTERY_RESERVE): the site's is the mean of those of the last ``device_forget_s``;
 * the last record published, to publish only changes: a new state, incident or ``grid_since``, or a
   battery runtime that moved (``site_state.runtime_moved``: ``runtime_step_min``/``runtime_step_pct``).
   A site that never left the grid has no record: which of its events came first depends on delivery
@@ -42,6 +42,7 @@ class SitePowerRule(Rule):
     def __init__(self, config: PowerConfig) -> None:
         super().__init__(config)
         self.stable = config.us(config.retransfer_stable_s)
+        self.soc_horizon = config.us(config.device_forget_s)
         self.battery_mwh: float | None = None  # of the site: known at the first call
         self.last: dict[str, Any] | None = None  # the last record published (``SitePowerState`` fields)
         self.grid_since: int | None = None
@@ -55,6 +56,9 @@ class SitePowerRule(Rule):
             known = self.soc.get(e["device_id"])
             if known is None or e["ts"] >= known[0]:  # a late reading never overwrites a newer one
                 self.soc[e["device_id"]] = [e["ts"], soc]
+                horizon = e["ts"] - self.soc_horizon
+                for device in [d for d, v in self.soc.items() if v[0] < horizon]:
+                    del self.soc[device]
         event_type = e["event_type"]
         if event_type == "SOURCE_LOST" or event_type == "SOURCE_RESTORED":
             self._grid_clock(site, e)
@@ -79,10 +83,6 @@ class SitePowerRule(Rule):
 
     def on_notify(self, site: Site, due: int, tag: str) -> None:
         self._update(site, due)
-
-    def forget(self, site: Site, devices: list[str]) -> None:
-        for device in devices:
-            self.soc.pop(device, None)
 
     def snapshot(self) -> Any:
         return {"last": self.last, "grid_since": self.grid_since, "soc": self.soc, "due": self.due}
@@ -123,7 +123,7 @@ class SitePowerRule(Rule):
                 self.due = due
         if state == GRID:
             grid_since = None
-        runtime = self._runtime(site) if site.source == "BATTERY" and state != GRID else None
+        runtime = self._runtime(site, t) if site.source == "BATTERY" and state != GRID else None
         last = self.last
         cfg = self.config
         if last is None and state == GRID:
@@ -147,7 +147,7 @@ class SitePowerRule(Rule):
             since = ts
         if last is not None:
             since = max(since, last["since"])
-        soc = self._soc()
+        soc = self._soc(t)
         self.last = {"state": state, "ts": ts, "since": since, "incident_id": incident_id,
                      "grid_since": grid_since, "runtime": runtime}  # fmt: skip
         site.out.append(
@@ -164,14 +164,15 @@ class SitePowerRule(Rule):
             )
         )
 
-    def _soc(self) -> float | None:
-        readings = self.soc
-        if not readings:
-            return None
-        return round(sum(v[1] for v in readings.values()) / len(readings), 2)
+    def _soc(self, t: int) -> float | None:
+        """The mean of the devices' latest readings, those of the last ``device_forget_s`` before ``t``
+        (event time, not the reorder buffer's forgetting, which depends on what has arrived)."""
+        horizon = t - self.soc_horizon
+        readings = [v[1] for v in self.soc.values() if v[0] >= horizon]
+        return round(sum(readings) / len(readings), 2) if readings else None
 
-    def _runtime(self, site: Site) -> float | None:
+    def _runtime(self, site: Site, t: int) -> float | None:
         if self.battery_mwh is None:
             self.battery_mwh = self.config.battery_mwh_of(site.site_id)
         cfg = self.config
-        return battery_runtime_min(self.battery_mwh, self._soc(), cfg.battery_reserve_pct, site.load_mw)
+        return battery_runtime_min(self.battery_mwh, self._soc(t), cfg.battery_reserve_pct, site.load_mw)
