@@ -141,12 +141,12 @@ class SitePowerRule(Rule):
             ts = max(ts, last["ts"])
         if last is not None and last["state"] == state:
             since = last["since"]
-        elif state != GRID and (last is None or last["state"] == GRID) and site.ep is not None:
-            since = min(ts, site.ep["start"])  # the site left the grid when the episode began
         else:
             since = ts
-        if last is not None:
-            since = max(since, last["since"])
+            ep = site.ep
+            if state != GRID and (last is None or last["state"] == GRID) and ep is not None:
+                if last is None or ep["start"] >= last["since"]:  # else: lost again after a GRID record
+                    since = min(ts, ep["start"])  # the site left the grid when the episode began
         soc = self._soc(t)
         self.last = {"state": state, "ts": ts, "since": since, "incident_id": incident_id,
                      "grid_since": grid_since, "runtime": runtime}  # fmt: skip

@@ -351,3 +351,21 @@ def test_restore_keeps_a_pending_retransfer_timer() -> None:
     assert [(o.state, o.ts_us) for o in out if isinstance(o, SitePowerState)] == [("GRID", site.at(350.0))]
     resolved = [o for o in out if isinstance(o, Incident) and o.kind == "FAILOVER"]
     assert [(o.state, o.updated_us) for o in resolved] == [("RESOLVED", site.at(400.0))]
+
+
+def test_grid_lost_again_after_a_grid_record_inside_the_same_failover() -> None:
+    """Utility back at 50 s, load on grid at 100 s: GRID at 350 s, while the FAILOVER still proves the
+    grid stable (until 400 s); lost at 380 s, the same incident goes on and the site is islanded since
+    380 s, not since the episode began."""
+    site = SiteEvents(SITE, T0)
+    events = [*islanded_on_battery(site), site.restored(50.0), site.transfer(100.0, "GRID", device="sts-1")]
+    events += [site.measure(t, device="ctl-1") for t in range(110, 380, 10)]
+    events += [site.lost(380.0), site.transfer(380.004, "BATTERY", device="sts-1"), site.measure(390.0)]
+    recs, incidents = run(events)
+    assert [(r.state, r.ts_us, r.since_us) for r in recs[-3:]] == [
+        ("GRID", site.at(350.0), site.at(350.0)),
+        ("ISLANDED_BATTERY", site.at(380.0), site.at(380.0)),
+        ("ISLANDED_BATTERY", site.at(380.004), site.at(380.0)),  # runtime known again on batteries
+    ]
+    assert recs[-1].incident_id == failover_id(incidents) and recs[-1].battery_runtime_min == 37.4
+    assert not [i for i in incidents if i.kind == "FAILOVER" and i.state == "RESOLVED"]
