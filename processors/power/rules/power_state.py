@@ -144,9 +144,14 @@ class SitePowerRule(Rule):
         else:
             since = ts
             ep = site.ep
-            if state != GRID and (last is None or last["state"] == GRID) and ep is not None:
-                if last is None or ep["start"] >= last["since"]:  # else: lost again after a GRID record
-                    since = min(ts, ep["start"])  # the site left the grid when the episode began
+            # Leaving GRID: since the episode began (the grid loss), unless the episode already had a
+            # GRID record (utility back early, then lost again before the FAILOVER resolved).
+            if (
+                state != GRID
+                and ep is not None
+                and (last is None or (last["state"] == GRID and ep["start"] >= last["since"]))
+            ):
+                since = min(ts, ep["start"])
         soc = self._soc(t)
         self.last = {"state": state, "ts": ts, "since": since, "incident_id": incident_id,
                      "grid_since": grid_since, "runtime": runtime}  # fmt: skip
