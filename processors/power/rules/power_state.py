@@ -65,6 +65,13 @@ class SitePowerRule(Rule):
         last = self.last
         if site.ep is None and (last is None or last["state"] == GRID):
             return  # on grid and published as such (or never off it): nothing to decide
+        if (
+            event_type == "MEASUREMENT"
+            and soc is None
+            and (site.source != "BATTERY" or "load_mw" not in e)
+            and last is not None
+        ):
+            return  # a reading that moves neither the state (timers come as signals) nor the runtime
         self._update(site, e["ts"])
 
     def on_signal(self, site: Site, sig: Signal) -> None:
