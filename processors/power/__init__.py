@@ -5,19 +5,27 @@ Public API::
     from processors.power import Detector, PowerConfig, Incident, LateEvent, alert_for_incident
 
     det = Detector("dc-ams-1", PowerConfig())          # one per site (table key: site_id)
-    outputs = det.on_event(decoded_power_event)         # -> [Incident | LateEvent]
+    outputs = det.on_event(decoded_power_event)         # -> [Incident | LateEvent | SitePowerState]
     outputs += det.on_tick(now_us)                      # timers, silence; call every ~1 s
     state = det.to_dict(); det = Detector.from_dict(state, config)
     alert = alert_for_incident(incident)                # -> alerts.v1 record or None (UPDATE)
 
 The incident kinds are declared once in ``processors.power.kinds``; each kind's rule is a small class in
-``processors.power.rules``. See docs/power.md for the rules, their thresholds and how to add a kind.
+``processors.power.rules``. See docs/power.md for the rules, their thresholds and how to add a kind,
+and for the site power state (``sites.power_state.v1``, ``processors.power.site_state``).
 """
 
 from processors.power.alerts import alert_for_incident, fingerprint, severity_for
 from processors.power.config import PowerConfig
 from processors.power.detector import STATE_VERSION, Detector
-from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output, normalize_event
+from processors.power.events import (
+    Incident,
+    InvalidPowerEvent,
+    LateEvent,
+    Output,
+    SitePowerState,
+    normalize_event,
+)
 
 __all__ = [
     "STATE_VERSION",
@@ -27,6 +35,7 @@ __all__ = [
     "LateEvent",
     "Output",
     "PowerConfig",
+    "SitePowerState",
     "alert_for_incident",
     "fingerprint",
     "normalize_event",

@@ -6,6 +6,7 @@ nominal value and a detector needs a margin, the choice is written next to the f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -16,6 +17,22 @@ __all__ = ["PowerConfig", "PowerKnobs"]
 
 _S = 1_000_000  # microseconds per second
 _MS = 1_000  # microseconds per millisecond
+
+
+@functools.cache
+def battery_mwh_by_site(text: str) -> dict[str, float]:
+    """``dc-ams-1=31.2,dc-fra-2=7.8`` -> {site: MWh}; ``ValueError`` for a malformed pair."""
+    out: dict[str, float] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        site, sep, value = pair.partition("=")
+        try:
+            mwh = float(value) if sep and site.strip() else math.nan
+        except ValueError:
+            mwh = math.nan
+        if not 0 < mwh < math.inf:
+            raise ValueError(f"PowerConfig.battery_mwh_by_site: {pair!r} is not site=MWh (MWh > 0)")
+        out[site.strip()] = mwh
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +108,20 @@ class PowerConfig:
     pq_clear_s: float = 10.0
     """A power-quality excursion resolves after this long without an out-of-bounds measurement."""
 
+    # -- site power state (sites.power_state.v1) ----------------------------------------------------
+    battery_mwh: float = 15.6
+    """Battery energy of a site, MWh, for the runtime estimate (energy above ``battery_reserve_pct`` at
+    the present load). DOMAIN: Megapack-class units hold about 3.9 MWh; the default is 4 units."""
+    battery_mwh_by_site: str = ""
+    """Sites whose battery differs from ``battery_mwh``: ``site=MWh`` pairs, comma separated
+    (``dc-ams-1=31.2,dc-fra-2=7.8``)."""
+    runtime_step_min: float = 1.0
+    """A new power state record without a state change only when the battery runtime estimate moved by
+    at least this many minutes since the last record ..."""
+    runtime_step_pct: float = 5.0
+    """... and by at least this share of it (percent), so that a noisy load reading does not publish a
+    record per event: a whole discharge publishes a bounded number of runtime updates."""
+
     # -- other -----------------------------------------------------------------------------------
     load_shed_hold_s: float = 300.0
     """A LOAD_SHED incident outside a failover resolves after this long without further shedding."""
@@ -102,7 +133,7 @@ class PowerConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool):
+            if isinstance(value, bool) or f.name == "battery_mwh_by_site":
                 continue
             if not isinstance(value, int | float) or not 0 <= value < math.inf:  # NaN fails too
                 raise ValueError(f"PowerConfig.{f.name} must be a finite non-negative number, got {value!r}")
@@ -114,6 +145,13 @@ class PowerConfig:
             raise ValueError("PowerConfig voltages must satisfy interruption <= sag <= 1.0 <= swell")
         if self.freq_min_hz >= self.freq_max_hz:
             raise ValueError("PowerConfig.freq_min_hz must be below freq_max_hz")
+        if not isinstance(self.battery_mwh_by_site, str):
+            raise ValueError("PowerConfig.battery_mwh_by_site must be a string of site=MWh pairs")
+        battery_mwh_by_site(self.battery_mwh_by_site)  # raises on a malformed pair
+
+    def battery_mwh_of(self, site_id: str) -> float:
+        """The battery energy of ``site_id``, MWh (``battery_mwh_by_site``, else ``battery_mwh``)."""
+        return battery_mwh_by_site(self.battery_mwh_by_site).get(site_id, self.battery_mwh)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PowerConfig:

@@ -208,6 +208,7 @@ class Detector:
                 ):
                     self._timer_stale = True
                     timer[2].on_notify(self.site, due, timer[1])
+                    self._publish(Signal("timer", due))
                     continue
             if not ready:
                 return

@@ -24,6 +24,7 @@ __all__ = [
     "InvalidPowerEvent",
     "LateEvent",
     "Output",
+    "SitePowerState",
     "normalize_event",
     "to_datetime",
     "to_micros",
@@ -206,4 +207,35 @@ class LateEvent:
     reason: str
 
 
-Output = Incident | LateEvent
+@dataclass(frozen=True, slots=True)
+class SitePowerState:
+    """One record for ``sites.power_state.v1`` (see ``processors.power.site_state``). Times in
+    microseconds; ``grid_since_us`` only while not GRID."""
+
+    site_id: str
+    ts_us: int
+    state: str
+    since_us: int
+    battery_runtime_min: float | None = None
+    incident_id: str | None = None
+    load_mw: float | None = None
+    battery_soc_pct: float | None = None
+    grid_since_us: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record for ``sites.power_state.v1`` (timestamps as aware UTC datetimes)."""
+        grid_since = self.grid_since_us
+        return {
+            "site_id": self.site_id,
+            "ts": to_datetime(self.ts_us),
+            "state": self.state,
+            "since": to_datetime(self.since_us),
+            "battery_runtime_min": self.battery_runtime_min,
+            "incident_id": self.incident_id,
+            "load_mw": self.load_mw,
+            "battery_soc_pct": self.battery_soc_pct,
+            "grid_since": None if grid_since is None else to_datetime(grid_since),
+        }
+
+
+Output = Incident | LateEvent | SitePowerState

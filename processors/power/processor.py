@@ -1,6 +1,6 @@
-"""The power processor: batches of ``power.events.v1`` -> site detectors -> incidents and alerts, made
-durable by the runtime's checkpoint protocol (``processors.runtime.checkpoint``) under its error policy
-(``processors.runtime.policy``).
+"""The power processor: batches of ``power.events.v1`` -> site detectors -> incidents, alerts and site
+power states (``sites.power_state.v1``, keyed by site_id), made durable by the runtime's checkpoint
+protocol (``processors.runtime.checkpoint``) under its error policy (``processors.runtime.policy``).
 
 Per batch (``process``), in stream order: screen every record (``_screen``: tombstones, undecodable
 bytes, misrouted keys and events stamped beyond ``max_future_skew_s`` past their Kafka timestamp are
@@ -56,7 +56,7 @@ from streams.deadletter import DECODE, TOMBSTONE, deadletter_record
 from streams.event_time import DEFAULT_MAX_FUTURE_SKEW_S
 from streams.exceptions import SerializationError
 from streams.serde import AvroSerde
-from streams.topics import DEADLETTER_TOPIC, INCIDENTS_TOPIC, POWER_EVENTS_TOPIC
+from streams.topics import DEADLETTER_TOPIC, INCIDENTS_TOPIC, POWER_EVENTS_TOPIC, SITE_POWER_STATE_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -403,6 +403,10 @@ class PowerProcessor:
                 rec = emission.record
                 log.info("power_incident", incident_id=rec["incident_id"], kind=rec["kind"],
                          state=rec["state"], site_id=rec["site_id"], summary=rec["summary"])  # fmt: skip
+            elif emission.topic == SITE_POWER_STATE_TOPIC:
+                rec = emission.record
+                log.info("site_power_state", site_id=rec["site_id"], state=rec["state"],
+                         runtime_min=rec["battery_runtime_min"], incident_id=rec["incident_id"])  # fmt: skip
         for msg, kind, reason in dead:
             futures.append(self.dead_letter(msg, kind, reason))
         return futures

@@ -1,7 +1,7 @@
-"""What the power worker needs around the pure detector, with no faust import: the detector config from
+"""What the power worker needs around the pure detector, with no Kafka import: the detector config from
 the settings, the in-memory detector cache, output routing and the worker's Prometheus metrics.
 
-``processors/power/worker.py`` is the faust wiring that uses these; tests call them directly.
+``processors/power/worker.py`` is the Kafka wiring that uses these; tests call them directly.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from processors.envconfig import check_names, field_values, settings_of
 from processors.power.alerts import alert_for_incident
 from processors.power.config import PowerConfig, PowerKnobs
 from processors.power.detector import Detector
-from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output, to_micros
+from processors.power.events import Incident, InvalidPowerEvent, LateEvent, Output, SitePowerState, to_micros
 from streams.deadletter import FUTURE_TIMESTAMP, LATE, PROCESSING, VALIDATION
 from streams.event_time import future_skew_error
-from streams.topics import ALERTS_TOPIC, INCIDENTS_TOPIC
+from streams.topics import ALERTS_TOPIC, INCIDENTS_TOPIC, SITE_POWER_STATE_TOPIC
 
 __all__ = [
     "BatchRun",
@@ -60,6 +60,9 @@ INCIDENTS_EMITTED = Counter(
     "carnival_power_incidents_emitted_total", "Incident records published", ["kind", "state"]
 )
 ALERTS_EMITTED = Counter("carnival_power_alerts_emitted_total", "Alerts published", ["kind", "status"])
+SITE_STATES_EMITTED = Counter(
+    "carnival_power_site_states_emitted_total", "Site power state records published", ["state"]
+)
 DEAD_LETTERED = Counter(
     "carnival_power_deadlettered_total", "Power events sent to the dead-letter topic", ["kind"]
 )
@@ -260,7 +263,8 @@ def set_memory_gauges(cache: DetectorCache) -> None:
 # -- outputs --------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Emission:
-    """One record to publish: an incident on ``power.incidents.v1`` or an alert on ``alerts.v1``."""
+    """One record to publish: an incident on ``power.incidents.v1``, an alert on ``alerts.v1`` or a site
+    power state on ``sites.power_state.v1``."""
 
     topic: str
     key: str
@@ -270,12 +274,15 @@ class Emission:
         rec = self.record
         if self.topic == INCIDENTS_TOPIC:
             INCIDENTS_EMITTED.labels(kind=rec["kind"], state=rec["state"]).inc()
+        elif self.topic == SITE_POWER_STATE_TOPIC:
+            SITE_STATES_EMITTED.labels(state=rec["state"]).inc()
         else:
             ALERTS_EMITTED.labels(kind=rec["kind"], status=rec["status"]).inc()
 
 
 def route(outputs: list[Output]) -> tuple[list[Emission], list[LateEvent]]:
-    """Detector outputs -> records to publish (incident first, then its alert) and late events."""
+    """Detector outputs -> records to publish (incident first, then its alert; site power states keyed
+    by site_id) and late events."""
     emissions: list[Emission] = []
     late: list[LateEvent] = []
     for out in outputs:
@@ -284,6 +291,8 @@ def route(outputs: list[Output]) -> tuple[list[Emission], list[LateEvent]]:
             alert = alert_for_incident(out)
             if alert is not None:
                 emissions.append(Emission(ALERTS_TOPIC, alert["fingerprint"], alert))
+        elif isinstance(out, SitePowerState):
+            emissions.append(Emission(SITE_POWER_STATE_TOPIC, out.site_id, out.to_record()))
         else:
             late.append(out)
     return emissions, late

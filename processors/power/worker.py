@@ -1,4 +1,5 @@
-"""The power failover worker: ``power.events.v1`` -> site detectors -> ``power.incidents.v1`` + ``alerts.v1``.
+"""The power failover worker: ``power.events.v1`` -> site detectors -> ``power.incidents.v1`` + ``alerts.v1``
++ ``sites.power_state.v1``.
 
 Run with ``carnival worker power`` (several processes form one consumer group, ``carnival-power``).
 Declarations and one loop; what happens per batch, per tick and per checkpoint is
@@ -8,8 +9,9 @@ Declarations and one loop; what happens per batch, per tick and per checkpoint i
 * input: ``power.events.v1`` on plain confluent-kafka (``processors.runtime.kafka_io.InputConsumer``):
   each batch is what is waiting when the loop asks (one event at low rates, up to ``batch_max`` under
   load; no batching window), handled at once. Offsets are committed by the checkpoint only.
-* outputs: incidents, alerts and dead letters are produced as soon as a rule fires
-  (``FutureProducer``, no linger); the checkpoint waits for their acks before it writes any state.
+* outputs: incidents, alerts, site power states (keyed by site_id) and dead letters are produced as
+  soon as a rule fires (``FutureProducer``, no linger); the checkpoint waits for their acks before it
+  writes any state, so a power state has the delivery guarantee of an incident.
 * state: site_id -> detector state (orjson bytes) in ``carnival-power-sites-changelog`` (compacted,
   partition = the site's input partition, co-partitioned with ``power.events.v1``: both keyed by
   site_id, murmur2), held in memory (``ChangelogStore``) and restored from the changelog whenever

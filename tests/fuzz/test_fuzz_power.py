@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.power import Detector, PowerConfig
-from processors.power.events import DEVICE_TYPES, EVENT_TYPES, SOURCES, LateEvent
+from processors.power.events import DEVICE_TYPES, EVENT_TYPES, SOURCES, Incident, LateEvent, SitePowerState
 from processors.power.runtime import (
     DetectorCache,
     admission_error,
@@ -183,9 +183,13 @@ def test_the_pure_detector_takes_any_decoded_event_or_says_why_not(seed: int, si
             if isinstance(out, LateEvent):
                 assert out.reason
             else:
-                SERDE.encode("power.incidents.v1", out.to_record())
+                SERDE.encode(_topic(out), out.to_record())
         assert len(det.buffer) <= CONFIG.max_buffered and len(det.buffer.devices) <= CONFIG.max_devices
     for out in det.flush():
         if not isinstance(out, LateEvent):
-            SERDE.encode("power.incidents.v1", out.to_record())
+            SERDE.encode(_topic(out), out.to_record())
     orjson.dumps(det.to_dict())
+
+
+def _topic(out: Incident | SitePowerState) -> str:
+    return "sites.power_state.v1" if isinstance(out, SitePowerState) else "power.incidents.v1"

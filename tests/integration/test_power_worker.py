@@ -47,7 +47,7 @@ class Worker(WorkerProcess):
 class Outputs:
     """Everything on the output topics, grouped by site (read from the beginning, filtered by site)."""
 
-    TOPICS = ("power.incidents.v1", "alerts.v1", "deadletter.v1")
+    TOPICS = ("power.incidents.v1", "alerts.v1", "deadletter.v1", "sites.power_state.v1")
 
     def __init__(self, settings: Settings) -> None:
         self.serde = serde_from_settings(settings)
@@ -70,6 +70,17 @@ class Outputs:
     def alerts(self, site: str) -> list[dict[str, Any]]:
         return self.records["alerts.v1"][site]
 
+    def power_states(self, site: str) -> list[dict[str, Any]]:
+        return self.records["sites.power_state.v1"][site]
+
+    def wait_for_state(self, site: str, state: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """The site's power state records once one of them is ``state``."""
+        self.wait(
+            lambda: any(r["state"] == state for r in self.power_states(site)), timeout_s,
+            f"power state {state} of {site}: got {[r['state'] for r in self.power_states(site)]}",
+        )  # fmt: skip
+        return self.power_states(site)
+
     def wait(self, cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -90,6 +101,19 @@ class Outputs:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def micros(value: Any) -> int | None:
+    """A decoded ``timestamp-millis`` (aware datetime) as epoch µs, None for None."""
+    return None if value is None else round(value.timestamp() * 1_000_000)
+
+
+def power_timeline(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(state, ts, since, grid_since, incident_id) of each power state record, times in µs."""
+    return [
+        (r["state"], micros(r["ts"]), micros(r["since"]), micros(r["grid_since"]), r["incident_id"])
+        for r in records
+    ]
 
 
 def states(records: list[dict[str, Any]], skip: tuple[str, ...] = ("SITE_SILENT",)) -> list[tuple[str, str]]:
@@ -178,6 +202,48 @@ def test_failover_opens_updates_resolves_with_a_firing_then_resolved_alert(
         ("FAILOVER", "RESOLVED", "info"),
     ]
     assert alerts[0]["fingerprint"] == alerts[1]["fingerprint"]
+    # The site's power state: islanded once the failover opened (blip_ignore_s after the loss), the
+    # retransfer clock from the load back on grid, GRID when it has run retransfer_stable_s (300 s).
+    failover_id = f"{site.site_id}/FAILOVER/{site.at(1.0)}"
+    assert power_timeline(outputs.wait_for_state(site.site_id, "GRID")) == [
+        ("ISLANDED_BATTERY", site.at(4.0), site.at(1.0), None, failover_id),
+        ("ISLANDED_BATTERY", site.at(100.0), site.at(1.0), site.at(100.0), failover_id),
+        ("GRID", site.at(400.0), site.at(400.0), None, None),
+    ]
+
+
+def test_a_site_quiet_after_its_retransfer_returns_to_grid_by_the_clock(
+    settings: Settings, worker: Worker, outputs: Outputs
+) -> None:
+    """Nothing arrives after 396 s: the worker's ticks move the site's clock on (processing time since
+    the last event), so the retransfer timer still fires at 400 s, with the battery runtime known while
+    the load was on batteries."""
+    site = new_site("quiet")
+    produce(
+        settings,
+        [
+            *heartbeat(site, 0, 0.9, device="ctl-1", load_mw=10.0),
+            site.lost(1.0),
+            site.transfer(1.004, "BATTERY", device="sts-1", source_from="GRID"),
+            site.measure(2.0, device="bat-1", battery_soc_pct=50.0),
+            *heartbeat(site, 3, 99, every_s=5, device="ctl-1", load_mw=10.0),
+            site.transfer(100.0, "GRID", device="sts-1", source_from="BATTERY"),
+            *heartbeat(site, 101, 396, every_s=5, device="ctl-1", load_mw=10.0),
+        ],
+    )
+    records = outputs.wait_for_state(site.site_id, "GRID", timeout_s=60)
+    failover_id = f"{site.site_id}/FAILOVER/{site.at(1.0)}"
+    assert power_timeline(records) == [
+        ("ISLANDED_BATTERY", site.at(4.0), site.at(1.0), None, failover_id),
+        ("ISLANDED_BATTERY", site.at(100.0), site.at(1.0), site.at(100.0), failover_id),
+        ("GRID", site.at(400.0), site.at(400.0), None, None),
+    ]
+    # 15.6 MWh above a 10 % reserve at 50 % is 6.24 MWh: 37.4 min at 10 MW; none once back on grid.
+    assert [(r["battery_runtime_min"], r["battery_soc_pct"], r["load_mw"]) for r in records] == [
+        (37.4, 50.0, 10.0),
+        (None, 50.0, 10.0),
+        (None, 50.0, 10.0),
+    ]
 
 
 def test_slow_static_transfer(settings: Settings, worker: Worker, outputs: Outputs) -> None:
@@ -274,6 +340,13 @@ def test_battery_reserve_while_islanded(settings: Settings, worker: Worker, outp
     assert opened["min_battery_soc_pct"] == 9.5
     assert opened["parent_incident_id"] == f"{site.site_id}/FAILOVER/{site.at(1.0)}"
     outputs.wait_for(site.site_id, "BATTERY_RESERVE", "RESOLVED")
+    outputs.wait(lambda: len(outputs.power_states(site.site_id)) >= 3, what="three power states")
+    records = outputs.power_states(site.site_id)
+    assert [(r["state"], micros(r["ts"]), r["battery_soc_pct"]) for r in records] == [
+        ("ISLANDED_BATTERY", site.at(4.0), None),  # the timer fired before the reading at 5 s was applied
+        ("RESERVE", site.at(6.0), 9.5),
+        ("ISLANDED_BATTERY", site.at(7.0), 13.0),  # above reserve + hysteresis
+    ]
 
 
 def test_power_quality_excursion_while_islanded(settings: Settings, worker: Worker, outputs: Outputs) -> None:

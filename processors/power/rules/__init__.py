@@ -5,6 +5,9 @@ the ``EVERY_EVENT`` rules; signals go to their listeners in this order; timer ti
 The FAILOVER episode comes first (every other rule reads ``site.ep``); the episode's children resolve
 in this order when the episode ends.
 
+``SitePowerRule`` comes last and fires no incident: it follows what the others decided and publishes
+the site's power state (``sites.power_state.v1``, see ``processors/power/site_state.py``).
+
 To add an incident kind: a symbol in ``schemas/power.incidents.v1.avsc``, its line in
 ``processors/power/kinds.py``, a module here with its ``Rule``, and its class in ``RULES``.
 """
@@ -20,6 +23,7 @@ from processors.power.rules.flapping import FlappingRule
 from processors.power.rules.generator import GeneratorRule
 from processors.power.rules.load_shed import LoadShedRule
 from processors.power.rules.power_quality import PowerQualityRule
+from processors.power.rules.power_state import SitePowerRule
 from processors.power.rules.sequence_gap import SequenceGapRule
 from processors.power.rules.signals import SIGNALS, Signal
 from processors.power.rules.site import Site
@@ -39,6 +43,7 @@ RULES: tuple[type[Rule], ...] = (
     FlappingRule,
     SequenceGapRule,
     SiteSilentRule,
+    SitePowerRule,
 )
 
 

@@ -7,7 +7,8 @@ A rule is a small stateful step in the shape of bytewax's ``StatefulLogic``:
   the ``EVERY_EVENT`` rules, so the latter see the phase the event led to.
 * ``signals``: the site happenings it is given (``on_signal``): what the FAILOVER episode did
   (``transferred``, ``grid_back``, ``source_change``, ``flap``, ``episode_end``) and what the detector
-  saw (``arrival``, ``idle``, ``gap``, ``gap_filled``); see ``rules/signals.py``.
+  saw (``arrival``, ``idle``, ``gap``, ``gap_filled``, ``timer`` after any rule's timer); see
+  ``rules/signals.py``.
 * ``notify_at``: its next timer in event time ("when I next need to wake up"), ``on_notify`` when it is
   due. The detector fires the earliest timer of all rules between released events (ties: rule order).
 * ``snapshot``/``restore``: state the rule keeps outside the site's open incidents, stored under

@@ -25,6 +25,7 @@ SIGNALS = frozenset(
         "idle",  # a tick: no event for ``idle`` µs, the latest event time is ``last_ts``
         "gap",  # the buffer released an event that reveals a sequence gap
         "gap_filled",  # a late event filled a sequence gap already reported
+        "timer",  # a rule's timer fired at ``t`` (after the rule ran): what it changed may matter to others
     }
 )
 

@@ -1,8 +1,9 @@
 """Out-of-order delivery within the allowance is exact (issue 11, item 10): for generated failovers of
 every kind the rules detect, any arrival order in which no event comes more than ``lateness_ms`` after
 a later one gives the same incidents (kinds, state sequence, ids, ``transfer_ms``, start and end times,
-every field) as in-order delivery: the source-lost and transfer records swapped, devices lagging,
-events of different devices interleaved, the processing clock ticking in between.
+every field) and the same site power states as in-order delivery: the source-lost and transfer records
+swapped, devices lagging, events of different devices interleaved, the processing clock ticking in
+between.
 
 A failover is a realistic timeline (DOMAIN.md, ``processors/power/scenario.py``): every device of the
 site reports measurements; the grid is lost; a switch moves the load to batteries (in time, slowly, or
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.power import Detector, Incident, LateEvent, PowerConfig
+from processors.power.events import SitePowerState
 from processors.power.scenario import SITE_DEVICES, SiteEvents
 
 EXAMPLES = max(10, int(os.environ.get("CARNIVAL_FUZZ_EXAMPLES", "1000")) // 20)
@@ -175,7 +177,7 @@ def arrivals(fo: Failover, rng: random.Random, swap: bool) -> list[tuple[int, di
 
 def feed(
     fo: Failover, delivery: list[tuple[int, dict[str, Any]]], ticks: random.Random | None
-) -> list[Incident]:
+) -> list[Incident | SitePowerState]:
     """Deliver (arrival µs, event) in order, ticking the processing clock before each arrival (and, with
     ``ticks``, at random moments between arrivals); nothing may come back late."""
     det = Detector("dc-perm", fo.config)
@@ -189,20 +191,31 @@ def feed(
         last = arrival
     out += det.flush()
     assert not [o for o in out if isinstance(o, LateEvent)]
-    return [o for o in out if isinstance(o, Incident)]
+    return [o for o in out if isinstance(o, Incident | SitePowerState)]
+
+
+def incidents(outputs: list[Incident | SitePowerState]) -> list[Incident]:
+    return [o for o in outputs if isinstance(o, Incident)]
+
+
+def power_states(outputs: list[Incident | SitePowerState]) -> list[SitePowerState]:
+    return [o for o in outputs if isinstance(o, SitePowerState)]
 
 
 def _check(fo: Failover, seed: int) -> None:
-    expected = feed(fo, [(e["ts"], e) for e in fo.events], None)
+    expected_all = feed(fo, [(e["ts"], e) for e in fo.events], None)
+    expected = incidents(expected_all)
     for k in range(ORDERS):
         rng = random.Random(seed * ORDERS + k)
         swap = fo.transfer_index is not None and k % 2 == 0
-        got = feed(fo, arrivals(fo, rng, swap), random.Random(k))
+        got_all = feed(fo, arrivals(fo, rng, swap), random.Random(k))
+        got = incidents(got_all)
         assert [(i.kind, i.state) for i in got] == [(i.kind, i.state) for i in expected], (fo.variant, k)
         assert [(i.incident_id, i.transfer_ms, i.started_us, i.ended_us) for i in got] == [
             (i.incident_id, i.transfer_ms, i.started_us, i.ended_us) for i in expected
         ], (fo.variant, k)
         assert got == expected, (fo.variant, k)
+        assert power_states(got_all) == power_states(expected_all), (fo.variant, k)
 
 
 @SETTINGS
@@ -224,7 +237,7 @@ def test_the_generated_failovers_cover_what_the_rules_detect() -> None:
     @settings(max_examples=200, derandomize=True, deadline=None, database=None)
     @given(failovers())
     def collect(fo: Failover) -> None:
-        seen.update(i.kind for i in feed(fo, [(e["ts"], e) for e in fo.events], None))
+        seen.update(i.kind for i in incidents(feed(fo, [(e["ts"], e) for e in fo.events], None)))
 
     collect()
     assert seen >= {
