@@ -57,6 +57,7 @@ __all__ = [
     "shed_reason",
     "site_dropped",
     "takes_task",
+    "within_budget",
     "would_use_site",
 ]
 
@@ -75,16 +76,24 @@ def takes_task(site: SiteState, task: Task, now: int, cfg: SchedulerConfig, *, p
         return False
     if site.free_slots() <= 0 or site.vin in task.excluded:  # it refused this task as unavailable
         return False
-    if not power or not cfg.spillover or site.on_grid():
+    if not power or not cfg.spillover:
         return True
-    return task.placement == DATACENTER and site.power_state not in SEVERE
+    if within_budget(site, cfg) <= 0:  # one more session would draw more than the site can give now
+        return False
+    return site.on_grid() or (task.placement == DATACENTER and site.power_state not in SEVERE)
+
+
+def within_budget(site: SiteState, cfg: SchedulerConfig) -> int:
+    """Sessions the site's power budget still carries beside those it runs (a large number: no budget)."""
+    budget = site.session_budget(cfg)
+    return 1 << 30 if budget is None else budget - len(site.running)
 
 
 def open_to_work(site: SiteState, now: int, cfg: SchedulerConfig) -> bool:
     """Whether ``site`` could take some task now (so a pool with no free car is still worth matching)."""
     if site.region is None or not site.capacity_fresh(now, cfg) or site.free_slots() <= 0:
         return False
-    return not cfg.spillover or site.power_state not in SEVERE
+    return not cfg.spillover or (site.power_state not in SEVERE and within_budget(site, cfg) > 0)
 
 
 def pick_site(
@@ -143,7 +152,10 @@ def shed_reason(site: SiteState) -> str:
 
 
 def shed_plan(site: SiteState, running: Iterable[Task], cfg: SchedulerConfig) -> list[Task]:
-    """The sessions to take off ``site`` now (empty unless it is at RESERVE or SHEDDING), in order."""
+    """The sessions to take off ``site`` now (empty unless it is at RESERVE or SHEDDING), in order: first
+    the flexible low-priority ones (they go to cars); if the site is still over a budget it reported, the
+    others too, lowest priority first (pinned work then waits for a site on the grid: the site would cut
+    those sessions itself at its battery's last reserve, and a requeued task is not a lost one)."""
     if not cfg.spillover or site.power_state not in SEVERE:
         return []
     tasks = list(running)
@@ -151,9 +163,17 @@ def shed_plan(site: SiteState, running: Iterable[Task], cfg: SchedulerConfig) ->
     excess = len(tasks) - budget if budget is not None else len(tasks)
     if excess <= 0:
         return []
-    movable = [t for t in tasks if t.placement == ANY and t.priority <= cfg.shed_max_priority]
-    movable.sort(key=lambda t: (t.priority, -(t.assigned_ts or 0), t.task_id))
-    return movable[:excess]
+
+    def order(t: Task) -> tuple[int, int, str]:
+        return (t.priority, -(t.assigned_ts or 0), t.task_id)
+
+    flexible = sorted(
+        (t for t in tasks if t.placement == ANY and t.priority <= cfg.shed_max_priority), key=order
+    )
+    if budget is None or len(flexible) >= excess:
+        return flexible[:excess]
+    rest = sorted((t for t in tasks if t not in flexible), key=order)
+    return flexible + rest[: excess - len(flexible)]
 
 
 def battery_minutes(runtime_min: float | None, load_mw: float | None, shed_mw: float) -> float | None:

@@ -311,9 +311,10 @@ def test_without_spillover_sites_keep_their_work_whatever_their_power() -> None:
 
 def test_a_restored_scheduler_continues_an_episode_exactly_as_the_original() -> None:
     def scenario(h: Harness) -> None:
-        h.cap("dc1", T0, power_budget_mw=0.0)
+        h.cap("dc1", T0)
         h.tel("V1", T0)
         started_at_site(h, "a", T0 + S, priority=1)
+        h.cap("dc1", T0 + 30 * S, power_budget_mw=0.0)  # nothing for emulators now: "a" is shed at RESERVE
         h.power("dc1", T0 + MIN, "ISLANDED_BATTERY")
 
     live = Harness()
@@ -373,3 +374,26 @@ def test_the_budget_counts_sessions_at_the_power_the_site_reports() -> None:
     assert s.session_budget(cfg(site_session_kw=0.35)) == 228
     s.session_kw = 8.0  # the site's own figure wins
     assert s.session_budget(cfg(site_session_kw=0.35)) == 10
+
+
+def test_an_islanded_site_takes_pinned_work_only_within_its_power_budget() -> None:
+    h = Harness(cfg(site_session_kw=100.0))
+    h.cap("dc1", T0, power_budget_mw=0.2)  # 2 sessions of 100 kW
+    h.power("dc1", T0 + S, "ISLANDED_BATTERY")
+    for k in range(3):
+        h.req(f"dc{k}", T0 + (2 + k) * S, placement="DATACENTER")
+    assert [h.holder(f"dc{k}") for k in range(3)] == [SITE1, SITE1, None]  # the third waits
+
+
+def test_at_the_reserve_a_site_still_over_budget_sheds_pinned_and_important_work_too() -> None:
+    h = Harness(cfg(site_session_kw=100.0, shed_max_priority=5))
+    h.cap("dc1", T0)
+    started_at_site(h, "flex", T0, priority=1)
+    started_at_site(h, "pinned", T0 + S, priority=2, placement="DATACENTER")
+    started_at_site(h, "urgent", T0 + 2 * S, priority=9)
+    h.cap("dc1", T0 + MIN, power_budget_mw=0.1)  # room for one session
+    outs = h.power("dc1", T0 + 2 * MIN, "RESERVE")
+    revoked = [t for cmd, t, vin in commands(outs) if cmd == "REVOKE"]
+    assert revoked == ["flex", "pinned"]  # the flexible one first, then the least important of the rest
+    assert h.s.sites["dc1"].running == ["urgent"]
+    assert h.s.tasks["pinned"].state == "QUEUED"  # it waits for a site on the grid; it is not lost
