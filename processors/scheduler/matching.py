@@ -501,13 +501,21 @@ class Scheduler:
         self,
     ) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
         """Nodes and tasks changed since the last call, as ``{key: dict}``; a value None = deleted."""
-        nodes = {v: self._node_dict(v) for v in sorted(self._dirty_nodes)}
-        tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in sorted(self._dirty_tasks)}
-        self._dirty_nodes.clear()
-        self._dirty_tasks.clear()
+        vins, task_ids = self.drain_dirty_keys()
+        nodes = {v: self.node_dict(v) for v in vins}
+        tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in task_ids}
         return nodes, tasks
 
-    def _node_dict(self, vin: str) -> dict[str, Any] | None:
+    def drain_dirty_keys(self) -> tuple[list[str], list[str]]:
+        """Vins (sites as ``site:<id>``) and task_ids changed since the last call, sorted. The caller
+        reads their state (``nodes``, ``sites``, ``tasks``; absent = deleted) before the next event."""
+        vins, task_ids = sorted(self._dirty_nodes), sorted(self._dirty_tasks)
+        self._dirty_nodes.clear()
+        self._dirty_tasks.clear()
+        return vins, task_ids
+
+    def node_dict(self, vin: str) -> dict[str, Any] | None:
+        """The persisted dict of node (or site) ``vin``; None when it is gone."""
         site_id = site_of(vin)
         if site_id is not None:
             site = self.sites.get(site_id)
