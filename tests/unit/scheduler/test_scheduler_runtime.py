@@ -193,5 +193,3 @@ def test_a_record_that_breaks_the_scheduler_is_dead_lettered_and_the_rest_contin
         assert set(restored.nodes) == {"car-1"}
 
     asyncio.run(main())
-
-
