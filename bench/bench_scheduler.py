@@ -7,17 +7,18 @@
 
 In process (no Kafka, so not disturbed by the broker or other load on the machine):
 
-A. Cost per telemetry record class (``--class-cars``, one round of each): a first sighting, a record
-   that changes nothing that matters to matching (same eligibility and pool, SoC +0.3), one that
-   changes eligibility (gear P <-> D on half the cars). Split into Avro decode, ``Scheduler.on_telemetry``
-   and state persistence (``PartitionState.persist`` every 500 records, the worker's batch). Baseline:
-   the bare decode loop of the same records.
+A. Cost per telemetry record class (``--class-cars``, one round of each, best of 3 runs): a first
+   sighting, a record that changes nothing that matters to matching (same eligibility and pool, SoC
+   +0.3), one that changes eligibility (gear P <-> D on half the cars). Split into Avro decode,
+   ``Scheduler.on_telemetry`` and state persistence (``PartitionState.persist`` every 500 records, the
+   worker's batch). Baseline: the bare decode loop of the same records.
 B. Match latency (``--match-cars`` eligible cars in one pool, tasks at each of ``--match-rates``/s for
    ``--match-seconds`` of event time, with every car reporting every 20 s): each input is timed, and a
    single-threaded worker is replayed over those service times (an input starts when it has arrived
    and the previous one is done), so latency = queueing + the request's own matching. The first second
    (cold caches) is left out of the percentiles; the busy share says how much of the worker the load
-   takes (>= 1: it cannot keep up). Baseline: the same at ``--match-cars`` 1,000 (p50 ratio: flatness).
+   takes (>= 1: it cannot keep up). Baselines: ranking ``max_candidates`` nodes with no memo (one
+   ``stay_probability`` each), and the p50 at the first ``--match-cars`` (the ratio says how flat).
 
 0. Memory and restore (``--restore-cars``, in process, no Kafka): bytes per node in memory and in the
    table, and the time to rebuild a partition's scheduler from its table after a rebalance, against a
@@ -139,8 +140,18 @@ def bench_in_process(encoded: list[tuple[str, bytes]]) -> float:
     return len(encoded) / (time.perf_counter() - t)
 
 
-def bench_record_classes(cars: int) -> dict[str, dict[str, float]]:
-    """us per record of each class (module docstring, A): decode, schedule, persist, total."""
+def bench_record_classes(cars: int, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """us per record of each class (module docstring, A): decode, schedule, persist, total; the best of
+    ``repeats`` runs from a fresh scheduler each (the machine is shared: the least disturbed run)."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeats):
+        for name, costs in _record_classes_once(cars).items():
+            if name not in best or costs["total"] < best[name]["total"]:
+                best[name] = costs
+    return best
+
+
+def _record_classes_once(cars: int) -> dict[str, dict[str, float]]:
     serde = AvroSerde(raw_timestamps=True)
     start = int(time.time() * 1000) - 600_000
 
@@ -237,17 +248,34 @@ def bench_match(cars: int, rate: float, seconds: float, period_s: float = 20.0) 
             "busy": busy / seconds, "assigned": assigned, "tasks": int(rate * seconds)}  # fmt: skip
 
 
+def bench_uncached_pick(candidates: int) -> float:
+    """ms to score ``candidates`` nodes with ``stay_probability`` once each: a pick with no memo."""
+    from processors.scheduler.prediction import stay_probability
+
+    cfg = SchedulerConfig(lease_s=3600, confirm_s=3600)
+    sched = Scheduler(cfg)
+    start = int(time.time() * 1000) - 3_600_000
+    for i in range(candidates):
+        sched.on_telemetry(telemetry(i, start + i % 1000, 0))
+    now = start + 20_000
+    t = time.perf_counter()
+    for node in sched.nodes.values():
+        stay_probability(node, 600.0, now, cfg)
+    return (time.perf_counter() - t) * 1000
+
+
 def report_match(cars_list: list[int], rates: list[float], seconds: float) -> None:
     print(f"match latency in process, one pool, every car reporting every 20 s, {seconds:g} s per run ...")
+    n = SchedulerConfig().max_candidates
+    print(f"  baseline: ranking {n} nodes with no memo costs {bench_uncached_pick(n):.2f} ms a pick")
     for rate in rates:
-        base = bench_match(1000, rate, seconds)
-        print(f"  {rate:>6g} tasks/s, {1000:>7,} cars: p50 {base['p50']:7.2f} ms  p99 {base['p99']:7.2f} ms  "
-              f"busy {base['busy']:.2f}  (baseline)", flush=True)  # fmt: skip
+        first: float | None = None
         for cars in cars_list:
             r = bench_match(cars, rate, seconds)
+            first = first or r["p50"]
             print(f"  {rate:>6g} tasks/s, {cars:>7,} cars: p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
                   f"max {r['max']:7.1f} ms  busy {r['busy']:.2f}  assigned {r['assigned']}/{r['tasks']}  "
-                  f"p50 x{r['p50'] / base['p50']:.1f} of 1,000 cars", flush=True)  # fmt: skip
+                  f"p50 x{r['p50'] / first:.1f} of {cars_list[0]:,} cars", flush=True)  # fmt: skip
     print("  goal: p99 < 50 ms at 1,000 tasks/s over 100,000 eligible cars")
 
 
@@ -465,7 +493,7 @@ def main() -> None:
     ap.add_argument("--restore-cars", type=int, default=100_000,
                     help="nodes of the in-process memory/restore phase (0: skip it)")  # fmt: skip
     ap.add_argument("--restore-only", action="store_true", help="only the memory/restore phase (no Kafka)")
-    ap.add_argument("--class-cars", type=int, default=20_000, help="cars of the per-class phase (0: skip)")
+    ap.add_argument("--class-cars", type=int, default=10_000, help="cars of the per-class phase (0: skip)")
     ap.add_argument("--match-cars", default="20000,100000", help="pool sizes of the in-process match phase")
     ap.add_argument("--match-rates", default="20,1000", help="task rates of the in-process match phase")
     ap.add_argument("--match-seconds", type=float, default=5.0, help="event time per in-process match run")
@@ -473,8 +501,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.class_cars and not args.restore_only:
         report_record_classes(args.class_cars)
-    if args.match_cars and not args.restore_only:
-        cars_list = [int(c) for c in args.match_cars.split(",") if c]
+    cars_list = [int(c) for c in args.match_cars.split(",") if c and int(c) > 0]
+    if cars_list and not args.restore_only:
         report_match(cars_list, [float(r) for r in args.match_rates.split(",") if r], args.match_seconds)
     if args.restore_cars:
         report_restore(args.restore_cars)
