@@ -17,8 +17,10 @@ partitioned by pool: repartition telemetry, requests and status by pool, keep no
 and task dicts (key task_id) in changelogged tables co-partitioned with that stream.
 
 Decisions are deterministic functions of (state, input): ties are broken by hashes, never by dict
-or set order, and ``assignment_id = uuid5(task_id, attempt)``. A worker restored from its tables
-and fed the same input again publishes the very same records.
+or set order (a pick walks whole hash shards of the idle set), and ``assignment_id = uuid5(task_id,
+attempt)``. A worker restored from its tables and fed the same input again publishes the very same
+records. Memos are never an input: the ranking's stay probabilities (``stay_cache``) are pure
+functions of (node state, duration class, time step), so an empty memo decides as a warm one.
 
 Invariants (``check_invariants`` asserts them; tests call it after every step): a node holds at most
 ``capacity`` tasks; an active task is held by at most one node and is in its pool's queue iff QUEUED;
