@@ -1242,14 +1242,14 @@ class Scheduler:
         for untrusted, p, node in scored:
             if untrusted != untrusted_only or p < floor:
                 continue
-            key = (
+            head = (
                 HW_RANK.get(node.hw, 0) - need_hw if cfg.hw_best_fit else 0,
                 -round(node.reliability * 20),
                 -p,
             )
-            if best is not None and key > best[:3]:
+            if best is not None and head > best[:3]:
                 continue  # (the hash tie-break below is only needed on a tie: it costs a crc32 per node)
-            key += (_crc(node.vin), node.vin)
+            key = (*head, _crc(node.vin), node.vin)
             if best is None or key < best:
                 best, best_node, best_p = key, node, p
         assert best_node is not None
