@@ -56,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import bench_kafka, stop_process  # noqa: E402
+from harness import bench_kafka, bench_port, stop_process  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
 from processors.scheduler import Scheduler, SchedulerConfig  # noqa: E402
@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TELEMETRY, REQUESTS, ASSIGNMENTS = "fleet.telemetry.v1", "tasks.requests.v1", "tasks.assignments.v1"
 BYPOOL = "carnival-scheduler-bypool"
 REGIONS = [f"bench-r{i:02d}" for i in range(12)]
-METRICS_PORT = 48391
+METRICS_PORT = bench_port(1, 48390)  # the worker's metrics; the broker takes base + 2, + 3
 WORKER_ENV = {
     "CARNIVAL_SCHEDULER_LEASE_S": "3600",  # cars stay eligible through the latency phase
     "CARNIVAL_SCHEDULER_CONFIRM_S": "3600",
@@ -515,7 +515,7 @@ def main() -> None:
     if args.restore_only or args.in_process_only:
         return
 
-    kafka = bench_kafka(None if args.use_running_stack else 48392, "carnival-bench-scheduler-")
+    kafka = bench_kafka(None if args.use_running_stack else bench_port(2, 48390), "carnival-bench-scheduler-")
     settings, workdir = kafka.settings, kafka.workdir
     proc: subprocess.Popen[bytes] | None = None
     background: Background | None = None
