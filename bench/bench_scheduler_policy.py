@@ -167,7 +167,7 @@ class PolicyRun:
         """Free nodes of ``pool`` other than ``chosen`` that could have taken ``task`` now."""
         s, need_hw, need_soc = self.sched, HW_RANK.get(task.min_hw, 0), task.min_soc_pct
         n = 0
-        for shard in pool.free:
+        for shard in pool.free.values():
             for vin in shard:
                 node = s.nodes[vin]
                 if vin == chosen.vin or HW_RANK.get(node.hw, 0) < need_hw:
@@ -190,7 +190,7 @@ class PolicyRun:
             if not pool.queue:
                 continue
             need = min(HW_RANK.get(s.tasks[tid].min_hw, 0) for _, tid in pool.queue)
-            free = sum(HW_RANK.get(s.nodes[v].hw, 0) >= need for shard in pool.free for v in shard)
+            free = sum(HW_RANK.get(s.nodes[v].hw, 0) >= need for shard in pool.free.values() for v in shard)
             busy = sum(1 for n in s.nodes.values() if n.pool == pool.name and n.running)
             self.busy_node_s += busy * TICK_MS / 1000.0
             self.idle_node_s += free * TICK_MS / 1000.0

@@ -101,6 +101,9 @@ class SchedulerConfig:
     max_queued_tasks: int = 100_000  # tasks waiting per pool; a request beyond it is REJECTED (QUEUE_FULL)
     max_scan_tasks: int = 2000  # queue entries examined per matching pass
     max_candidates: int = 256  # feasible nodes ranked per task (free set is scanned in hash shards)
+    # Ranking evaluates stay probabilities at now rounded down to this step and durations rounded up to
+    # 2 % classes, memoized per node until its next telemetry (``stay_cache``); 0: exact, no memo.
+    rank_time_step_s: float = 10.0
     node_republish_s: float = 600.0  # re-publish an unchanged node at least this often
 
     # --- reliability (BOINC-like) -----------------------------------------------------------------
@@ -164,6 +167,8 @@ class SchedulerConfig:
             raise ValueError("deadline_fit must be >= 0")
         if self.late_status_s < 0:
             raise ValueError("late_status_s must be >= 0")
+        if self.rank_time_step_s < 0:
+            raise ValueError("rank_time_step_s must be >= 0")
         if self.site_session_kw < 0 or self.site_capacity_ttl_s <= 0:
             raise ValueError("site_session_kw must be >= 0 and site_capacity_ttl_s > 0")
         object.__setattr__(self, "offsets", dict(self.region_utc_offset_h))

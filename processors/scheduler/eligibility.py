@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 from typing import Any
 
 from processors.scheduler._time import opt_ms, to_ms
@@ -178,6 +179,7 @@ class NodeState:
     pub_ts: int = -1
     timer_at: int | None = None  # when the scheduler re-evaluates the node with no new input
     pred_cache: tuple[Any, float, float] | None = None  # not persisted: cache of the habit model
+    persisted_cold: int | None = None  # not persisted: ``cold_signature`` when last written in full
 
     _PERSISTED = (
         "vin",
@@ -218,6 +220,44 @@ class NodeState:
         "timer_at",
     )
 
+    # What an ordinary telemetry record moves (event times, readings, the session's notes): the rest
+    # ("cold") changes only with an eligibility, session or work change. ``wiring_state`` writes the hot
+    # part alone (``hot_values``) while ``cold_signature`` is unchanged since the last full write.
+    _HOT = (
+        "ts",
+        "lease_ts",
+        "asleep",
+        "gear_at",
+        "charge_at",
+        "soc_pct",
+        "soc_at",
+        "compute_temp_c",
+        "temp_at",
+        "charge_limit_pct",
+        "minutes_to_full",
+    )
+
+    def hot_values(self) -> list[Any]:
+        """The hot fields, then the history's notes of the session and its Wi-Fi counters (``note``)."""
+        return [*_get_hot(self), self.history.cur, self.history.wifi]
+
+    def cold_signature(self) -> int:
+        """A hash of everything persisted but the hot part (in-process only: never stored). The
+        history's other parts change only in ``IdleHistory.add`` (``sessions`` grows) and
+        ``IdleHistory.remember`` (``asked`` grows)."""
+        hist = self.history
+        return hash(
+            (_get_cold(self), tuple(self.running), tuple(self.invalid), hist.sessions, len(hist.asked))
+        )
+
+    @classmethod
+    def overlay_hot(cls, d: dict[str, Any], hot: list[Any]) -> None:
+        """Put ``hot_values`` (a later write) over node dict ``d`` (``to_dict``), in place."""
+        for name, value in zip(cls._HOT, hot, strict=False):
+            d[name] = value
+        history = d.setdefault("history", {"n": 0, "b": []})
+        history["c"], history["w"] = hot[len(cls._HOT)], hot[len(cls._HOT) + 1]
+
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self._PERSISTED}
         d["running"] = list(self.running)
@@ -237,6 +277,10 @@ class NodeState:
         node.invalid = list(d.get("invalid") or [])
         node.history = IdleHistory.from_dict(d.get("history"))
         return node
+
+
+_get_hot = attrgetter(*NodeState._HOT)
+_get_cold = attrgetter(*(name for name in NodeState._PERSISTED if name not in NodeState._HOT))
 
 
 def _known(value: Any, allowed: frozenset[str]) -> str | None:

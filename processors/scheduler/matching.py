@@ -17,8 +17,10 @@ partitioned by pool: repartition telemetry, requests and status by pool, keep no
 and task dicts (key task_id) in changelogged tables co-partitioned with that stream.
 
 Decisions are deterministic functions of (state, input): ties are broken by hashes, never by dict
-or set order, and ``assignment_id = uuid5(task_id, attempt)``. A worker restored from its tables
-and fed the same input again publishes the very same records.
+or set order (a pick walks whole hash shards of the idle set), and ``assignment_id = uuid5(task_id,
+attempt)``. A worker restored from its tables and fed the same input again publishes the very same
+records. Memos are never an input: the ranking's stay probabilities (``stay_cache``) are pure
+functions of (node state, duration class, time step), so an empty memo decides as a warm one.
 
 Invariants (``check_invariants`` asserts them; tests call it after every step): a node holds at most
 ``capacity`` tasks; an active task is held by at most one node and is in its pool's queue iff QUEUED;
@@ -104,6 +106,7 @@ from processors.scheduler.sites import (
     check_capacity,
     check_power_state,
 )
+from processors.scheduler.stay_cache import StayCache
 from processors.scheduler.tasks import (
     ACTIVE,
     ASSIGNED,
@@ -130,7 +133,7 @@ from streams.sites import is_site_vin, site_of
 
 __all__ = ["Scheduler", "pool_for_request", "pool_for_telemetry"]
 
-N_SHARDS = 64
+N_SHARDS = 1024  # free-set shards: ~100 idle nodes each at 100k, so a pick scans a few of them
 STATE_VERSION = 1
 _MIN_COMPACT_TIMERS = 4096  # the timer heap is compacted past max(this, 4 x (nodes + tasks)) entries
 
@@ -162,9 +165,32 @@ class _Pool:
         self.name = name
         self.members = 0  # nodes whose pool this is (a pool with none and an empty queue is dropped)
         self.queue: list[tuple[tuple[float, int, str], str]] = []  # sorted (order_key, task_id)
-        self.free: list[set[str]] = [set() for _ in range(N_SHARDS)]  # eligible nodes, sharded by vin hash
+        # Eligible nodes by shard (vin hash % N_SHARDS); a shard exists only while it holds a node.
+        self.free: dict[int, set[str]] = {}
         self.free_count = 0
         self.sites: set[str] = set()  # datacenter sites of this region (ids; ``Scheduler.sites``)
+
+    def add_free(self, vin: str) -> bool:
+        shard = self.free.get(_crc(vin) % N_SHARDS)
+        if shard is None:
+            shard = self.free[_crc(vin) % N_SHARDS] = set()
+        elif vin in shard:
+            return False
+        shard.add(vin)
+        self.free_count += 1
+        return True
+
+    def discard_free(self, vin: str) -> None:
+        index = _crc(vin) % N_SHARDS
+        shard = self.free.get(index)
+        if shard is not None and vin in shard:
+            shard.discard(vin)
+            self.free_count -= 1
+            if not shard:
+                del self.free[index]
+
+    def is_free(self, vin: str) -> bool:
+        return vin in self.free.get(_crc(vin) % N_SHARDS, ())
 
     def enqueue(self, key: tuple[float, int, str], task_id: str) -> None:
         bisect.insort(self.queue, (key, task_id))
@@ -193,6 +219,7 @@ class Scheduler:
         self._dirty_tasks: set[str] = set()
         self._episodes_moved: set[str] = set()  # sites whose open episode moved work (an UPDATE is due)
         self._compact_at = _MIN_COMPACT_TIMERS
+        self._stay = StayCache(self.cfg)  # ranking's stay probabilities (a memo: never persisted)
 
     # ------------------------------------------------------------------ public event handlers
 
@@ -486,8 +513,7 @@ class Scheduler:
             pool = s._pool(node.pool)
             pool.members += 1
             if node.eligible:
-                pool.free[_crc(node.vin) % N_SHARDS].add(node.vin)
-                pool.free_count += 1
+                pool.add_free(node.vin)
             if node.timer_at is not None:
                 heapq.heappush(s._timers, (node.timer_at, "node", node.vin))
         for td in tasks:
@@ -503,13 +529,21 @@ class Scheduler:
         self,
     ) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
         """Nodes and tasks changed since the last call, as ``{key: dict}``; a value None = deleted."""
-        nodes = {v: self._node_dict(v) for v in sorted(self._dirty_nodes)}
-        tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in sorted(self._dirty_tasks)}
-        self._dirty_nodes.clear()
-        self._dirty_tasks.clear()
+        vins, task_ids = self.drain_dirty_keys()
+        nodes = {v: self.node_dict(v) for v in vins}
+        tasks = {t: (self.tasks[t].to_dict() if t in self.tasks else None) for t in task_ids}
         return nodes, tasks
 
-    def _node_dict(self, vin: str) -> dict[str, Any] | None:
+    def drain_dirty_keys(self) -> tuple[list[str], list[str]]:
+        """Vins (sites as ``site:<id>``) and task_ids changed since the last call, sorted. The caller
+        reads their state (``nodes``, ``sites``, ``tasks``; absent = deleted) before the next event."""
+        vins, task_ids = sorted(self._dirty_nodes), sorted(self._dirty_tasks)
+        self._dirty_nodes.clear()
+        self._dirty_tasks.clear()
+        return vins, task_ids
+
+    def node_dict(self, vin: str) -> dict[str, Any] | None:
+        """The persisted dict of node (or site) ``vin``; None when it is gone."""
         site_id = site_of(vin)
         if site_id is not None:
             site = self.sites.get(site_id)
@@ -526,7 +560,7 @@ class Scheduler:
 
     def idle_nodes(self, pool: str) -> list[str]:
         p = self._pools.get(pool)
-        return sorted(v for shard in p.free for v in shard) if p else []
+        return sorted(v for shard in p.free.values() for v in shard) if p else []
 
     def pools(self) -> list[str]:
         return sorted(self._pools)
@@ -557,7 +591,7 @@ class Scheduler:
                 assert task.state in (ASSIGNED, RUNNING) and task.vin == vin, (
                     f"{tid} on {vin} but {task.state}"
                 )
-            in_free = vin in self._pools[node.pool].free[_crc(vin) % N_SHARDS]
+            in_free = self._pools[node.pool].is_free(vin)
             assert in_free == node.eligible, (
                 f"{vin} free-set membership {in_free} != eligible {node.eligible}"
             )
@@ -575,7 +609,8 @@ class Scheduler:
         for name, pool in self._pools.items():
             assert pool.members == members[name], f"pool {name} counts {pool.members} != {members[name]}"
             assert pool.queue == sorted(pool.queue), f"queue of {name} out of order"
-            assert pool.free_count == sum(len(s) for s in pool.free)
+            assert pool.free_count == sum(len(s) for s in pool.free.values())
+            assert all(pool.free.values()), f"an empty free shard kept in {name}"
             for _, tid in pool.queue:
                 task = self.tasks[tid]
                 assert task.state == QUEUED and task.pool == name, f"{tid} in queue {name} but {task.state}"
@@ -717,14 +752,11 @@ class Scheduler:
 
     def _set_free(self, node: NodeState, free: bool) -> None:
         pool = self._pool(node.pool)
-        shard = pool.free[_crc(node.vin) % N_SHARDS]
-        if free and node.vin not in shard:
-            shard.add(node.vin)
-            pool.free_count += 1
-            self._touched.add(node.pool)
-        elif not free and node.vin in shard:
-            shard.discard(node.vin)
-            pool.free_count -= 1
+        if free:
+            if pool.add_free(node.vin):
+                self._touched.add(node.pool)
+        else:
+            pool.discard_free(node.vin)
 
     def _refresh_node(self, node: NodeState, now: int, out: list[Out]) -> None:
         """Re-evaluate ``node`` at ``now``; preempt, update the idle set, publish, schedule a re-check."""
@@ -1189,19 +1221,21 @@ class Scheduler:
         cfg = self.cfg
         need_hw = HW_RANK.get(task.min_hw, 0)
         need_soc = task.min_soc_pct
-        start = _crc(f"{task.task_id}/{task.attempt}") % N_SHARDS
         cands: list[NodeState] = []
-        excluded = task.excluded
-        for j in range(N_SHARDS):
-            for vin in pool.free[(start + j) % N_SHARDS]:
+        excluded, nodes = task.excluded, self.nodes
+        for shard in self._shards(pool, task):
+            for vin in shard:
                 if vin in excluded:  # its owner came back during this task's life
                     continue
-                node = self.nodes[vin]
+                node = nodes[vin]
                 if HW_RANK.get(node.hw, 0) < need_hw:
                     continue
                 if need_soc is not None and (node.soc_pct is None or node.soc_pct < need_soc):
                     continue
-                if not evaluate(node, now, cfg)[0]:  # went stale since its last evaluation
+                # Free = eligible at its last evaluation, and nothing can change that with no input
+                # before its timer (``next_change_at``): only a node whose timer is due may be stale.
+                due = node.timer_at
+                if due is not None and due <= now and not evaluate(node, now, cfg)[0]:
                     continue
                 cands.append(node)
             if len(cands) >= cfg.max_candidates:
@@ -1212,11 +1246,8 @@ class Scheduler:
             cands = [n for n in cands if not self._misses_deadline(n, task, now)] or cands
         if cfg.ranking == "random":
             return min(cands, key=lambda n: _crc(f"{cfg.seed}/{task.task_id}/{task.attempt}/{n.vin}"))
-        retry = task.failures > 0
-        scored = [
-            (retry and not is_trusted(node, cfg), stay_probability(node, task.est_duration_s, now, cfg), node)
-            for node in cands
-        ]
+        retry, stay, duration = task.failures > 0, self._stay.stay, task.est_duration_s
+        scored = [(retry and not is_trusted(node, cfg), stay(node, duration, now), node) for node in cands]
         untrusted_only = min(s[0] for s in scored)
         top = max(p for u, p, _ in scored if u == untrusted_only)
         # Near-best nodes (risk 1 - p within rank_tolerance of the best risk) are interchangeable for this
@@ -1229,19 +1260,34 @@ class Scheduler:
         for untrusted, p, node in scored:
             if untrusted != untrusted_only or p < floor:
                 continue
-            key = (
+            head = (
                 HW_RANK.get(node.hw, 0) - need_hw if cfg.hw_best_fit else 0,
                 -round(node.reliability * 20),
                 -p,
-                _crc(node.vin),
-                node.vin,
             )
+            if best is not None and head > best[:3]:
+                continue  # (the hash tie-break below is only needed on a tie: it costs a crc32 per node)
+            key = (*head, _crc(node.vin), node.vin)
             if best is None or key < best:
                 best, best_node, best_p = key, node, p
         assert best_node is not None
         if best_p < cfg.min_stay_probability:
             return None
         return best_node
+
+    def _shards(self, pool: _Pool, task: Task) -> Iterable[set[str]]:
+        """The free shards a pick walks, in order: whole shards from one the task's hash picks (so the
+        candidates are a function of the free set, never of set iteration order), until enough are
+        found; a pool with no more idle nodes than ``max_candidates`` is taken whole."""
+        if pool.free_count <= self.cfg.max_candidates:
+            yield from pool.free.values()
+            return
+        start = _crc(f"{task.task_id}/{task.attempt}") % N_SHARDS
+        free = pool.free
+        for j in range(N_SHARDS):
+            shard = free.get((start + j) % N_SHARDS)
+            if shard is not None:
+                yield shard
 
     def _misses_deadline(self, node: NodeState, task: Task, now: int) -> bool:
         """Whether ``task``'s expected end on ``node`` is past its deadline.
@@ -1253,11 +1299,11 @@ class Scheduler:
         away, ending est_duration_s after that: past the deadline iff the node stays past
         ``deadline - est_duration_s``. (A node about to leave costs little; one that leaves late does.)"""
         assert task.deadline is not None
-        est = float(task.est_duration_s)
-        if stay_probability(node, est, now, self.cfg) >= 0.5:
+        est, stay = float(task.est_duration_s), self._stay
+        if stay.stay(node, est, now) >= 0.5:
             return False
-        slack_s = (task.deadline - now) / 1000.0 - est
-        return stay_probability(node, slack_s, now, self.cfg) >= 0.5
+        slack_s = (task.deadline - stay.time_of(now)) / 1000.0 - est  # at the time ranking evaluates
+        return stay.stay(node, slack_s, now) >= 0.5
 
     def _assign(
         self,

@@ -7,6 +7,8 @@ Keys (bytes), all prefixed by the partition of the pool-partitioned stream that 
 partition's state is found by prefix and keys of two partitions never collide:
 
 * ``<p>/n/<vin>``      a node dict (``NodeState.to_dict``), orjson
+* ``<p>/h/<vin>``      the node's hot fields (``NodeState.hot_values``), orjson; newer than ``n/`` iff its
+  ts is larger, then restored over it
 * ``<p>/t/<task_id>``  a task dict (``Task.to_dict``), orjson; deleted when the scheduler forgets it
 * ``<p>/j<i>``         journal chunk i of the last batch (``J`` + seq + framed key/value pairs)
 * ``<p>/jh``           journal header: ``{"seq", "n", "clock", "anchor"}`` (orjson; anchor: see ``TickClock``)
@@ -21,6 +23,17 @@ whose header and chunks agree (same seq, all chunks present) is applied on top. 
 not make it, none of the batch's per-key records did either (they come after it), and the previous
 batch is complete (its per-key records precede the new chunks). Either way the restored state is a
 batch boundary, and the batch's input offsets were not committed past it.
+
+Hot writes. Most telemetry records move only event times, readings and the session's notes (the
+node's "hot" fields, ``NodeState._HOT``), and the full node dict is ~1.5 KB, mostly the idle history
+(96 hazard cells and more). So a dirty node whose ``cold_signature`` did not change since its last full
+write is written as ``h/<vin>`` alone (~250 bytes: ts, lease, readings, ``history.cur`` and ``wifi``),
+in the journal like any key. Nothing is skipped: restore puts the latest hot record over the latest
+full one (the hot one is newer iff its ts is larger; at equal ts both hold the same hot values, since
+only applied telemetry moves them), so the restored node equals the one in memory field for field and
+a restored worker decides exactly as its predecessor did (no band, no staleness). A full write happens
+whenever anything else changed (eligibility, reason, work, reliability, timers, publication, session,
+a learnt session) and always for a node's first write after a restore (its signature is unknown).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from typing import Any
 import orjson
 
 from processors.scheduler.config import SchedulerConfig
+from processors.scheduler.eligibility import NodeState
 from processors.scheduler.matching import Scheduler
 
 __all__ = ["JOURNAL_CHUNK_BYTES", "PartitionState", "TickClock", "decode_chunk", "encode_chunks", "restore"]
@@ -48,6 +62,10 @@ Send = Callable[[int, bytes, bytes | None], None]
 
 def node_key(partition: int, vin: str) -> bytes:
     return f"{partition}/n/{vin}".encode()
+
+
+def hot_key(partition: int, vin: str) -> bytes:
+    return f"{partition}/h/{vin}".encode()
 
 
 def task_key(partition: int, task_id: str) -> bytes:
@@ -124,9 +142,10 @@ class Restored:
 def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
     """Node and task dicts of ``partition`` from table items (any order, other partitions skipped)."""
     prefix = partition_prefix(partition)
-    n_prefix, t_prefix = prefix + b"n/", prefix + b"t/"
+    n_prefix, t_prefix, h_prefix = prefix + b"n/", prefix + b"t/", prefix + b"h/"
     hkey, jprefix = header_key(partition), prefix + b"j"
     raw_nodes: dict[bytes, bytes] = {}
+    raw_hot: dict[bytes, bytes] = {}  # keyed like raw_nodes (n/<vin>)
     raw_tasks: dict[bytes, bytes] = {}
     header: dict[str, Any] | None = None
     chunks: dict[bytes, bytes] = {}
@@ -137,6 +156,8 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
         out.keys += 1
         if key.startswith(n_prefix):
             raw_nodes[key] = value
+        elif key.startswith(h_prefix):
+            raw_hot[n_prefix + key[len(h_prefix) :]] = value
         elif key.startswith(t_prefix):
             raw_tasks[key] = value
         elif key == hkey:
@@ -153,13 +174,20 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
             out.journal_applied = bool(decoded)
             for _, entries in decoded:
                 for key, written in entries:
-                    target = raw_nodes if key.startswith(n_prefix) else raw_tasks
+                    if key.startswith(h_prefix):
+                        key, target = n_prefix + key[len(h_prefix) :], raw_hot
+                    else:
+                        target = raw_nodes if key.startswith(n_prefix) else raw_tasks
                     if written is None:
                         target.pop(key, None)
                     else:
                         target[key] = written
-    for value in raw_nodes.values():
+    for key, value in raw_nodes.items():
         nd = orjson.loads(value)
+        if (hot := raw_hot.get(key)) is not None:
+            values = orjson.loads(hot)
+            if values[0] > nd.get("ts", -1):
+                NodeState.overlay_hot(nd, values)
         out.nodes[nd["vin"]] = nd
     for value in raw_tasks.values():
         td = orjson.loads(value)
@@ -254,15 +282,28 @@ class PartitionState:
         return cls(partition, sched, restored.seq, restored.anchor), restored
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """The keys the scheduler changed since the last call, serialized (None = delete)."""
-        nodes, tasks = self.scheduler.drain_dirty()
-        p = self.partition
-        entries: list[tuple[bytes, bytes | None]] = [
-            (node_key(p, vin), None if nd is None else orjson.dumps(nd)) for vin, nd in nodes.items()
-        ]
-        entries.extend(
-            (task_key(p, tid), None if td is None else orjson.dumps(td)) for tid, td in tasks.items()
-        )
+        """The keys the scheduler changed since the last call, serialized (None = delete): a node whose
+        cold part is as last written in full gets its hot record only (module docstring)."""
+        sched, p = self.scheduler, self.partition
+        vins, task_ids = sched.drain_dirty_keys()
+        entries: list[tuple[bytes, bytes | None]] = []
+        for vin in vins:
+            node = sched.nodes.get(vin)
+            if node is None:  # a site, or a node forgotten: written whole (or deleted, hot key too)
+                nd = sched.node_dict(vin)
+                entries.append((node_key(p, vin), None if nd is None else orjson.dumps(nd)))
+                if nd is None:
+                    entries.append((hot_key(p, vin), None))
+                continue
+            cold = node.cold_signature()
+            if cold == node.persisted_cold:
+                entries.append((hot_key(p, vin), orjson.dumps(node.hot_values())))
+            else:
+                node.persisted_cold = cold
+                entries.append((node_key(p, vin), orjson.dumps(node.to_dict())))
+        for tid in task_ids:
+            task = sched.tasks.get(tid)
+            entries.append((task_key(p, tid), None if task is None else orjson.dumps(task.to_dict())))
         return entries
 
     def persist(self, data: MutableMapping[bytes, bytes], send: Send) -> int:

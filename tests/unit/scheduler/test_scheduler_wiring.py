@@ -264,3 +264,59 @@ def test_telemetry_packs_keep_order_and_sources() -> None:
     ]
     with pytest.raises(ValueError, match="truncated"):
         unpack_batch(env.payload[:-1])
+
+
+def test_hot_writes_restore_the_node_exactly_and_replays_decide_the_same() -> None:
+    """Ordinary telemetry (same eligibility, SoC creeping up) is written as hot records only; a worker
+    cut anywhere in that changelog restores a batch boundary field for field (leases, readings, the
+    session's notes), keeps the invariants, and decides the next inputs exactly as the original."""
+    config = cfg(lease_s=90)
+    s = Scheduler(config)
+    state = PartitionState(0, s)
+    log = Changelog()
+    vins = [f"v{i}" for i in range(3)]
+    for i, vin in enumerate(vins):
+        s.on_telemetry(tel(vin, T0 + i, minutes_to_full=120.0))
+    s.on_request(req("t1", T0 + 10))
+    state.persist(log.data, log.send)
+    boundaries, snapshots = [len(log.log)], [s.to_dict()]
+    for k in range(1, 6):  # every car every 15 s, SoC +0.1 each time: nothing that matters moves
+        for i, vin in enumerate(vins):
+            creep = {"soc_pct": 80.0 + k / 10, "minutes_to_full": 120.0 - k / 4}
+            s.on_telemetry(tel(vin, T0 + k * 15 * S + i, **creep))
+        state.persist(log.data, log.send)
+        boundaries.append(len(log.log))
+        snapshots.append(s.to_dict())
+    s.on_telemetry(tel("v1", T0 + 6 * 15 * S, gear="D"))  # a cold change: written in full
+    state.persist(log.data, log.send)
+    boundaries.append(len(log.log))
+    snapshots.append(s.to_dict())
+
+    later = log.log[boundaries[0] : boundaries[5]]
+    assert {key.split(b"/")[1] for _, key, _ in later} == {b"h", b"j0", b"jh"}, "hot only"
+    assert (0, b"0/n/v1", log.data[b"0/n/v1"]) in log.log[boundaries[5] :]
+    assert max(len(v) for _, k, v in later if k.startswith(b"0/h/") and v) < 400
+
+    for cut in range(boundaries[0], len(log.log) + 1):
+        restored = restore(0, log.replay(cut).items())
+        nodes, tasks = restored.nodes.values(), restored.tasks.values()
+        rebuilt = Scheduler.from_parts(nodes, tasks, restored.clock, config)
+        rebuilt.check_invariants()
+        k = max(i for i, b in enumerate(boundaries) if b <= cut)
+        if rebuilt.to_dict() != snapshots[k]:
+            assert rebuilt.to_dict() == snapshots[k + 1], f"cut {cut} restored neither boundary"
+
+    again, _ = PartitionState.rebuild(0, log.data.items(), config)
+    assert again.scheduler.to_dict() == s.to_dict()
+    assert again.scheduler.nodes["v0"].lease_ts == T0 + 5 * 15 * S
+    assert again.scheduler.tasks["t1"].vin == s.tasks["t1"].vin is not None
+    # The same inputs next: a request, then a tick past v2's lease (it expires; v0 keeps its claim).
+    for sched in (s, again.scheduler):
+        sched.on_telemetry(tel("v0", T0 + 7 * 15 * S, soc_pct=81.0))
+    assert again.scheduler.on_request(req("t2", T0 + 7 * 15 * S + 1)) == s.on_request(
+        req("t2", T0 + 7 * 15 * S + 1)
+    )
+    lapse = T0 + 5 * 15 * S + 91 * S
+    assert again.scheduler.on_tick(lapse) == s.on_tick(lapse)
+    assert again.scheduler.to_dict() == s.to_dict()
+    assert not s.nodes["v2"].eligible and s.nodes["v2"].reason == "LEASE_EXPIRED"
