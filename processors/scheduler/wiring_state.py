@@ -48,6 +48,7 @@ import orjson
 from processors.scheduler.config import SchedulerConfig
 from processors.scheduler.eligibility import NodeState
 from processors.scheduler.matching import Scheduler
+from streams.sites import site_vin
 
 __all__ = ["JOURNAL_CHUNK_BYTES", "PartitionState", "TickClock", "decode_chunk", "encode_chunks", "restore"]
 
@@ -188,7 +189,7 @@ def restore(partition: int, items: Iterable[tuple[bytes, bytes]]) -> Restored:
             values = orjson.loads(hot)
             if values[0] > nd.get("ts", -1):
                 NodeState.overlay_hot(nd, values)
-        out.nodes[nd["vin"]] = nd
+        out.nodes[nd["vin"] if "vin" in nd else site_vin(nd["site_id"])] = nd  # a site: kind "site"
     for value in raw_tasks.values():
         td = orjson.loads(value)
         out.tasks[td["task_id"]] = td

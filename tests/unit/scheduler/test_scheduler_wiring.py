@@ -4,7 +4,7 @@ the region peek; and the duplicate hand-off / request guards the partitioned wir
 from __future__ import annotations
 
 import pytest
-from test_scheduler_support import MIN, T0, H, S, cfg, req, tel
+from test_scheduler_support import MIN, T0, H, S, capacity, cfg, power_state, req, tel
 
 from processors.scheduler import Scheduler
 from processors.scheduler.exceptions import InvalidRecord
@@ -86,6 +86,26 @@ def test_a_batch_cut_anywhere_restores_to_a_batch_boundary() -> None:
         k = max(i for i, b in enumerate(boundaries) if b <= cut)
         if rebuilt.to_dict() != snapshots[k]:  # past the journal header: the batch is complete
             assert rebuilt.to_dict() == snapshots[k + 1], f"cut {cut} restored neither boundary"
+
+
+def test_a_partition_with_sites_restores_them_from_the_table() -> None:
+    """Sites are kept with the nodes (key ``site:<id>``); a restore from the changelog brings them back
+    with their running work and their open episode, cut at any record."""
+    s = Scheduler(cfg())
+    state, log = PartitionState(0, s), Changelog()
+    s.on_site_capacity(capacity("dc1", T0))
+    s.on_request(req("long", T0 + S, est_duration_s=7200))
+    state.persist(log.data, log.send)
+    s.on_site_power(power_state("dc1", T0 + MIN, "ISLANDED_BATTERY"))
+    state.persist(log.data, log.send)
+    restored = restore(0, log.data.items())
+    rebuilt = Scheduler.from_parts(restored.nodes.values(), restored.tasks.values(), restored.clock, cfg())
+    rebuilt.check_invariants()
+    assert rebuilt.sites == s.sites and rebuilt.sites["dc1"].running == ["long"]
+    assert rebuilt.sites["dc1"].episode is not None
+    for cut in range(len(log.log) + 1):
+        part = restore(0, log.replay(cut).items())
+        Scheduler.from_parts(part.nodes.values(), part.tasks.values(), part.clock, cfg()).check_invariants()
 
 
 def test_restore_ignores_other_partitions() -> None:
