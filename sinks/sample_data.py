@@ -418,6 +418,7 @@ def _sites(rng: random.Random, data: Rows, prefix: str, moves: list[Move]) -> No
                     "slots_free": 0 if islanded else rng.randint(10, total),
                     "power_budget_mw": 4.0 if islanded else 12.0,
                     "cost_per_slot_hour": None if s == 2 else 0.08,
+                    "session_kw": None if s == 1 else 8.0,
                 }
             )
 

@@ -194,7 +194,9 @@ def test_sigkill_mid_stream_loses_nothing_and_assigns_nothing_twice(
     worker = workers[0]
     _wait_up(worker, outputs, feed, KILL_REGIONS[0])
     cars = _cars("k", 5)
-    sim = NodeSim(feed, cars, seed=3, churn=0.02)
+    # Churn often enough that some car surely leaves while it runs a task (at 0.02 per car-second, a CI
+    # run once saw none: the preemption check below then had nothing to check).
+    sim = NodeSim(feed, cars, seed=3, churn=0.05)
     tasks = _tasks(tag("killtask"), KILL_REGIONS, 150)
     kills: list[float] = []
 
