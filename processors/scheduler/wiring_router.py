@@ -183,7 +183,8 @@ class TelemetryRouter(threading.Thread):
                 if topic == TELEMETRY_TOPIC:
                     pool, ts = self.route_of(value)
                 else:
-                    site = self._site_record(topic, value)
+                    assert self.decode is not None  # subscribed to site topics only with a decoder
+                    site = self.decode(topic, value)
                     pool, ts = str(site.get("region") or ""), int(site["ts"])
             except SerializationError as exc:
                 self._dead_letter(producer, msg, exc.kind, str(exc))
@@ -212,10 +213,6 @@ class TelemetryRouter(threading.Thread):
         for pool, items in packs.items():
             self._produce_pack(producer, pool, items)
         return positions, n
-
-    def _site_record(self, topic: str, value: bytes) -> dict[str, Any]:
-        assert self.decode is not None
-        return self.decode(topic, value)
 
     @staticmethod
     def _produce_pack(producer: Producer, pool: str, items: list[tuple[bytes, int, int]]) -> None:

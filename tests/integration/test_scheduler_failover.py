@@ -47,20 +47,6 @@ WORKER_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def outputs(stack: Settings) -> Iterator[Outputs]:
-    out = Outputs(stack)
-    yield out
-    out.close()
-
-
-@pytest.fixture(scope="module")
-def feed(stack: Settings) -> Iterator[Feed]:
-    f = Feed(stack)
-    yield f
-    f.close()
-
-
-@pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sched-failover")
 

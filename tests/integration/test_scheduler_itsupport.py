@@ -8,10 +8,12 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from worker_process import WorkerProcess
 
 from core.settings import Settings
@@ -39,6 +41,24 @@ def tag(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ worker
+@contextmanager
+def serving_worker(env: dict[str, str], log_dir: Path, outputs: Outputs, feed: Feed) -> Iterator[SchedWorker]:
+    """A scheduler worker started with ``env``, waited for until it serves (a probe car's node record),
+    stopped afterwards; the test fails with its log if it never comes up."""
+    w = SchedWorker(env, log_dir)
+    w.start()
+    try:
+        probe = tag("probe")
+        feed.telemetry(tel(f"{probe}-v", probe))
+        try:
+            outputs.wait(lambda: outputs.node(f"{probe}-v"), timeout_s=120, what="the worker to come up")
+        except AssertionError:
+            pytest.fail(f"scheduler worker did not come up:\n{w.log_tail()}")
+        yield w
+    finally:
+        w.stop()
+
+
 class SchedWorker(WorkerProcess):
     """`python -m carnival.cli worker scheduler` in a subprocess, logs to a file."""
 

@@ -7,7 +7,18 @@ import math
 from collections.abc import Iterator
 
 import pytest
-from test_scheduler_itsupport import Feed, Outputs, SchedWorker, now_ms, req, status, tag, tel, worker_env
+from test_scheduler_itsupport import (
+    Feed,
+    Outputs,
+    SchedWorker,
+    now_ms,
+    req,
+    serving_worker,
+    status,
+    tag,
+    tel,
+    worker_env,
+)
 
 from core.settings import Settings
 from processors.scheduler import assignment_id_for
@@ -18,36 +29,13 @@ YEAR_3000 = 32_503_680_000_000
 
 
 @pytest.fixture(scope="module")
-def outputs(stack: Settings) -> Iterator[Outputs]:
-    out = Outputs(stack)
-    yield out
-    out.close()
-
-
-@pytest.fixture(scope="module")
-def feed(stack: Settings) -> Iterator[Feed]:
-    f = Feed(stack)
-    yield f
-    f.close()
-
-
-@pytest.fixture(scope="module")
 def worker(
     stack: Settings, stack_env: dict[str, str], outputs: Outputs, feed: Feed,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[SchedWorker]:  # fmt: skip
-    w = SchedWorker(worker_env(stack_env, tick_s=0.5), tmp_path_factory.mktemp("sched-guards"))
-    w.start()
-    try:
-        probe = tag("probe")
-        feed.telemetry(tel(f"{probe}-v", probe))
-        try:
-            outputs.wait(lambda: outputs.node(f"{probe}-v"), timeout_s=120, what="the worker to come up")
-        except AssertionError:
-            pytest.fail(f"scheduler worker did not come up:\n{w.log_tail()}")
+    env, log_dir = worker_env(stack_env, tick_s=0.5), tmp_path_factory.mktemp("sched-guards")
+    with serving_worker(env, log_dir, outputs, feed) as w:
         yield w
-    finally:
-        w.stop()
 
 
 def _dead(outputs: Outputs, key: str) -> list[dict[str, object]]:

@@ -21,6 +21,7 @@ from test_scheduler_itsupport import (
     check_history,
     now_ms,
     req,
+    serving_worker,
     status,
     tag,
     tel,
@@ -37,36 +38,13 @@ WORKER_CONFIG = {"lease_s": 600, "claim_timeout_s": 120, "tick_s": 0.5}
 
 
 @pytest.fixture(scope="module")
-def outputs(stack: Settings) -> Iterator[Outputs]:
-    out = Outputs(stack)
-    yield out
-    out.close()
-
-
-@pytest.fixture(scope="module")
-def feed(stack: Settings) -> Iterator[Feed]:
-    f = Feed(stack)
-    yield f
-    f.close()
-
-
-@pytest.fixture(scope="module")
 def worker(
     stack: Settings, stack_env: dict[str, str], outputs: Outputs, feed: Feed,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[SchedWorker]:  # fmt: skip
-    w = SchedWorker(worker_env(stack_env, **WORKER_CONFIG), tmp_path_factory.mktemp("spill-worker"))
-    w.start()
-    try:
-        probe = tag("probe")
-        feed.telemetry(tel(f"{probe}-v", probe))
-        try:
-            outputs.wait(lambda: outputs.node(f"{probe}-v"), timeout_s=120, what="the worker to come up")
-        except AssertionError:
-            pytest.fail(f"scheduler worker did not come up:\n{w.log_tail()}")
+    env, log_dir = worker_env(stack_env, **WORKER_CONFIG), tmp_path_factory.mktemp("spill-worker")
+    with serving_worker(env, log_dir, outputs, feed) as w:
         yield w
-    finally:
-        w.stop()
 
 
 def capacity(site_id: str, region: str, budget_mw: float | None = None, **kw: Any) -> dict[str, Any]:
